@@ -1,0 +1,5 @@
+"""``python -m statevault`` runs the CLI."""
+
+from statevault.cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""An open checkpoint file: lazy header access, verified reads, rebuilding the saved object."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
+from statevault._format import TensorEntry
+from statevault._io import FileReader, tensor_memory
+from statevault._tree import Skeleton, unflatten
+from statevault._vault import VaultInfo, decode, user_metadata
+from statevault.errors import HeaderError, StateVaultError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says about one stored tensor; reading it costs no tensor I/O."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    code: str  # the safetensors dtype code it is stored under
+    offset: int  # absolute byte offset of its data in the file
+    checksum: str | None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class Checkpoint:
+    """A checkpoint file opened for reading; only the header is read until you ask for data.
+
+    Example::
+
+        with statevault.Checkpoint("model.safetensors") as ckpt:
+            print(ckpt.tensors["fc.weight"].shape)
+            state = ckpt.load()
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._reader = FileReader(path)
+        try:
+            self.path: Path = self._reader.path
+            header = self._reader.header
+            self.vault: VaultInfo = decode(header, source=str(self.path))
+            self.metadata: Mapping[str, str] = user_metadata(header.metadata)
+            self.tensors: Mapping[str, TensorInfo] = {
+                name: self._describe(entry) for name, entry in header.entries.items()
+            }
+        except BaseException:
+            self._reader.close()
+            raise
+
+    def _describe(self, entry: TensorEntry) -> TensorInfo:
+        recorded = self.vault.dtypes.get(entry.name)
+        shape = entry.shape
+        if recorded is not None:
+            dtype = dtype_from_name(recorded)
+            spec = spec_for(dtype) if dtype is not None else None
+            if dtype is None or spec is None:  # already rejected by decode(); keeps mypy honest
+                raise HeaderError(f"{self.path}: tensor {entry.name!r} has unknown dtype {recorded!r}")
+            if spec.trailing is not None:
+                if not shape or shape[-1] != spec.trailing:
+                    raise HeaderError(
+                        f"{self.path}: tensor {entry.name!r} stored as {entry.code}{list(shape)} "
+                        f"cannot hold {recorded}; header damaged"
+                    )
+                shape = shape[:-1]
+        else:
+            found = CODE_TO_DTYPE.get(entry.code)
+            if found is None:
+                raise StateVaultError(
+                    f"{self.path}: tensor {entry.name!r} has dtype {entry.code}, which this "
+                    f"torch {torch.__version__} has no dtype for; upgrade torch to read it"
+                )
+            dtype = found
+        return TensorInfo(
+            name=entry.name,
+            dtype=dtype,
+            shape=shape,
+            nbytes=entry.nbytes,
+            code=entry.code,
+            offset=self._reader.header.data_offset + entry.start,
+            checksum=self.vault.checksums.get(entry.name),
+        )
+
+    # -- context management -------------------------------------------------------------
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- header-level facts ---------------------------------------------------------------
+    @property
+    def format_version(self) -> int | None:
+        """statevault format version, or None for a plain safetensors file."""
+        return self.vault.version
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """Tied tensors: alias name -> the stored name whose data it shares."""
+        return self.vault.aliases
+
+    @property
+    def tree(self) -> Skeleton | None:
+        return self.vault.tree
+
+    @property
+    def has_checksums(self) -> bool:
+        return self.vault.has_checksums
+
+    def keys(self) -> list[str]:
+        """Every tensor name, stored ones in file order, then aliases."""
+        return [*self.tensors, *self.aliases]
+
+    def resolve(self, name: str) -> TensorInfo:
+        """Header facts for ``name``, following an alias to the stored tensor."""
+        return self.tensors[self.aliases.get(name, name)]
+
+    # -- data ---------------------------------------------------------------------------------
+    def _entry(self, name: str) -> TensorEntry:
+        return self._reader.header.entries[name]
+
+    def read_into(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool = True) -> None:
+        """Read stored tensors straight into the memory of contiguous CPU tensors.
+
+        Each destination must have the stored byte size; no intermediate copy is made.
+        """
+        jobs = []
+        keep_alive = []
+        for name, dest in pairs:
+            info = self.tensors[name]
+            if dest.device.type != "cpu" or not dest.is_contiguous() or dest.numel() * dest.element_size() != info.nbytes:
+                raise StateVaultError(f"internal error: bad destination for {name!r}")
+            keep_alive.append(dest)
+            jobs.append((self._entry(name), tensor_memory(dest), info.checksum if verify else None))
+        self._reader.read_many(jobs)
+
+    def empty_like_stored(self, name: str) -> torch.Tensor:
+        """An uninitialised CPU tensor with the stored dtype and shape of ``name``."""
+        info = self.tensors[name]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        raw = torch.empty(info.nbytes, dtype=torch.uint8)
+        return raw.view(info.dtype).reshape(info.shape)
+
+    def read(self, names: Iterable[str] | None = None, *, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Read tensors (all by default) into fresh CPU tensors; aliases share one tensor."""
+        wanted = list(self.keys() if names is None else names)
+        unknown = [n for n in wanted if n not in self.tensors and n not in self.aliases]
+        if unknown:
+            raise KeyError(f"{self.path}: no tensor named {unknown[0]!r}")
+        stored = {self.aliases.get(n, n) for n in wanted}
+        fresh = {name: self.empty_like_stored(name) for name in self.tensors if name in stored}
+        self.read_into(fresh.items(), verify=verify)
+        return {n: fresh[self.aliases.get(n, n)] for n in wanted}
+
+    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+        """Rebuild exactly the object that was saved (a flat dict for plain safetensors)."""
+        tensors = self.read(verify=verify)
+        target = torch.device(device)
+        if target.type != "cpu":
+            moved: dict[int, torch.Tensor] = {}  # keyed by identity so tied tensors stay tied
+            for tensor in tensors.values():
+                if id(tensor) not in moved:
+                    moved[id(tensor)] = tensor.to(target)
+            tensors = {n: moved[id(t)] for n, t in tensors.items()}
+        if self.vault.tree is None:
+            return tensors
+
+        def fetch(name: str) -> torch.Tensor:
+            if name not in tensors:
+                raise HeaderError(f"{self.path}: tree refers to unknown tensor {name!r}; header damaged")
+            return tensors[name]
+
+        return unflatten(self.vault.tree, fetch)

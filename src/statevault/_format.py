@@ -1,0 +1,199 @@
+"""The safetensors container: header bytes <-> validated tensor table. Pure, no I/O.
+
+Layout of a file (little-endian)::
+
+    [8 bytes: N = header length] [N bytes: JSON header, space padded] [data section]
+
+The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` (offsets relative to
+the data section) plus an optional ``"__metadata__"`` string->string map, where statevault
+keeps its own JSON. Everything read from a file is validated before it is trusted, so a
+hostile header cannot make us allocate, read or seek outside what the file really holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from statevault._dtypes import CODE_ITEMSIZE, LAYOUT_RANK
+from statevault.errors import HeaderError, TruncatedFileError
+
+PREFIX_BYTES = 8
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap
+METADATA_KEY = "__metadata__"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as laid out in the data section."""
+
+    name: str
+    code: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.code, "shape": list(self.shape), "data_offsets": [self.start, self.end]}
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated header: tensors in file order, raw metadata, where the data begins."""
+
+    entries: Mapping[str, TensorEntry]
+    metadata: Mapping[str, str]
+    data_offset: int
+    data_size: int
+
+
+def plan_layout(items: Iterable[tuple[str, str, tuple[int, ...], int]]) -> list[TensorEntry]:
+    """Assign offsets to ``(name, code, shape, nbytes)`` items in the reference order.
+
+    Larger element types come first (then names), which keeps every tensor aligned to its
+    element size and reproduces the reference implementation's byte layout exactly.
+    """
+    ordered = sorted(items, key=lambda item: (LAYOUT_RANK[item[1]], item[0]))
+    entries: list[TensorEntry] = []
+    offset = 0
+    for name, code, shape, nbytes in ordered:
+        entries.append(TensorEntry(name, code, tuple(shape), offset, offset + nbytes))
+        offset += nbytes
+    return entries
+
+
+def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
+    """The 8-byte prefix plus the space-padded JSON header for ``entries``."""
+    table: dict[str, Any] = {}
+    if metadata:
+        table[METADATA_KEY] = dict(metadata)
+    for entry in entries:
+        table[entry.name] = entry.to_json()
+    body = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body
+
+
+def header_length(prefix: bytes, *, file_size: int, source: str) -> int:
+    """Validate the 8-byte prefix and return N, the header's length in bytes."""
+    if file_size < PREFIX_BYTES or len(prefix) < PREFIX_BYTES:
+        raise TruncatedFileError(
+            f"{source}: file is {file_size} bytes, too short to be a safetensors file "
+            f"(needs at least {PREFIX_BYTES}); it was probably truncated or is not a checkpoint"
+        )
+    (length,) = struct.unpack("<Q", prefix[:PREFIX_BYTES])
+    if length > MAX_HEADER_BYTES:
+        raise HeaderError(
+            f"{source}: header length field says {length} bytes, above the {MAX_HEADER_BYTES} "
+            "byte limit; the file is damaged or not a safetensors file"
+        )
+    if PREFIX_BYTES + length > file_size:
+        raise TruncatedFileError(
+            f"{source}: header needs {length} bytes but the file holds only "
+            f"{file_size - PREFIX_BYTES} after the prefix; the file is truncated or damaged"
+        )
+    return int(length)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise HeaderError(f"duplicate key {key!r} in header")
+        seen[key] = value
+    return seen
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_entry(name: str, raw: Any, source: str) -> TensorEntry:
+    where = f"{source}: tensor {name!r}"
+    if not isinstance(raw, dict):
+        raise HeaderError(f"{where}: expected an object with dtype/shape/data_offsets")
+    code, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
+    if not isinstance(code, str):
+        raise HeaderError(f"{where}: missing or non-string 'dtype'")
+    if code not in CODE_ITEMSIZE:
+        raise HeaderError(
+            f"{where}: dtype code {code!r} is not supported by this statevault version "
+            f"(known: {', '.join(sorted(CODE_ITEMSIZE))})"
+        )
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise HeaderError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise HeaderError(f"{where}: 'data_offsets' must be [begin, end] with 0 <= begin <= end")
+    expected = math.prod(shape) * CODE_ITEMSIZE[code]
+    if expected != offsets[1] - offsets[0]:
+        raise HeaderError(
+            f"{where}: dtype {code} x shape {shape} needs {expected} bytes but data_offsets "
+            f"span {offsets[1] - offsets[0]}"
+        )
+    return TensorEntry(name, code, tuple(shape), offsets[0], offsets[1])
+
+
+def parse_header(raw: bytes, *, file_size: int, source: str) -> Header:
+    """Parse and validate header bytes (without the prefix) against the file's size.
+
+    Checks: UTF-8 JSON object, unique names, string->string metadata, known dtype codes,
+    dtype x shape == byte span, offsets contiguous from 0 with no gap or overlap, and the
+    data section's size equal to what remains of the file.
+    """
+    try:
+        table = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except HeaderError as exc:
+        raise HeaderError(f"{source}: {exc}; the header is damaged") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HeaderError(
+            f"{source}: header is not valid JSON ({type(exc).__name__}: {exc}); the file is "
+            "damaged or not a safetensors file"
+        ) from None
+    if not isinstance(table, dict):
+        raise HeaderError(f"{source}: header must be a JSON object, got {type(table).__name__}")
+    metadata = table.pop(METADATA_KEY, None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise HeaderError(f"{source}: '{METADATA_KEY}' must map strings to strings")
+    entries = sorted(
+        (_parse_entry(name, value, source) for name, value in table.items()),
+        key=lambda e: (e.start, e.end),
+    )
+    position = 0
+    for entry in entries:
+        if entry.start != position:
+            problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap"
+            raise HeaderError(
+                f"{source}: tensor {entry.name!r} starts at data offset {entry.start}, expected "
+                f"{position}: it {problem}; the header is damaged"
+            )
+        position = entry.end
+    data_offset = PREFIX_BYTES + len(raw)
+    available = file_size - data_offset
+    if available < position:
+        cut = [e.name for e in entries if e.end > available]
+        raise TruncatedFileError(
+            f"{source}: file is truncated: data section needs {position} bytes, found "
+            f"{available}; {len(cut)} tensor(s) cut off, first {cut[0]!r}"
+        )
+    if available > position:
+        raise HeaderError(
+            f"{source}: {available - position} unexpected trailing bytes after the last tensor "
+            f"(data section should be {position} bytes); the file is damaged"
+        )
+    ordered = {entry.name: entry for entry in entries}
+    return Header(ordered, metadata, data_offset, position)

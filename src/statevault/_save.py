@@ -1,0 +1,134 @@
+"""save(): nested state -> one atomic, checksummed, safetensors-compatible file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statevault import _vault
+from statevault._dtypes import DtypeSpec, spec_for
+from statevault._format import encode_header, plan_layout
+from statevault._io import WriteJob, write_atomically
+from statevault._tree import flatten
+from statevault.errors import UnsupportedObjectError
+
+
+def _spec_or_refuse(name: str, tensor: torch.Tensor) -> DtypeSpec:
+    """The storage spec for ``tensor``, or an error that says why it cannot be stored."""
+    if tensor.is_nested:
+        reason = "is a nested tensor; save its components (t.unbind()) instead"
+    elif tensor.layout != torch.strided:
+        reason = f"has {tensor.layout} layout; convert it with .to_dense() first"
+    elif tensor.is_quantized:
+        reason = "is quantized; save t.int_repr() with its scale/zero_point, or t.dequantize()"
+    elif tensor.device.type == "meta":
+        reason = "is on the meta device and has no data; materialise it before saving"
+    elif type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        reason = f"is a tensor subclass ({type(tensor).__name__}); save a plain tensor instead"
+    else:
+        spec = spec_for(tensor.dtype)
+        if spec is not None:
+            return spec
+        reason = f"has dtype {tensor.dtype}, which statevault cannot store"
+    raise UnsupportedObjectError(f"{name}: cannot store this tensor: it {reason}")
+
+
+def _identity(tensor: torch.Tensor) -> tuple[Any, ...] | None:
+    """Key under which two tensors are the very same data (tied weights), or None."""
+    if tensor.numel() == 0:
+        return None
+    return (
+        tensor.device,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.dtype,
+        tensor.is_conj(),
+        tensor.is_neg(),
+    )
+
+
+def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
+    def materialise() -> torch.Tensor:
+        # One tensor at a time, so extra memory stays bounded by the largest tensor that
+        # needs a copy (non-contiguous views, GPU tensors); contiguous CPU tensors are free.
+        with torch.no_grad():
+            plain = tensor.detach().resolve_conj().resolve_neg()
+            return plain.to("cpu").contiguous()
+
+    return materialise
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise UnsupportedObjectError(f"metadata must be a mapping of str to str, got {type(metadata)!r}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UnsupportedObjectError(
+                f"metadata[{key!r}]: metadata maps str to str (like safetensors); got "
+                f"{type(key).__name__} -> {type(value).__name__}. Use json.dumps() for structured values"
+            )
+        if key in _vault.RESERVED_KEYS:
+            raise UnsupportedObjectError(f"metadata[{key!r}]: this key is reserved for statevault")
+    return dict(metadata)
+
+
+def save(
+    obj: Any,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    checksum: bool = True,
+    fsync: bool = True,
+) -> None:
+    """Save a module's state, a state dict, or nested training state to ``path`` atomically.
+
+    The file is a valid safetensors file. Nested structure, tied weights, exact dtypes and
+    per-tensor checksums ride along as JSON in its metadata. If the process dies mid-save,
+    the previous file at ``path`` is untouched.
+
+    Example::
+
+        statevault.save(model, "model.safetensors")
+        statevault.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3},
+                        "ckpt.safetensors", metadata={"run": "baseline"})
+    """
+    if sys.byteorder != "little":
+        raise UnsupportedObjectError("statevault writes little-endian files; big-endian hosts are not supported")
+    user = _check_metadata(metadata)
+    skeleton, tensors = flatten(obj)
+    stored: dict[str, tuple[torch.Tensor, DtypeSpec]] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in tensors.items():
+        spec = _spec_or_refuse(name, tensor)
+        key = _identity(tensor)
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        stored[name] = (tensor, spec)
+
+    entries = plan_layout(
+        (name, spec.code, (*t.shape, spec.trailing) if spec.trailing else tuple(t.shape), t.numel() * t.element_size())
+        for name, (t, spec) in stored.items()
+    )
+    dtypes = {name: spec.name for name, (_, spec) in stored.items() if spec.encoded}
+    jobs = [WriteJob(entry, _cpu_bytes_source(stored[entry.name][0])) for entry in entries]
+
+    def build_header(digests: dict[str, str]) -> bytes:
+        info = _vault.VaultInfo(
+            version=_vault.FORMAT_VERSION, tree=skeleton, checksums=digests, aliases=aliases, dtypes=dtypes
+        )
+        return encode_header(entries, _vault.encode(info, entries, user))
+
+    write_atomically(Path(path), jobs, build_header, checksum=checksum, fsync=fsync)

@@ -1,0 +1,106 @@
+"""Where load_into takes tensors from: a checkpoint file or an in-memory state dict.
+
+Both answer the same three questions: which names exist, what shape/dtype each has (without
+reading data), and "fill these destination tensors", so load_into has one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from statevault._checkpoint import Checkpoint
+from statevault.errors import UnsupportedObjectError
+
+Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | Checkpoint
+
+
+class FileSource:
+    """A checkpoint file; reads go straight into destination memory when they can."""
+
+    def __init__(self, checkpoint: Checkpoint, *, owned: bool) -> None:
+        self.checkpoint = checkpoint
+        self.label = str(checkpoint.path)
+        self.aliases: Mapping[str, str] = checkpoint.aliases
+        self._owned = owned
+
+    def close(self) -> None:
+        if self._owned:
+            self.checkpoint.close()
+
+    def names(self) -> list[str]:
+        return self.checkpoint.keys()
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        info = self.checkpoint.resolve(name)
+        return info.shape, info.dtype
+
+    def fill(self, pairs: Sequence[tuple[str, torch.Tensor]], *, verify: bool) -> None:
+        """Copy each named tensor into its destination (which has the same shape)."""
+        direct: list[tuple[str, torch.Tensor]] = []
+        staged: list[tuple[str, torch.Tensor]] = []
+        for name, dest in pairs:
+            stored = self.aliases.get(name, name)
+            info = self.checkpoint.tensors[stored]
+            if dest.device.type == "cpu" and dest.is_contiguous() and dest.dtype == info.dtype:
+                direct.append((stored, dest))
+            else:
+                staged.append((stored, dest))
+        self.checkpoint.read_into(direct, verify=verify)
+        if staged:
+            # Other dtype or device: read into a temporary, then copy (and cast) across.
+            fresh = self.checkpoint.read({n for n, _ in staged}, verify=verify)
+            with torch.no_grad():
+                for name, dest in staged:
+                    dest.copy_(fresh[name])
+
+    def tensors(self, names: Sequence[str], *, verify: bool) -> dict[str, torch.Tensor]:
+        return self.checkpoint.read(names, verify=verify)
+
+
+class MemorySource:
+    """A state dict already in memory (e.g. what ``torch.load`` returned)."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise UnsupportedObjectError(
+                f"state dict entry {bad[0]!r} is not a str -> tensor pair; load_into takes a flat "
+                "state dict (use statevault.load(path)['model'] for nested checkpoints)"
+            )
+        self.state = state
+        self.label = "<in-memory state dict>"
+        self.aliases: Mapping[str, str] = {}
+
+    def close(self) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return list(self.state)
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        tensor = self.state[name]
+        return tuple(tensor.shape), tensor.dtype
+
+    def fill(self, pairs: Sequence[tuple[str, torch.Tensor]], *, verify: bool) -> None:
+        with torch.no_grad():
+            for name, dest in pairs:
+                dest.copy_(self.state[name])
+
+    def tensors(self, names: Sequence[str], *, verify: bool) -> dict[str, torch.Tensor]:
+        return {n: self.state[n] for n in names}
+
+
+def open_source(source: Source) -> FileSource | MemorySource:
+    if isinstance(source, Checkpoint):
+        return FileSource(source, owned=False)
+    if isinstance(source, (str, os.PathLike)):
+        return FileSource(Checkpoint(Path(source)), owned=True)
+    if isinstance(source, Mapping):
+        return MemorySource(source)
+    raise UnsupportedObjectError(
+        f"load_into source must be a path, a Checkpoint or a state dict, got {type(source)!r}"
+    )

@@ -1,0 +1,141 @@
+"""Nested training state <-> (JSON skeleton, flat name->tensor table).
+
+A training checkpoint is a tree: dicts with string *and* int keys (optimizer state is keyed
+by parameter index), lists, tuples, tensors and plain scalars. safetensors stores only a flat
+table of tensors, so we split the tree into that table plus a JSON skeleton that records the
+structure. Skeleton nodes are either JSON literals (str, int, float, bool, null) or a
+one-key object naming the node kind::
+
+    {"tensor": "optimizer.state.0.exp_avg"}
+    {"dict": [["lr", 0.001], [0, {...}]]}         # pairs keep int keys and order
+    {"list": [...]}   {"tuple": [...]}   {"float": "nan" | "inf" | "-inf"}
+
+A dict that came from ``state_dict()`` also keeps torch's per-module version table under
+``"torch_metadata"`` so modules that migrate old checkpoints (BatchNorm) see what they expect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from statevault.errors import HeaderError, UnsupportedObjectError
+
+Skeleton = Any  # a JSON value as described in the module docstring
+ROOT_TENSOR_NAME = "tensor"
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in path) or "<root>"
+
+
+class _Flattener:
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def name_for(self, path: tuple[str | int, ...]) -> str:
+        base = ".".join(str(part) for part in path) or ROOT_TENSOR_NAME
+        name, suffix = base, 2
+        while name in self.tensors:  # e.g. {"a.b": x, "a": {"b": y}} flatten to the same name
+            name, suffix = f"{base}#{suffix}", suffix + 1
+        return name
+
+    def visit(self, value: Any, path: tuple[str | int, ...]) -> Skeleton:
+        if isinstance(value, torch.Tensor):
+            name = self.name_for(path)
+            self.tensors[name] = value
+            return {"tensor": name}
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if type(value) is int:
+            return value
+        if type(value) is float:
+            if math.isfinite(value):
+                return value
+            return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        if type(value) in (dict, OrderedDict):
+            return self.visit_dict(value, path)
+        if type(value) is list:
+            return {"list": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
+        if type(value) in (tuple, torch.Size):
+            return {"tuple": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
+        raise UnsupportedObjectError(
+            f"{_path_text(path)}: cannot store {type(value)!r} without pickle. statevault stores "
+            "tensors, dicts (str/int keys), lists, tuples, int, float, bool, str and None; "
+            "convert this value to one of those (e.g. dict(x), x.tolist(), float(x))"
+        )
+
+    def visit_dict(self, value: dict[Any, Any], path: tuple[str | int, ...]) -> Skeleton:
+        pairs = []
+        for key, item in value.items():
+            if not (isinstance(key, str) or type(key) is int):
+                raise UnsupportedObjectError(
+                    f"{_path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
+                    "supported; keys must be str or int"
+                )
+            pairs.append([key, self.visit(item, (*path, key))])
+        node: dict[str, Any] = {"dict": pairs}
+        versions = getattr(value, "_metadata", None)
+        if isinstance(versions, dict) and not path:
+            node["torch_metadata"] = _json_versions(versions)
+        return node
+
+
+def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
+    """torch's state_dict version table, kept only where it is plain JSON."""
+    return {
+        str(prefix): {k: v for k, v in entry.items() if isinstance(v, (int, str, bool))}
+        for prefix, entry in versions.items()
+        if isinstance(entry, dict)
+    }
+
+
+def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
+    """Split ``obj`` into a JSON skeleton and a name->tensor table (names unique).
+
+    ``nn.Module`` arguments are replaced by their ``state_dict()``. Nothing is copied or
+    mutated; the table holds the caller's own tensor objects.
+    """
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    flattener = _Flattener()
+    skeleton = flattener.visit(obj, ())
+    return skeleton, flattener.tensors
+
+
+def _bad(message: str) -> HeaderError:
+    return HeaderError(f"statevault tree in header is damaged: {message}")
+
+
+def unflatten(skeleton: Skeleton, tensor: Callable[[str], torch.Tensor]) -> Any:
+    """Rebuild the saved object, fetching each tensor by name through ``tensor``."""
+    if skeleton is None or isinstance(skeleton, (bool, int, float, str)):
+        return skeleton
+    if not isinstance(skeleton, dict) or not skeleton:
+        raise _bad(f"unexpected node {skeleton!r}")
+    kind = next(iter(skeleton))
+    body = skeleton[kind]
+    if kind == "tensor" and isinstance(body, str):
+        return tensor(body)
+    if kind == "float" and body in ("nan", "inf", "-inf"):
+        return float(body)
+    if kind in ("list", "tuple") and isinstance(body, list):
+        items = [unflatten(item, tensor) for item in body]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict" and isinstance(body, list):
+        result: dict[Any, Any] = {}
+        for pair in body:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
+                raise _bad(f"bad dict entry {pair!r}")
+            result[pair[0]] = unflatten(pair[1], tensor)
+        versions = skeleton.get("torch_metadata")
+        if isinstance(versions, dict):
+            ordered: OrderedDict[Any, Any] = OrderedDict(result)
+            ordered._metadata = versions  # type: ignore[attr-defined]
+            return ordered
+        return result
+    raise _bad(f"unknown node kind {kind!r}")

@@ -1,0 +1,135 @@
+"""statevault's own metadata, kept as canonical JSON under ``__metadata__["statevault"]``.
+
+It records what safetensors cannot: the format version, the skeleton of nested state, true
+dtypes of encoded tensors, tied-weight aliases, per-tensor checksums, and a digest of the
+whole header so that damage to names, shapes or metadata is caught, not only to tensor data.
+Plain safetensors files simply have none of this and load as flat state dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from statevault import _checksum
+from statevault._dtypes import dtype_from_name, spec_for
+from statevault._format import Header, TensorEntry
+from statevault._tree import Skeleton
+from statevault.errors import HeaderError
+
+VAULT_KEY = "statevault"
+FORMAT_KEY = "format"
+FORMAT_VERSION = 1
+RESERVED_KEYS = frozenset({VAULT_KEY})
+
+
+@dataclass(frozen=True)
+class VaultInfo:
+    """Decoded statevault metadata of one file (empty for a plain safetensors file)."""
+
+    version: int | None = None
+    tree: Skeleton | None = None
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    header_digest: str | None = None
+
+    @property
+    def has_checksums(self) -> bool:
+        return bool(self.checksums)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object stored in the header, without the header digest."""
+        body: dict[str, Any] = {"version": self.version, "aliases": dict(self.aliases)}
+        body["dtypes"] = dict(self.dtypes)
+        if self.checksums:
+            body["checksums"] = {"algorithm": _checksum.ALGORITHM, "digests": dict(self.checksums)}
+        if self.tree is not None:
+            body["tree"] = self.tree
+        return body
+
+
+def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The caller's metadata, i.e. everything but statevault's reserved keys."""
+    return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+
+
+def header_digest(entries: list[TensorEntry], user: Mapping[str, str], body: Mapping[str, Any]) -> str:
+    """Digest over every header field that matters, in a canonical form."""
+    tensors = {e.name: e.to_json() for e in entries}
+    document = {"tensors": tensors, "metadata": dict(user), "statevault": body}
+    return _checksum.digest(_checksum.canonical_json(document).encode("utf-8"))
+
+
+def encode(info: VaultInfo, entries: list[TensorEntry], user: Mapping[str, str]) -> dict[str, str]:
+    """Build the full ``__metadata__`` mapping for a file we write."""
+    body = info.body()
+    metadata = {FORMAT_KEY: "pt"}  # what transformers checks before loading a safetensors file
+    metadata.update(user)
+    stored = dict(body, header_digest=header_digest(entries, metadata, body))
+    metadata[VAULT_KEY] = _checksum.canonical_json(stored)
+    return metadata
+
+
+def decode(header: Header, *, source: str) -> VaultInfo:
+    """Parse and cross-check our metadata against the header it came with."""
+    raw = header.metadata.get(VAULT_KEY)
+    if raw is None:
+        return VaultInfo()
+    try:
+        stored = json.loads(raw)
+    except ValueError as exc:
+        raise HeaderError(f"{source}: statevault metadata is not valid JSON ({exc}); header damaged") from None
+    if not isinstance(stored, dict):
+        raise HeaderError(f"{source}: statevault metadata must be a JSON object; header damaged")
+    version = stored.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise HeaderError(f"{source}: statevault metadata has no valid format version")
+    if version > FORMAT_VERSION:
+        raise HeaderError(
+            f"{source}: written by a newer statevault (format {version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade statevault to read it"
+        )
+    recorded = stored.pop("header_digest", None)
+    body = stored
+    entries = list(header.entries.values())
+    if recorded is not None:
+        actual = header_digest(entries, user_metadata(header.metadata), body)
+        if actual != recorded:
+            raise HeaderError(
+                f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
+                "names, shapes, offsets or metadata were altered after saving; the file is damaged"
+            )
+    checksums = body.get("checksums", {}).get("digests", {}) if "checksums" in body else {}
+    info = VaultInfo(
+        version=version,
+        tree=body.get("tree"),
+        checksums=checksums,
+        aliases=body.get("aliases", {}),
+        dtypes=body.get("dtypes", {}),
+        header_digest=recorded,
+    )
+    _check_consistency(info, header, source)
+    return info
+
+
+def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
+    names = header.entries
+    if not all(isinstance(v, str) for v in info.checksums.values()):
+        raise HeaderError(f"{source}: checksum table is damaged")
+    if info.checksums and set(info.checksums) != set(names):
+        missing = sorted(set(names) - set(info.checksums))[:5]
+        raise HeaderError(f"{source}: checksum table does not cover tensors {missing}; header damaged")
+    for alias, target in info.aliases.items():
+        if target not in names or alias in names:
+            raise HeaderError(f"{source}: alias {alias!r} -> {target!r} does not resolve; header damaged")
+    for name, dtype_name in info.dtypes.items():
+        dtype = dtype_from_name(dtype_name) if isinstance(dtype_name, str) else None
+        spec = spec_for(dtype) if dtype is not None else None
+        if name not in names or spec is None or spec.code != names[name].code:
+            raise HeaderError(
+                f"{source}: tensor {name!r} is recorded as dtype {dtype_name!r}, which does not "
+                f"fit its stored code; header damaged or written by a newer statevault"
+            )

@@ -1,0 +1,69 @@
+"""The statevault exception hierarchy.
+
+Every error the library raises on purpose derives from :class:`StateVaultError`, and each
+leaf also subclasses the builtin a caller would naturally catch::
+
+    StateVaultError
+    ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
+    ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
+    ├── CorruptFileError             (ValueError)         the file is not what it claims to be
+    │   ├── HeaderError                                   malformed or inconsistent header
+    │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
+    │   └── ChecksumMismatchError                         tensor bytes differ from what was saved
+    └── StateDictMismatchError       (RuntimeError)       load_into(strict=True) found problems;
+                                                          ``.report`` holds the LoadReport
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from statevault._report import LoadReport
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "CorruptFileError",
+    "HeaderError",
+    "StateDictMismatchError",
+    "StateVaultError",
+    "TruncatedFileError",
+    "UnsupportedObjectError",
+]
+
+
+class StateVaultError(Exception):
+    """Root of every error statevault raises deliberately."""
+
+
+class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+class UnsupportedObjectError(StateVaultError, TypeError):
+    """An object in the state cannot be stored without pickle (message names its path)."""
+
+
+class CorruptFileError(StateVaultError, ValueError):
+    """The file is damaged or is not a safetensors/statevault file."""
+
+
+class HeaderError(CorruptFileError):
+    """The header is malformed, inconsistent, or unsafe to follow."""
+
+
+class TruncatedFileError(CorruptFileError):
+    """The file is shorter than its header says it must be."""
+
+
+class ChecksumMismatchError(CorruptFileError):
+    """A tensor's bytes do not hash to the digest recorded when it was saved."""
+
+
+class StateDictMismatchError(StateVaultError, RuntimeError):
+    """``load_into(strict=True)`` found missing, unexpected or mismatched keys."""
+
+    def __init__(self, message: str, report: LoadReport) -> None:
+        super().__init__(message)
+        self.report = report
