@@ -67,7 +67,9 @@ class Checkpoint:
             dtype = dtype_from_name(recorded)
             spec = spec_for(dtype) if dtype is not None else None
             if dtype is None or spec is None:  # already rejected by decode(); keeps mypy honest
-                raise HeaderError(f"{self.path}: tensor {entry.name!r} has unknown dtype {recorded!r}")
+                raise HeaderError(
+                    f"{self.path}: tensor {entry.name!r} has unknown dtype {recorded!r}"
+                )
             if spec.trailing is not None:
                 if not shape or shape[-1] != spec.trailing:
                     raise HeaderError(
@@ -143,7 +145,11 @@ class Checkpoint:
         keep_alive = []
         for name, dest in pairs:
             info = self.tensors[name]
-            if dest.device.type != "cpu" or not dest.is_contiguous() or dest.numel() * dest.element_size() != info.nbytes:
+            if (
+                dest.device.type != "cpu"
+                or not dest.is_contiguous()
+                or dest.numel() * dest.element_size() != info.nbytes
+            ):
                 raise StateVaultError(f"internal error: bad destination for {name!r}")
             keep_alive.append(dest)
             jobs.append((self._entry(name), tensor_memory(dest), info.checksum if verify else None))
@@ -157,7 +163,9 @@ class Checkpoint:
         raw = torch.empty(info.nbytes, dtype=torch.uint8)
         return raw.view(info.dtype).reshape(info.shape)
 
-    def read(self, names: Iterable[str] | None = None, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    def read(
+        self, names: Iterable[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Read tensors (all by default) into fresh CPU tensors; aliases share one tensor."""
         wanted = list(self.keys() if names is None else names)
         unknown = [n for n in wanted if n not in self.tensors and n not in self.aliases]
@@ -183,7 +191,9 @@ class Checkpoint:
 
         def fetch(name: str) -> torch.Tensor:
             if name not in tensors:
-                raise HeaderError(f"{self.path}: tree refers to unknown tensor {name!r}; header damaged")
+                raise HeaderError(
+                    f"{self.path}: tree refers to unknown tensor {name!r}; header damaged"
+                )
             return tensors[name]
 
         return unflatten(self.vault.tree, fetch)

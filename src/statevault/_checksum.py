@@ -29,4 +29,6 @@ def digest(buffer: bytes | memoryview) -> str:
 
 def canonical_json(value: Any) -> str:
     """The one serialisation we hash and store: sorted keys, no spaces, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )

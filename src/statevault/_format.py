@@ -42,7 +42,11 @@ class TensorEntry:
         return self.end - self.start
 
     def to_json(self) -> dict[str, Any]:
-        return {"dtype": self.code, "shape": list(self.shape), "data_offsets": [self.start, self.end]}
+        return {
+            "dtype": self.code,
+            "shape": list(self.shape),
+            "data_offsets": [self.start, self.end],
+        }
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,9 @@ def _parse_entry(name: str, raw: Any, source: str) -> TensorEntry:
             f"(known: {', '.join(sorted(CODE_ITEMSIZE))})"
         )
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise HeaderError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise HeaderError(
+            f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2

@@ -45,7 +45,7 @@ def tensor_memory(tensor: torch.Tensor) -> memoryview:
     return memoryview(array).cast("B")
 
 
-def _write_all(fd: int, buffer: memoryview | bytes) -> None:
+def _write_all(fd: int, buffer: memoryview | bytes | bytearray) -> None:
     view = memoryview(buffer)
     while view:
         written = os.write(fd, view)
@@ -115,10 +115,14 @@ def write_atomically(
     for any digests (they are fixed-width hex), so the data can be written and hashed in one
     pass and the header filled in last.
     """
-    placeholder = build_header({job.entry.name: _checksum.PLACEHOLDER for job in jobs} if checksum else {})
+    placeholder = build_header(
+        {job.entry.name: _checksum.PLACEHOLDER for job in jobs} if checksum else {}
+    )
     directory = path.parent
     if not directory.is_dir():
-        raise CheckpointNotFoundError(f"{path}: directory {directory} does not exist; create it first")
+        raise CheckpointNotFoundError(
+            f"{path}: directory {directory} does not exist; create it first"
+        )
     temp_path = directory / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     # 0o666 filtered by the umask, like any normally created file; O_EXCL never clobbers.
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -145,7 +149,6 @@ def write_atomically(
         _fsync_directory(directory)
 
 
-
 class FileReader:
     """An open checkpoint file: its validated header and verified reads of its tensors."""
 
@@ -156,7 +159,9 @@ class FileReader:
         except FileNotFoundError:
             raise CheckpointNotFoundError(f"{self.path}: no such checkpoint file") from None
         except IsADirectoryError:
-            raise CheckpointNotFoundError(f"{self.path}: is a directory, not a checkpoint file") from None
+            raise CheckpointNotFoundError(
+                f"{self.path}: is a directory, not a checkpoint file"
+            ) from None
         try:
             self.file_size = os.fstat(self._fd).st_size
             prefix = os.pread(self._fd, 8, 0)

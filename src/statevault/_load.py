@@ -10,7 +10,9 @@ import torch
 from statevault._checkpoint import Checkpoint
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+def load(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
+) -> Any:
     """Load what :func:`save` wrote (or any safetensors file, as a flat dict).
 
     Tuples come back as tuples, int keys as ints, tied tensors as one shared tensor.

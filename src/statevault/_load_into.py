@@ -40,7 +40,9 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
     return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
 
 
-def _analyse(model_state: Mapping[str, torch.Tensor], source: FileSource | MemorySource) -> LoadReport:
+def _analyse(
+    model_state: Mapping[str, torch.Tensor], source: FileSource | MemorySource
+) -> LoadReport:
     """Compare model and checkpoint keys, shapes and dtypes without reading any data."""
     names = source.names()
     in_source = set(names)
@@ -55,7 +57,11 @@ def _analyse(model_state: Mapping[str, torch.Tensor], source: FileSource | Memor
             continue
         matched.append(key)
         if dtype != dest.dtype:
-            casts.append(DtypeCast(key, str(dtype).removeprefix("torch."), str(dest.dtype).removeprefix("torch.")))
+            casts.append(
+                DtypeCast(
+                    key, str(dtype).removeprefix("torch."), str(dest.dtype).removeprefix("torch.")
+                )
+            )
     unexpected = [n for n in names if n not in model_state]
     first_owner: dict[tuple[Any, ...], str] = {}
     tied = []
@@ -76,7 +82,12 @@ def _analyse(model_state: Mapping[str, torch.Tensor], source: FileSource | Memor
     )
 
 
-def _fill_fast(model_state: Mapping[str, torch.Tensor], report: LoadReport, source: FileSource | MemorySource, verify: bool) -> None:
+def _fill_fast(
+    model_state: Mapping[str, torch.Tensor],
+    report: LoadReport,
+    source: FileSource | MemorySource,
+    verify: bool,
+) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once."""
     claimed: dict[tuple[Any, ...], str] = {}
     first: list[tuple[str, torch.Tensor]] = []
@@ -95,7 +106,9 @@ def _fill_fast(model_state: Mapping[str, torch.Tensor], report: LoadReport, sour
     source.fill(later, verify=verify)
 
 
-def _fill_with_torch(module: nn.Module, report: LoadReport, source: FileSource | MemorySource, verify: bool) -> LoadReport:
+def _fill_with_torch(
+    module: nn.Module, report: LoadReport, source: FileSource | MemorySource, verify: bool
+) -> LoadReport:
     skip = {m.key for m in report.shape_mismatches}
     names = [n for n in source.names() if n not in skip]
     state = source.tensors(names, verify=verify)
@@ -114,7 +127,9 @@ def _fill_with_torch(module: nn.Module, report: LoadReport, source: FileSource |
     )
 
 
-def load_into(module: nn.Module, source: Source, *, strict: bool = True, verify: bool = True) -> LoadReport:
+def load_into(
+    module: nn.Module, source: Source, *, strict: bool = True, verify: bool = True
+) -> LoadReport:
     """Load a checkpoint file (or an in-memory state dict) into ``module``; return a report.
 
     With ``strict=True`` any missing, unexpected or shape-mismatched key raises

@@ -93,6 +93,8 @@ class LoadReport:
             lines.append(f"Dtype casts ({len(self.casts)}):")
             lines += [f"  {c}" for c in capped(self.casts)]
         if self.tied:
-            lines.append("Tied tensors: " + ", ".join(f"{a} = {b}" for a, b in self.tied[:MAX_LISTED]))
+            lines.append(
+                "Tied tensors: " + ", ".join(f"{a} = {b}" for a, b in self.tied[:MAX_LISTED])
+            )
         lines += list(self.notes)
         return "\n".join(lines)

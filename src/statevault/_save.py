@@ -69,7 +69,9 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise UnsupportedObjectError(f"metadata must be a mapping of str to str, got {type(metadata)!r}")
+        raise UnsupportedObjectError(
+            f"metadata must be a mapping of str to str, got {type(metadata)!r}"
+        )
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise UnsupportedObjectError(
@@ -102,7 +104,9 @@ def save(
                         "ckpt.safetensors", metadata={"run": "baseline"})
     """
     if sys.byteorder != "little":
-        raise UnsupportedObjectError("statevault writes little-endian files; big-endian hosts are not supported")
+        raise UnsupportedObjectError(
+            "statevault writes little-endian files; big-endian hosts are not supported"
+        )
     user = _check_metadata(metadata)
     skeleton, tensors = flatten(obj)
     stored: dict[str, tuple[torch.Tensor, DtypeSpec]] = {}
@@ -119,7 +123,12 @@ def save(
         stored[name] = (tensor, spec)
 
     entries = plan_layout(
-        (name, spec.code, (*t.shape, spec.trailing) if spec.trailing else tuple(t.shape), t.numel() * t.element_size())
+        (
+            name,
+            spec.code,
+            (*t.shape, spec.trailing) if spec.trailing else tuple(t.shape),
+            t.numel() * t.element_size(),
+        )
         for name, (t, spec) in stored.items()
     )
     dtypes = {name: spec.name for name, (_, spec) in stored.items() if spec.encoded}
@@ -127,7 +136,11 @@ def save(
 
     def build_header(digests: dict[str, str]) -> bytes:
         info = _vault.VaultInfo(
-            version=_vault.FORMAT_VERSION, tree=skeleton, checksums=digests, aliases=aliases, dtypes=dtypes
+            version=_vault.FORMAT_VERSION,
+            tree=skeleton,
+            checksums=digests,
+            aliases=aliases,
+            dtypes=dtypes,
         )
         return encode_header(entries, _vault.encode(info, entries, user))
 

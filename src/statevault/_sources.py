@@ -65,7 +65,9 @@ class MemorySource:
     """A state dict already in memory (e.g. what ``torch.load`` returned)."""
 
     def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
-        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        bad = [
+            k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+        ]
         if bad:
             raise UnsupportedObjectError(
                 f"state dict entry {bad[0]!r} is not a str -> tensor pair; load_into takes a flat "

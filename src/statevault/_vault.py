@@ -56,7 +56,9 @@ def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
 
 
-def header_digest(entries: list[TensorEntry], user: Mapping[str, str], body: Mapping[str, Any]) -> str:
+def header_digest(
+    entries: list[TensorEntry], user: Mapping[str, str], body: Mapping[str, Any]
+) -> str:
     """Digest over every header field that matters, in a canonical form."""
     tensors = {e.name: e.to_json() for e in entries}
     document = {"tensors": tensors, "metadata": dict(user), "statevault": body}
@@ -81,7 +83,9 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     try:
         stored = json.loads(raw)
     except ValueError as exc:
-        raise HeaderError(f"{source}: statevault metadata is not valid JSON ({exc}); header damaged") from None
+        raise HeaderError(
+            f"{source}: statevault metadata is not valid JSON ({exc}); header damaged"
+        ) from None
     if not isinstance(stored, dict):
         raise HeaderError(f"{source}: statevault metadata must be a JSON object; header damaged")
     version = stored.get("version")
@@ -121,10 +125,14 @@ def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
         raise HeaderError(f"{source}: checksum table is damaged")
     if info.checksums and set(info.checksums) != set(names):
         missing = sorted(set(names) - set(info.checksums))[:5]
-        raise HeaderError(f"{source}: checksum table does not cover tensors {missing}; header damaged")
+        raise HeaderError(
+            f"{source}: checksum table does not cover tensors {missing}; header damaged"
+        )
     for alias, target in info.aliases.items():
         if target not in names or alias in names:
-            raise HeaderError(f"{source}: alias {alias!r} -> {target!r} does not resolve; header damaged")
+            raise HeaderError(
+                f"{source}: alias {alias!r} -> {target!r} does not resolve; header damaged"
+            )
     for name, dtype_name in info.dtypes.items():
         dtype = dtype_from_name(dtype_name) if isinstance(dtype_name, str) else None
         spec = spec_for(dtype) if dtype is not None else None
