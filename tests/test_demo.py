@@ -23,7 +23,9 @@ def test_demo_command_succeeds_and_writes_files(tmp_path: Path) -> None:
     assert set(restored["optimizer"]) == {"state", "param_groups"}
 
 
-def test_demo_reports_failure_when_loading_is_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_reports_failure_when_loading_is_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A load_into that silently does nothing must make the demo notice and exit non-zero.
     def broken_load_into(module: object, source: object) -> None:
         return None

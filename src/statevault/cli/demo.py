@@ -64,7 +64,10 @@ def _train(
 
 
 def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def _describe(path: Path, echo: Callable[[str], None]) -> None:
@@ -72,7 +75,9 @@ def _describe(path: Path, echo: Callable[[str], None]) -> None:
         echo(f"  {path.name}: {path.stat().st_size:,} bytes, {len(checkpoint.tensors)} tensor(s)")
         for name, info in checkpoint.tensors.items():
             dtype = str(info.dtype).removeprefix("torch.")
-            echo(f"    {name:<38} {dtype:<8} {list(info.shape)!s:<10} {info.nbytes:>6} B  xxh3 {info.checksum}")
+            echo(
+                f"    {name:<38} {dtype:<8} {list(info.shape)!s:<10} {info.nbytes:>6} B  xxh3 {info.checksum}"
+            )
 
 
 def run_demo(directory: Path, echo: Callable[[str], None]) -> bool:
