@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -250,10 +249,12 @@ def _load_torch(path: Path, *, legacy: bool) -> Any:
             f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0]}); it is damaged "
             "or in another format"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # torch's loader fails in many ways on damaged or odd files
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise CorruptFileError(
-            f"{path}: not a readable PyTorch file ({first}); it is damaged or truncated"
+            f"{path}: torch could not read this file ({type(exc).__name__}: {first}); it is "
+            "damaged, truncated, or uses a dtype its format cannot hold (legacy pre-1.6 files "
+            "lack uint16/32/64, float8, float4 and complex32 storages)"
         ) from None
 
 
