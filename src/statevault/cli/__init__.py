@@ -1,16 +1,86 @@
-"""The ``statevault`` command line: a thin layer over the public Python API."""
+"""The ``statevault`` command line: a thin layer over the public Python API.
+
+Each command lives in its own module and calls one library function (``inspect``,
+``verify``, ``diff``, ``convert``); this module only wires them together and turns
+exceptions into one clear line on stderr and exit code 2 (``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from statevault.cli._output import EXIT_ERROR
+from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
+from statevault.cli.diff_cmd import diff_command
+from statevault.cli.inspect_cmd import inspect_command
+from statevault.cli.verify_cmd import verify_command
+from statevault.errors import StateVaultError
+
+_DEBUG = "statevault.debug"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, (StateVaultError, OSError, ValueError)):
+        return text  # ours, the OS's and bad-argument errors say what to fix in their own words
+    return f"internal error ({type(exc).__name__}: {text}); rerun with --debug for the traceback"
+
+
+class _Group(click.Group):
+    """Runs subcommands so that failures end in one line and exit 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.meta.get(_DEBUG):
+                raise
+            click.echo(f"error: {_message(exc)}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_DEBUG] = True
+
+
+def _debug_option(command: click.Command) -> click.Command:
+    """Accept ``--debug`` after the subcommand too (``statevault verify x --debug``)."""
+    command.params.append(
+        click.Option(
+            ["--debug"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_debug,
+            help="Show the full traceback on errors.",
+        )
+    )
+    return command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="statevault")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show the full traceback on errors.",
+)
 def main() -> None:
-    """Inspect, verify, diff and convert PyTorch checkpoints; run the demo."""
+    """Inspect, verify, diff and convert PyTorch checkpoints; run the demo.
+
+    Exit codes: 0 success (intact / equal), 1 a finding (damaged / different), 2 error.
+    """
 
 
 main.add_command(demo)
+for _command in (inspect_command, verify_command, diff_command, convert_command):
+    main.add_command(_debug_option(_command))

@@ -1,0 +1,52 @@
+"""``statevault diff``: keys, shapes, dtypes and values of two checkpoints, like ``diff``."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from statevault._diff import diff
+from statevault.cli._output import EXIT_FINDING, emit_json, progress_bar, stdout_console
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(path_type=str))
+@click.argument("b", type=click.Path(path_type=str))
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Absolute tolerance.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Relative tolerance (times |B|).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.pass_context
+def diff_command(
+    ctx: click.Context, a: str, b: str, atol: float, rtol: float, as_json: bool
+) -> None:
+    """Compare checkpoints A and B: exit 0 if equal, 1 if different, 2 on error.
+
+    Reports keys only in A or B, shape and dtype changes, per-tensor max abs and relative
+    L2 differences, and changed non-tensor state. Values are equal when
+    |a - b| <= atol + rtol * |b| (NaNs in the same place are equal). Either side may be any
+    kind inspect accepts, e.g. a .pt and its converted file.
+    """
+    with progress_bar("comparing") as bar:
+        report = diff(a, b, atol=atol, rtol=rtol, progress=bar)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        lines = str(report).splitlines()
+        console = stdout_console()
+        console.print(f"[{'green' if report.equal else 'yellow'}]{escape(lines[0])}[/]")
+        for line in lines[1:]:
+            console.print(escape(line))
+    if not report.equal:
+        ctx.exit(EXIT_FINDING)

@@ -1,0 +1,106 @@
+"""``statevault inspect``: what is inside a checkpoint, from its header alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.tree import Tree
+
+from statevault._inspect import CheckpointSummary, ModuleNode, inspect
+from statevault.cli._output import emit_json, human_bytes, stdout_console
+
+
+def _leaf_label(node: ModuleNode) -> str:
+    if node.alias_of is not None:
+        return f"{escape(node.name)}  [dim]tied to {escape(node.alias_of)}[/]"
+    meta = node.tensor
+    assert meta is not None  # a leaf without children is a tensor or an alias
+    shape = "[" + ", ".join(str(d) for d in meta.shape) + "]"
+    return (
+        f"{escape(node.name)}  [cyan]{meta.dtype_name}[/] {shape}  "
+        f"{meta.numel:,} · {human_bytes(meta.nbytes)}"
+    )
+
+
+def _add(branch: Tree, node: ModuleNode, depth: int | None) -> None:
+    for child in node.children:
+        if not child.children:
+            branch.add(_leaf_label(child))
+            continue
+        label = (
+            f"[bold]{escape(child.name)}[/]  {child.numel:,} params · "
+            f"{human_bytes(child.nbytes)} · {child.count} tensor(s)"
+        )
+        if child.tensor is not None:  # a name that is both a tensor and a prefix
+            label += f"  (itself {child.tensor.dtype_name} {list(child.tensor.shape)})"
+        sub = branch.add(label)
+        if depth is None or depth > 1:
+            _add(sub, child, None if depth is None else depth - 1)
+
+
+def render(summary: CheckpointSummary, *, depth: int | None) -> None:
+    console = stdout_console()
+    if summary.format_version is not None:
+        kind = f"statevault format {summary.format_version}"
+    else:
+        kind = {"safetensors": "plain safetensors", "sharded": "sharded safetensors"}.get(
+            summary.kind, f"{summary.kind} (weights-only loader)"
+        )
+    checks = "xxh3-64 checksums" if summary.has_checksums else "no checksums"
+    tied = f" (+{len(summary.aliases)} tied)" if summary.aliases else ""
+    console.print(f"[bold]{escape(summary.path)}[/]  {kind} · {checks}")
+    console.print(
+        f"{len(summary.tensors)} tensor(s){tied} · {summary.numel:,} params · "
+        f"{human_bytes(summary.nbytes)} of tensor data · file {human_bytes(summary.file_size)}"
+    )
+    tree = Tree("[bold]tensors[/]")
+    _add(tree, summary.root, depth)
+    console.print(tree)
+    if summary.metadata:
+        console.print("[bold]metadata[/]")
+        for key, value in summary.metadata.items():
+            console.print(f"  {escape(key)}: {escape(value)}")
+    if summary.state is not None:
+        console.print("[bold]non-tensor state[/]")
+        for path, value in state_lines(summary.state):
+            console.print(f"  {escape(path)} = {escape(value)}")
+
+
+def state_lines(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """One ``path = value`` line per leaf; lists of plain values stay on one line."""
+    if isinstance(value, dict):
+        return [line for key, item in value.items() for line in state_lines(item, _join(path, key))]
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        return [
+            line for i, item in enumerate(value) for line in state_lines(item, _join(path, str(i)))
+        ]
+    return [(path or "<root>", json.dumps(value, ensure_ascii=False))]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Show the module tree only this many levels deep (totals still cover everything).",
+)
+def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
+    """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
+
+    PATH is a statevault or safetensors file, a sharded Hugging Face directory, or a
+    .pt/.pth file (read through torch's weights-only loader). Only headers are read.
+    """
+    summary = inspect(path)
+    if as_json:
+        emit_json(summary.to_dict())
+    else:
+        render(summary, depth=depth)
