@@ -207,6 +207,8 @@ def _rename_causes(missing: Mapping[str, Shape], unexpected: Mapping[str, Shape]
         used_missing.update(p[1] for p in fresh)
     if not accepted:
         return []
+    order = {key: i for i, key in enumerate(missing)}
+    accepted.sort(key=lambda rule: min(order[p[1]] for p in rule[2]))  # in model order
     names = ", ".join(f"'{old}' -> '{new}'" for old, new, _ in accepted[:5])
     more = f" and {len(accepted) - 5} more" if len(accepted) > 5 else ""
     first_u, first_m, _ = accepted[0][2][0]
