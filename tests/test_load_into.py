@@ -188,16 +188,20 @@ def _layers(n: int) -> nn.ModuleList:
     return nn.ModuleList(nn.Linear(2, 2) for _ in range(n))
 
 
-def _best_time(run: Any, repeats: int = 3) -> float:
-    """Best of a few runs, with the cyclic GC paused: its full passes scale with the heap."""
-    best = float("inf")
+def _best_times(runs: dict[int, Any], repeats: int = 5) -> dict[int, float]:
+    """Best of a few interleaved runs each, so a busy moment cannot favour one size.
+
+    The cyclic GC is paused while timing: its full passes scale with the whole heap.
+    """
+    best = dict.fromkeys(runs, float("inf"))
     gc.collect()
     gc.disable()
     try:
         for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
+            for n, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[n] = min(best[n], time.perf_counter() - start)
     finally:
         gc.enable()
     return best
@@ -205,7 +209,7 @@ def _best_time(run: Any, repeats: int = 3) -> float:
 
 def test_thousands_of_layers_scale_linearly(tmp_path: Path) -> None:
     small, large = 1000, 8000
-    timings = {}
+    runs = {}
     for n in (small, large):
         path = tmp_path / f"{n}.safetensors"
         statevault.save(dict(_layers(n).state_dict()), path)
@@ -213,8 +217,13 @@ def test_thousands_of_layers_scale_linearly(tmp_path: Path) -> None:
         wrapped = {f"module.{k}": v for k, v in model.state_dict().items()}
         report = statevault.load_into(model, path)
         assert report.ok and len(report.matched) == 2 * n
-        load = _best_time(lambda m=model, p=path: statevault.load_into(m, p))
-        diagnose = _best_time(lambda m=model, w=wrapped: statevault.check(m, w, auto_fix=False))
-        timings[n] = load + diagnose
-    # 4x the layers: linear code takes ~4x; quadratic would take ~16x. Generous for noise.
-    assert timings[large] < 9 * timings[small] + 0.05, timings
+
+        def run(m: nn.Module = model, p: Path = path, w: dict[str, Any] = wrapped) -> None:
+            statevault.load_into(m, p)
+            statevault.check(m, w, auto_fix=False)  # the diagnosis path too
+
+        runs[n] = run
+    timings = _best_times(runs)
+    # 8x the layers: linear code takes ~8x (a bit more as caches overflow), quadratic ~64x
+    # (torch's own load_state_dict takes ~20x for 4x here). Generous for noisy machines.
+    assert timings[large] < 24 * timings[small] + 0.05, timings

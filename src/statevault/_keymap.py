@@ -244,9 +244,9 @@ def map_keys(
     if rename is not None:
         for rule, function in _renamer(rename):
             new = [function(name) for name in mapper.current]
-            bad = next((n for n in new if not isinstance(n, str)), None)
-            if bad is not None:
-                raise TypeError(f"{rule} returned {bad!r}; a rename must return a str")
+            bad = [n for n in new if not isinstance(n, str)]
+            if bad:
+                raise TypeError(f"{rule} returned {bad[0]!r}; a rename must return a str")
             mapper.apply(rule, "rename", new)
     if auto_fix:
         _wrap_for_model(mapper, model_keys)
