@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from statevault._checkpoint import Checkpoint, TensorInfo
 from statevault._convert import ConvertReport, convert
+from statevault._diagnose import Cause
 from statevault._diff import DiffReport, TensorDelta, diff
 from statevault._inspect import CheckpointSummary, inspect
+from statevault._keymap import AppliedMapping
 from statevault._load import load
-from statevault._load_into import load_into
-from statevault._report import DtypeCast, LoadReport, ShapeMismatch
+from statevault._load_into import check, load_into
+from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._save import save
 from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
@@ -20,6 +22,7 @@ from statevault.errors import (
     ChecksumMismatchError,
     CorruptFileError,
     HeaderError,
+    KeyMappingError,
     StateDictMismatchError,
     StateVaultError,
     TruncatedFileError,
@@ -29,7 +32,9 @@ from statevault.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppliedMapping",
     "BadTensor",
+    "Cause",
     "Checkpoint",
     "CheckpointNotFoundError",
     "CheckpointSummary",
@@ -39,16 +44,19 @@ __all__ = [
     "DiffReport",
     "DtypeCast",
     "HeaderError",
+    "KeyMappingError",
     "LoadReport",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
     "TensorDelta",
     "TensorInfo",
+    "TiedKey",
     "TruncatedFileError",
     "UnsupportedObjectError",
     "VerifyReport",
     "__version__",
+    "check",
     "convert",
     "diff",
     "inspect",

@@ -6,6 +6,8 @@ leaf also subclasses the builtin a caller would naturally catch::
     StateVaultError
     ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
+    ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
+    │                                                     checkpoint keys onto one name
     ├── CorruptFileError             (ValueError)         the file is not what it claims to be
     │   ├── HeaderError                                   malformed or inconsistent header
     │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
@@ -26,6 +28,7 @@ __all__ = [
     "ChecksumMismatchError",
     "CorruptFileError",
     "HeaderError",
+    "KeyMappingError",
     "StateDictMismatchError",
     "StateVaultError",
     "TruncatedFileError",
@@ -43,6 +46,10 @@ class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
 
 class UnsupportedObjectError(StateVaultError, TypeError):
     """An object in the state cannot be stored without pickle (message names its path)."""
+
+
+class KeyMappingError(StateVaultError, ValueError):
+    """A key mapping (``prefix=``, ``strip_prefix=``, ``rename=``) is invalid or not one-to-one."""
 
 
 class CorruptFileError(StateVaultError, ValueError):

@@ -1,0 +1,258 @@
+"""Key mapping: turn checkpoint key names into the model's names before they are matched.
+
+Pure functions over lists of names (no torch, no I/O). The steps run in this order:
+
+1. ``auto_fix``: names that wrappers add when a model is saved wrapped are removed from the
+   checkpoint's keys (a leading ``module.`` from DataParallel/DDP when *every* key has it;
+   ``_orig_mod``, ``_fsdp_wrapped_module`` and ``_checkpoint_wrapped_module`` anywhere), unless
+   the model has the same wrapper. Only when the result is one-to-one; otherwise nothing changes.
+2. ``prefix="backbone."``: select a sub-tree. Only keys under the prefix are used, with the
+   prefix removed; every other checkpoint key is *ignored* (listed in the report, not an error).
+3. ``strip_prefix="model."``: remove the prefix from the keys that have it; keep the others.
+4. ``rename``: ``(regex, replacement)`` pairs applied in order with ``re.sub``, or a callable.
+5. ``auto_fix`` again, the other way round: when the *model* is the wrapped one (a DDP or
+   compiled model loading a plain checkpoint), checkpoint keys get the model's wrapper names.
+
+Explicit steps (2-4) that map two checkpoint keys onto one name raise
+:class:`~statevault.errors.KeyMappingError`; automatic steps just stand down and say so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from statevault.errors import KeyMappingError
+
+Rename = Sequence[tuple[str, str]] | Callable[[str], str]
+
+# Wrapper attribute -> what put it there. ``module`` only counts as a leading prefix shared by
+# every key (a user's own submodule may be called "module"); the others are unambiguous anywhere.
+WRAPPERS = {
+    "module": "wrapped in DataParallel/DistributedDataParallel",
+    "_orig_mod": "compiled with torch.compile",
+    "_fsdp_wrapped_module": "wrapped in FullyShardedDataParallel (FSDP)",
+    "_checkpoint_wrapped_module": "wrapped with checkpoint_wrapper (activation checkpointing)",
+}
+_ANYWHERE = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+@dataclass(frozen=True)
+class AppliedMapping:
+    """One renaming step that changed at least one key, with an example of what it did."""
+
+    rule: str
+    reason: str
+    count: int
+    example: tuple[str, str]  # (checkpoint key, name it was matched under)
+    automatic: bool = False
+
+    def __str__(self) -> str:
+        before, after = self.example
+        how = "auto_fix" if self.automatic else "you asked"
+        return f"{self.rule} ({self.reason}; {how}): {self.count} key(s), e.g. {before} -> {after}"
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """The result of mapping: model-side name -> checkpoint name, plus what was done."""
+
+    pairs: dict[str, str]  # mapped name -> checkpoint name, in checkpoint order
+    ignored: tuple[str, ...] = ()  # checkpoint keys left out by prefix=
+    applied: tuple[AppliedMapping, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def remove_segments(name: str, segment: str) -> str:
+    """``name`` without any dotted component equal to ``segment``."""
+    return ".".join(part for part in name.split(".") if part != segment)
+
+
+def _has_segment(names: Iterable[str], segment: str) -> bool:
+    return any(segment in name.split(".") for name in names)
+
+
+def _all_start_with(names: Sequence[str], prefix: str) -> bool:
+    return bool(names) and all(name.startswith(prefix) for name in names)
+
+
+class _Mapper:
+    """Current names (parallel to the original checkpoint names) and the steps applied."""
+
+    def __init__(self, originals: Sequence[str]) -> None:
+        self.originals = list(originals)
+        self.current = list(originals)
+        self.applied: list[AppliedMapping] = []
+        self.notes: list[str] = []
+
+    def apply(self, rule: str, reason: str, new: Sequence[str], *, automatic: bool = False) -> bool:
+        """Adopt ``new`` names if they are one-to-one; record the step if it changed anything."""
+        changed = [i for i, (a, b) in enumerate(zip(self.current, new, strict=True)) if a != b]
+        if not changed:
+            return False
+        seen: dict[str, int] = {}
+        for i, name in enumerate(new):
+            if name in seen:
+                first, second = self.originals[seen[name]], self.originals[i]
+                if automatic:
+                    self.notes.append(
+                        f"auto_fix did not {rule}: {first!r} and {second!r} would both become {name!r}"
+                    )
+                    return False
+                raise KeyMappingError(
+                    f"{rule}: checkpoint keys {first!r} and {second!r} both become {name!r}; "
+                    "make the mapping one-to-one"
+                )
+            seen[name] = i
+        i = changed[0]
+        example = (self.originals[i], new[i])
+        self.applied.append(AppliedMapping(rule, reason, len(changed), example, automatic))
+        self.current = list(new)
+        return True
+
+
+def _unwrap_checkpoint(mapper: _Mapper, model_keys: Collection[str]) -> None:
+    """auto_fix, checkpoint side: drop wrapper names the model does not have."""
+    model_list = list(model_keys)
+    for _ in range(4):  # wrappers nest (DDP around a compiled model): peel a few layers
+        progressed = False
+        if _all_start_with(mapper.current, "module.") and not _all_start_with(
+            model_list, "module."
+        ):
+            new = [name.removeprefix("module.") for name in mapper.current]
+            progressed |= mapper.apply(
+                "strip 'module.'",
+                "checkpoint saved from a model " + WRAPPERS["module"],
+                new,
+                automatic=True,
+            )
+        for segment in _ANYWHERE:
+            if _has_segment(model_list, segment):
+                continue
+            new = [remove_segments(name, segment) for name in mapper.current]
+            progressed |= mapper.apply(
+                f"remove '{segment}.'",
+                "checkpoint saved from a model " + WRAPPERS[segment],
+                new,
+                automatic=True,
+            )
+        if not progressed:
+            return
+
+
+def _wrap_for_model(mapper: _Mapper, model_keys: Collection[str]) -> None:
+    """auto_fix, model side: give checkpoint keys the wrapper names the model has."""
+    model_list = list(model_keys)
+    leading = _all_start_with(model_list, "module.") and not _all_start_with(
+        mapper.current, "module."
+    )
+    segments = [
+        s for s in _ANYWHERE if _has_segment(model_list, s) and not _has_segment(mapper.current, s)
+    ]
+    if not leading and not segments:
+        return
+    plain: dict[str, str] = {}
+    for key in model_list:
+        name = key.removeprefix("module.") if leading else key
+        for segment in segments:
+            name = remove_segments(name, segment)
+        if name in plain:  # two model keys look alike without wrappers: cannot choose
+            mapper.notes.append(
+                f"auto_fix did not add wrapper names: model keys {plain[name]!r} and {key!r} "
+                "differ only in them"
+            )
+            return
+        plain[name] = key
+    model_set = set(model_list)
+    new = [name if name in model_set else plain.get(name, name) for name in mapper.current]
+    added = ["module"] if leading else []
+    what = " and ".join(WRAPPERS[s] for s in [*added, *segments])
+    attribute = ".".join([*added, *segments])
+    mapper.apply(
+        f"add '{attribute}.' wrapper names",
+        f"the model is {what}; load into the unwrapped model to avoid this",
+        new,
+        automatic=True,
+    )
+
+
+def _renamer(rename: Rename) -> list[tuple[str, Callable[[str], str]]]:
+    """Each rename rule as (description, function on one name)."""
+    if callable(rename):
+        label = getattr(rename, "__name__", type(rename).__name__)
+        return [(f"rename with {label}()", rename)]
+    rules: list[tuple[str, Callable[[str], str]]] = []
+    for item in rename:
+        if not (
+            isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)
+        ):
+            raise TypeError(
+                f"rename= takes (regex, replacement) string pairs or a callable; got {item!r}"
+            )
+        pattern, replacement = item
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise KeyMappingError(
+                f"rename pattern {pattern!r} is not a valid regex: {exc}"
+            ) from None
+
+        def substitute(
+            name: str, compiled: re.Pattern[str] = compiled, repl: str = replacement
+        ) -> str:
+            return compiled.sub(repl, name)
+
+        rules.append((f"rename {pattern!r} -> {replacement!r}", substitute))
+    return rules
+
+
+def map_keys(
+    checkpoint_keys: Sequence[str],
+    model_keys: Collection[str],
+    *,
+    prefix: str | None = None,
+    strip_prefix: str | None = None,
+    rename: Rename | None = None,
+    auto_fix: bool = True,
+) -> KeyMap:
+    """Map checkpoint keys into the model's namespace (see the module docstring for the steps)."""
+    for label, value in (("prefix", prefix), ("strip_prefix", strip_prefix)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise TypeError(f"{label}= must be a non-empty str such as 'backbone.', got {value!r}")
+    mapper = _Mapper(checkpoint_keys)
+    if auto_fix:
+        _unwrap_checkpoint(mapper, model_keys)
+    ignored: list[str] = []
+    if prefix is not None:
+        kept = [i for i, name in enumerate(mapper.current) if name.startswith(prefix)]
+        kept_set = set(kept)
+        ignored = [mapper.originals[i] for i in range(len(mapper.current)) if i not in kept_set]
+        mapper.originals = [mapper.originals[i] for i in kept]
+        mapper.current = [mapper.current[i] for i in kept]
+        mapper.apply(
+            f"select prefix {prefix!r}",
+            "only this sub-tree is loaded, without the prefix",
+            [name.removeprefix(prefix) for name in mapper.current],
+        )
+    if strip_prefix is not None:
+        mapper.apply(
+            f"strip prefix {strip_prefix!r}",
+            "from the keys that have it",
+            [name.removeprefix(strip_prefix) for name in mapper.current],
+        )
+    if rename is not None:
+        for rule, function in _renamer(rename):
+            new = [function(name) for name in mapper.current]
+            bad = [n for n in new if not isinstance(n, str)]
+            if bad:
+                raise TypeError(f"{rule} returned {bad[0]!r}; a rename must return a str")
+            mapper.apply(rule, "rename", new)
+    if auto_fix:
+        _wrap_for_model(mapper, model_keys)
+    return KeyMap(
+        pairs=dict(zip(mapper.current, mapper.originals, strict=True)),
+        ignored=tuple(ignored),
+        applied=tuple(mapper.applied),
+        notes=tuple(mapper.notes),
+    )
