@@ -186,7 +186,7 @@ class Checkpoint:
                 if id(tensor) not in moved:
                     moved[id(tensor)] = tensor.to(target)
             tensors = {n: moved[id(t)] for n, t in tensors.items()}
-        if self.vault.tree is None:
+        if not self.vault.has_tree:
             return tensors
 
         def fetch(name: str) -> torch.Tensor:

@@ -35,6 +35,9 @@ class VaultInfo:
     aliases: Mapping[str, str] = field(default_factory=dict)
     dtypes: Mapping[str, str] = field(default_factory=dict)
     header_digest: str | None = None
+    # A tree of JSON ``null`` (``save(None, ...)``) is still a tree; only plain
+    # safetensors files have none, so presence cannot be inferred from ``tree``.
+    has_tree: bool = False
 
     @property
     def has_checksums(self) -> bool:
@@ -46,7 +49,7 @@ class VaultInfo:
         body["dtypes"] = dict(self.dtypes)
         if self.checksums:
             body["checksums"] = {"algorithm": _checksum.ALGORITHM, "digests": dict(self.checksums)}
-        if self.tree is not None:
+        if self.has_tree or self.tree is not None:
             body["tree"] = self.tree
         return body
 
@@ -110,6 +113,7 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     info = VaultInfo(
         version=version,
         tree=body.get("tree"),
+        has_tree="tree" in body,
         checksums=checksums,
         aliases=body.get("aliases", {}),
         dtypes=body.get("dtypes", {}),
