@@ -191,9 +191,14 @@ class Checkpoint:
 
         def fetch(name: str) -> torch.Tensor:
             if name not in tensors:
-                raise HeaderError(
-                    f"{self.path}: tree refers to unknown tensor {name!r}; header damaged"
-                )
+                raise HeaderError(f"tree refers to unknown tensor {name!r}; header damaged")
             return tensors[name]
 
-        return unflatten(self.vault.tree, fetch)
+        try:
+            return unflatten(self.vault.tree, fetch)
+        except HeaderError as exc:
+            raise HeaderError(f"{self.path}: {exc}") from None
+        except RecursionError:
+            raise HeaderError(
+                f"{self.path}: statevault tree is nested too deeply to rebuild; header damaged"
+            ) from None

@@ -84,8 +84,8 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     if raw is None:
         return VaultInfo()
     try:
-        stored = json.loads(raw)
-    except ValueError as exc:
+        stored = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         raise HeaderError(
             f"{source}: statevault metadata is not valid JSON ({exc}); header damaged"
         ) from None
@@ -103,24 +103,41 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     body = stored
     entries = list(header.entries.values())
     if recorded is not None:
-        actual = header_digest(entries, user_metadata(header.metadata), body)
+        try:
+            actual = header_digest(entries, user_metadata(header.metadata), body)
+        except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
+            raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
         if actual != recorded:
             raise HeaderError(
                 f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
                 "names, shapes, offsets or metadata were altered after saving; the file is damaged"
             )
-    checksums = body.get("checksums", {}).get("digests", {}) if "checksums" in body else {}
+    checksums = body.get("checksums", {"digests": {}})
+    if not isinstance(checksums, dict):
+        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
     info = VaultInfo(
         version=version,
         tree=body.get("tree"),
         has_tree="tree" in body,
-        checksums=checksums,
-        aliases=body.get("aliases", {}),
-        dtypes=body.get("dtypes", {}),
+        checksums=_string_map(checksums.get("digests"), "checksum", source),
+        aliases=_string_map(body.get("aliases", {}), "alias", source),
+        dtypes=_string_map(body.get("dtypes", {}), "dtype", source),
         header_digest=recorded,
     )
     _check_consistency(info, header, source)
     return info
+
+
+def _reject_constant(name: str) -> None:
+    # Python's json accepts NaN/Infinity, which we never write and cannot re-hash canonically.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _string_map(value: Any, what: str, source: str) -> dict[str, str]:
+    """A str->str table from our metadata; anything else means the header was tampered with."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise HeaderError(f"{source}: statevault {what} table is damaged; header damaged")
+    return value
 
 
 def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
