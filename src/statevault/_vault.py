@@ -82,6 +82,7 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     """Parse and cross-check our metadata against the header it came with."""
     raw = header.metadata.get(VAULT_KEY)
     if raw is None:
+        _refuse_misplaced_vault(header.metadata, source)
         return VaultInfo()
     try:
         stored = json.loads(raw, parse_constant=_reject_constant)
@@ -99,19 +100,21 @@ def decode(header: Header, *, source: str) -> VaultInfo:
             f"{source}: written by a newer statevault (format {version}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade statevault to read it"
         )
+    # Every file we write carries the digest; without it nothing protects the header.
     recorded = stored.pop("header_digest", None)
+    if not isinstance(recorded, str):
+        raise HeaderError(f"{source}: statevault metadata lacks its header digest; header damaged")
     body = stored
     entries = list(header.entries.values())
-    if recorded is not None:
-        try:
-            actual = header_digest(entries, user_metadata(header.metadata), body)
-        except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
-            raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
-        if actual != recorded:
-            raise HeaderError(
-                f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
-                "names, shapes, offsets or metadata were altered after saving; the file is damaged"
-            )
+    try:
+        actual = header_digest(entries, user_metadata(header.metadata), body)
+    except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
+        raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
+    if actual != recorded:
+        raise HeaderError(
+            f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
+            "names, shapes, offsets or metadata were altered after saving; the file is damaged"
+        )
     checksums = body.get("checksums", {"digests": {}})
     if not isinstance(checksums, dict):
         raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
@@ -126,6 +129,16 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     )
     _check_consistency(info, header, source)
     return info
+
+
+def _refuse_misplaced_vault(metadata: Mapping[str, str], source: str) -> None:
+    """Catch damage to the ``"statevault"`` key itself, which would pass as a plain file."""
+    for key, value in metadata.items():
+        if value.startswith("{") and '"header_digest":' in value and '"version":' in value:
+            raise HeaderError(
+                f"{source}: metadata key {key!r} holds statevault metadata, expected under "
+                f"{VAULT_KEY!r}; the header is damaged"
+            )
 
 
 def _reject_constant(name: str) -> None:
