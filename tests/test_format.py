@@ -115,8 +115,15 @@ GOOD = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         (
             {"t": dict(GOOD, shape=[2**40, 2**40, 2**40], data_offsets=[0, 2**122])},
             8,
-            TruncatedFileError,
-            "truncated",
+            HeaderError,
+            "too large",
+        ),
+        ({"t": dict(GOOD, shape=[0, 2**63], data_offsets=[0, 0])}, 0, HeaderError, "too large"),
+        (
+            {"t": dict(GOOD, shape=[2**31, 0, 2**32], data_offsets=[0, 0])},
+            0,
+            HeaderError,
+            "too large",
         ),
         ({"__metadata__": {"a": 1}}, 0, HeaderError, "strings to strings"),
         ({"__metadata__": [1]}, 0, HeaderError, "strings to strings"),
@@ -157,11 +164,17 @@ def test_malformed_json_raises_header_error(raw: bytes) -> None:
         parse_header(raw, file_size=8 + len(raw), source="f")
 
 
-def test_huge_shape_product_cannot_allocate() -> None:
+def test_huge_shape_product_cannot_wrap_around() -> None:
     # dtype x shape is computed with Python ints, so it cannot wrap around to a small size
-    table = {"t": {"dtype": "F64", "shape": [2**62, 4], "data_offsets": [0, 0]}}
+    table = {"t": {"dtype": "F64", "shape": [2**61, 2], "data_offsets": [0, 0]}}
     with pytest.raises(HeaderError, match="needs"):
         parse(table, 0)
+
+
+def test_largest_empty_shape_torch_can_hold_is_accepted() -> None:
+    table = {"t": {"dtype": "F64", "shape": [0, 2**63 - 1], "data_offsets": [0, 0]}}
+    header = parse(table, 0)
+    assert header.entries["t"].shape == (0, 2**63 - 1)  # type: ignore[attr-defined]
 
 
 def test_empty_tensors_share_offsets() -> None:

@@ -122,7 +122,7 @@ def same(found: Any, expected: Any) -> bool:
     return bool(found == expected)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(trees)
 def test_any_plain_tree_roundtrips_through_json(tree: Any) -> None:
     back, tensors = through_json(tree)
