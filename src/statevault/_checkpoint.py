@@ -186,14 +186,19 @@ class Checkpoint:
                 if id(tensor) not in moved:
                     moved[id(tensor)] = tensor.to(target)
             tensors = {n: moved[id(t)] for n, t in tensors.items()}
-        if self.vault.tree is None:
+        if not self.vault.has_tree:
             return tensors
 
         def fetch(name: str) -> torch.Tensor:
             if name not in tensors:
-                raise HeaderError(
-                    f"{self.path}: tree refers to unknown tensor {name!r}; header damaged"
-                )
+                raise HeaderError(f"tree refers to unknown tensor {name!r}; header damaged")
             return tensors[name]
 
-        return unflatten(self.vault.tree, fetch)
+        try:
+            return unflatten(self.vault.tree, fetch)
+        except HeaderError as exc:
+            raise HeaderError(f"{self.path}: {exc}") from None
+        except RecursionError:
+            raise HeaderError(
+                f"{self.path}: statevault tree is nested too deeply to rebuild; header damaged"
+            ) from None

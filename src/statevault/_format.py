@@ -25,6 +25,7 @@ from statevault.errors import HeaderError, TruncatedFileError
 PREFIX_BYTES = 8
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap
 METADATA_KEY = "__metadata__"
+MAX_ELEMENTS = 2**63 - 1  # torch indexes elements with int64
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ def _parse_entry(name: str, raw: Any, source: str) -> TensorEntry:
         raise HeaderError(
             f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}"
         )
+    # torch sizes and strides are int64; an empty tensor (a 0 in its shape) passes the byte
+    # check below with any other dims, so bound them here or torch.empty() fails later.
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise HeaderError(f"{where}: shape {shape} is too large for a torch tensor")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ class FileReader:
                 f"{self.path}: is a directory, not a checkpoint file"
             ) from None
         try:
-            self.file_size = os.fstat(self._fd).st_size
+            status = os.fstat(self._fd)
+            if stat.S_ISDIR(status.st_mode):  # Linux opens directories read-only without error
+                raise CheckpointNotFoundError(f"{self.path}: is a directory, not a checkpoint file")
+            self.file_size = status.st_size
             prefix = os.pread(self._fd, 8, 0)
             length = header_length(prefix, file_size=self.file_size, source=str(self.path))
             raw = os.pread(self._fd, length, 8)

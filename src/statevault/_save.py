@@ -138,6 +138,7 @@ def save(
         info = _vault.VaultInfo(
             version=_vault.FORMAT_VERSION,
             tree=skeleton,
+            has_tree=True,
             checksums=digests,
             aliases=aliases,
             dtypes=dtypes,

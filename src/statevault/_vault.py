@@ -35,6 +35,9 @@ class VaultInfo:
     aliases: Mapping[str, str] = field(default_factory=dict)
     dtypes: Mapping[str, str] = field(default_factory=dict)
     header_digest: str | None = None
+    # A tree of JSON ``null`` (``save(None, ...)``) is still a tree; only plain
+    # safetensors files have none, so presence cannot be inferred from ``tree``.
+    has_tree: bool = False
 
     @property
     def has_checksums(self) -> bool:
@@ -46,7 +49,7 @@ class VaultInfo:
         body["dtypes"] = dict(self.dtypes)
         if self.checksums:
             body["checksums"] = {"algorithm": _checksum.ALGORITHM, "digests": dict(self.checksums)}
-        if self.tree is not None:
+        if self.has_tree or self.tree is not None:
             body["tree"] = self.tree
         return body
 
@@ -79,10 +82,11 @@ def decode(header: Header, *, source: str) -> VaultInfo:
     """Parse and cross-check our metadata against the header it came with."""
     raw = header.metadata.get(VAULT_KEY)
     if raw is None:
+        _refuse_misplaced_vault(header.metadata, source)
         return VaultInfo()
     try:
-        stored = json.loads(raw)
-    except ValueError as exc:
+        stored = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         raise HeaderError(
             f"{source}: statevault metadata is not valid JSON ({exc}); header damaged"
         ) from None
@@ -96,27 +100,57 @@ def decode(header: Header, *, source: str) -> VaultInfo:
             f"{source}: written by a newer statevault (format {version}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade statevault to read it"
         )
+    # Every file we write carries the digest; without it nothing protects the header.
     recorded = stored.pop("header_digest", None)
+    if not isinstance(recorded, str):
+        raise HeaderError(f"{source}: statevault metadata lacks its header digest; header damaged")
     body = stored
     entries = list(header.entries.values())
-    if recorded is not None:
+    try:
         actual = header_digest(entries, user_metadata(header.metadata), body)
-        if actual != recorded:
-            raise HeaderError(
-                f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
-                "names, shapes, offsets or metadata were altered after saving; the file is damaged"
-            )
-    checksums = body.get("checksums", {}).get("digests", {}) if "checksums" in body else {}
+    except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
+        raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
+    if actual != recorded:
+        raise HeaderError(
+            f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
+            "names, shapes, offsets or metadata were altered after saving; the file is damaged"
+        )
+    checksums = body.get("checksums", {"digests": {}})
+    if not isinstance(checksums, dict):
+        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
     info = VaultInfo(
         version=version,
         tree=body.get("tree"),
-        checksums=checksums,
-        aliases=body.get("aliases", {}),
-        dtypes=body.get("dtypes", {}),
+        has_tree="tree" in body,
+        checksums=_string_map(checksums.get("digests"), "checksum", source),
+        aliases=_string_map(body.get("aliases", {}), "alias", source),
+        dtypes=_string_map(body.get("dtypes", {}), "dtype", source),
         header_digest=recorded,
     )
     _check_consistency(info, header, source)
     return info
+
+
+def _refuse_misplaced_vault(metadata: Mapping[str, str], source: str) -> None:
+    """Catch damage to the ``"statevault"`` key itself, which would pass as a plain file."""
+    for key, value in metadata.items():
+        if value.startswith("{") and '"header_digest":' in value and '"version":' in value:
+            raise HeaderError(
+                f"{source}: metadata key {key!r} holds statevault metadata, expected under "
+                f"{VAULT_KEY!r}; the header is damaged"
+            )
+
+
+def _reject_constant(name: str) -> None:
+    # Python's json accepts NaN/Infinity, which we never write and cannot re-hash canonically.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _string_map(value: Any, what: str, source: str) -> dict[str, str]:
+    """A str->str table from our metadata; anything else means the header was tampered with."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise HeaderError(f"{source}: statevault {what} table is damaged; header damaged")
+    return value
 
 
 def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
