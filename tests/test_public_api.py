@@ -51,6 +51,7 @@ LEAVES = [
     (statevault.TruncatedFileError, ValueError),
     (statevault.ChecksumMismatchError, ValueError),
     (statevault.StateDictMismatchError, RuntimeError),
+    (statevault.KeyMappingError, ValueError),
 ]
 
 
