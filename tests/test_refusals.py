@@ -128,3 +128,18 @@ def test_refusal_lists_what_is_supported(tmp_path: Path) -> None:
 def test_root_object_refused_with_root_path(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedObjectError, match=r"^<root>: cannot store"):
         statevault.save(Opaque(), tmp_path / "x.safetensors")
+
+
+def test_module_inside_state_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(
+        statevault.UnsupportedObjectError, match=r"model: .*Linear.*module\.state_dict\(\)"
+    ):
+        statevault.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "x.safetensors")
+
+
+def test_self_containing_state_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(statevault.UnsupportedObjectError, match="nested too deeply"):
+        statevault.save({"loop": loop}, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -63,6 +63,11 @@ class _Flattener:
             return {"list": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
         if type(value) in (tuple, torch.Size):
             return {"tuple": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
+        if isinstance(value, torch.nn.Module):
+            raise UnsupportedObjectError(
+                f"{_path_text(path)}: cannot store {type(value)!r} (an nn.Module) inside other "
+                "state; store its weights instead: module.state_dict()"
+            )
         raise UnsupportedObjectError(
             f"{_path_text(path)}: cannot store {type(value)!r} without pickle. statevault stores "
             "tensors, dicts (str/int keys), lists, tuples, int, float, bool, str and None; "
@@ -103,7 +108,13 @@ def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     flattener = _Flattener()
-    skeleton = flattener.visit(obj, ())
+    try:
+        skeleton = flattener.visit(obj, ())
+    except RecursionError:
+        raise UnsupportedObjectError(
+            "state is nested too deeply to store (Python's recursion limit was reached); "
+            "flatten it, or check it for a container that contains itself"
+        ) from None
     return skeleton, flattener.tensors
 
 
