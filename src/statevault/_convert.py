@@ -21,7 +21,8 @@ import torch
 from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
 from statevault._progress import Progress
 from statevault._report import capped
-from statevault._save import _identity, save
+from statevault._save import save
+from statevault._ties import memory_identity
 from statevault._tree import flatten, unflatten
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -125,7 +126,7 @@ def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
         if not tensor.is_floating_point() or tensor.dtype == dtype:
             result[name] = tensor
             continue
-        key = _identity(tensor) or (id(tensor),)
+        key = memory_identity(tensor) or (id(tensor),)
         if key not in done:
             done[key] = tensor.detach().to(dtype)
             cast += 1

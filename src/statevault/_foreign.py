@@ -30,7 +30,7 @@ from statevault._checksum import ALGORITHM, new_hasher
 from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
 from statevault._progress import Progress
-from statevault._save import _identity
+from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten
 from statevault.errors import (
     CheckpointNotFoundError,
@@ -273,7 +273,7 @@ class TorchInput(Input):
         aliases: dict[str, str] = {}
         owners: dict[tuple[Any, ...], str] = {}
         for name, tensor in flat.items():
-            ident = _identity(tensor) if tensor.layout == torch.strided else None
+            ident = memory_identity(tensor) if tensor.layout == torch.strided else None
             if ident is not None and ident in owners:
                 aliases[name] = owners[ident]  # tied weights, as save() would store them
                 continue

@@ -23,6 +23,7 @@ from statevault._diagnose import Cause, diagnose
 from statevault._keymap import Rename, map_keys
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._sources import FileSource, MemorySource, Source, open_source
+from statevault._ties import memory_identity
 from statevault.errors import StateDictMismatchError
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
@@ -40,20 +41,6 @@ def has_custom_loading(module: nn.Module) -> bool:
         if override is not default and override.__module__ not in _BENIGN_OVERRIDES:
             return True
     return False
-
-
-def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
-    """Key under which two model tensors are the same memory (tied weights)."""
-    if tensor.device.type == "meta":  # no memory to compare: tied means the same object
-        return ("meta", id(tensor))
-    return (
-        tensor.device,
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
-        tuple(tensor.shape),
-        tensor.stride(),
-        tensor.dtype,
-    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -77,8 +64,9 @@ def _ties(
     """Notes on tied model tensors; moves missing keys that a tie fills out of ``missing``."""
     groups: dict[tuple[Any, ...], list[str]] = {}
     for key, tensor in model_state.items():
-        if tensor.numel():
-            groups.setdefault(_identity(tensor), []).append(key)
+        ident = memory_identity(tensor)
+        if ident is not None:
+            groups.setdefault(ident, []).append(key)
     notes = []
     filled = set()
     missing_set = set(missing)
@@ -195,13 +183,14 @@ def _fill_fast(
     later: list[tuple[str, torch.Tensor]] = []
     for key, name in planned.sources.items():
         dest = model_state[key].detach()
-        ident = _identity(dest)
+        ident = memory_identity(dest)
         stored = source.aliases.get(name, name)
-        if dest.numel() and ident in claimed:
+        if ident is not None and ident in claimed:
             if claimed[ident] != stored:  # tied in the model, separate in the file: torch order
                 later.append((name, dest))
             continue
-        claimed[ident] = stored
+        if ident is not None:
+            claimed[ident] = stored
         first.append((name, dest))
     source.fill(first, verify=verify)
     source.fill(later, verify=verify)

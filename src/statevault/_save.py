@@ -14,6 +14,7 @@ from statevault import _vault
 from statevault._dtypes import DtypeSpec, spec_for
 from statevault._format import encode_header, plan_layout
 from statevault._io import WriteJob, write_atomically
+from statevault._ties import memory_identity
 from statevault._tree import flatten
 from statevault.errors import UnsupportedObjectError
 
@@ -36,22 +37,6 @@ def _spec_or_refuse(name: str, tensor: torch.Tensor) -> DtypeSpec:
             return spec
         reason = f"has dtype {tensor.dtype}, which statevault cannot store"
     raise UnsupportedObjectError(f"{name}: cannot store this tensor: it {reason}")
-
-
-def _identity(tensor: torch.Tensor) -> tuple[Any, ...] | None:
-    """Key under which two tensors are the very same data (tied weights), or None."""
-    if tensor.numel() == 0:
-        return None
-    return (
-        tensor.device,
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
-        tuple(tensor.shape),
-        tensor.stride(),
-        tensor.dtype,
-        tensor.is_conj(),
-        tensor.is_neg(),
-    )
 
 
 def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
@@ -114,7 +99,7 @@ def save(
     seen: dict[tuple[Any, ...], str] = {}
     for name, tensor in tensors.items():
         spec = _spec_or_refuse(name, tensor)
-        key = _identity(tensor)
+        key = memory_identity(tensor)
         if key is not None and key in seen:
             aliases[name] = seen[key]
             continue
