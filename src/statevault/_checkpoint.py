@@ -13,6 +13,7 @@ import torch
 
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._format import TensorEntry
+from statevault._gcpause import gc_paused
 from statevault._io import FileReader, tensor_memory
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, user_metadata
@@ -46,6 +47,7 @@ class Checkpoint:
             state = ckpt.load()
     """
 
+    @gc_paused  # parsing a 20,000-tensor header: see _gcpause
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._reader = FileReader(path)
         try:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from statevault._gcpause import gc_paused
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch
 from statevault._sources import FileSource, MemorySource, Source, open_source
 from statevault.errors import StateDictMismatchError
@@ -127,6 +128,7 @@ def _fill_with_torch(
     )
 
 
+@gc_paused  # many-small-tensor loads: see _gcpause
 def load_into(
     module: nn.Module, source: Source, *, strict: bool = True, verify: bool = True
 ) -> LoadReport:

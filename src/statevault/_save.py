@@ -12,7 +12,8 @@ import torch
 
 from statevault import _vault
 from statevault._dtypes import DtypeSpec, spec_for
-from statevault._format import encode_header, plan_layout
+from statevault._format import header_encoder, plan_layout
+from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
 from statevault._tree import flatten
 from statevault.errors import UnsupportedObjectError
@@ -83,6 +84,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
+@gc_paused
 def save(
     obj: Any,
     path: str | os.PathLike[str],
@@ -134,14 +136,15 @@ def save(
     dtypes = {name: spec.name for name, (_, spec) in stored.items() if spec.encoded}
     jobs = [WriteJob(entry, _cpu_bytes_source(stored[entry.name][0])) for entry in entries]
 
+    info = _vault.VaultInfo(
+        version=_vault.FORMAT_VERSION, tree=skeleton, aliases=aliases, dtypes=dtypes
+    )
+    # The header is written twice (placeholder, then real digests); encode the parts that
+    # do not change once, which matters for states of many small tensors.
+    vault_metadata = _vault.encoder(info, entries, user)
+    header_for = header_encoder(entries)
+
     def build_header(digests: dict[str, str]) -> bytes:
-        info = _vault.VaultInfo(
-            version=_vault.FORMAT_VERSION,
-            tree=skeleton,
-            checksums=digests,
-            aliases=aliases,
-            dtypes=dtypes,
-        )
-        return encode_header(entries, _vault.encode(info, entries, user))
+        return header_for(vault_metadata(digests))
 
     write_atomically(Path(path), jobs, build_header, checksum=checksum, fsync=fsync)
