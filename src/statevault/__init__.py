@@ -6,6 +6,7 @@ dtypes and checksums are kept as JSON in the header's metadata.
 
 from __future__ import annotations
 
+from statevault._build import load_model, materialize, skip_init
 from statevault._checkpoint import Checkpoint, TensorInfo
 from statevault._load import load
 from statevault._load_into import load_into
@@ -41,5 +42,8 @@ __all__ = [
     "__version__",
     "load",
     "load_into",
+    "load_model",
+    "materialize",
     "save",
+    "skip_init",
 ]
