@@ -170,3 +170,49 @@ def test_gc_paused_restores_the_collector_state() -> None:
         assert not gc.isenabled()  # we never switch on a collector the caller switched off
     finally:
         gc.enable()
+
+
+def test_plan_staging_splits_big_and_packs_small_tensors() -> None:
+    dest = torch.empty(0)
+    entries = [_entry("a", 0, 10), _entry("b", 10, 35), _entry("c", 35, 37), _entry("e", 50, 52)]
+    fills = _io.plan_staging([(e, dest, None) for e in reversed(entries)], 16)
+    shapes = [[(piece[0].name, piece[1], piece[2]) for piece in fill] for fill in fills]
+    assert shapes == [
+        [("a", 0, 10), ("b", 0, 6)],  # back to back in the file: one fill
+        [("b", 6, 16)],
+        [("b", 22, 3), ("c", 0, 2)],
+        [("e", 0, 2)],  # a gap in the file starts a new fill
+    ]
+    assert all(sum(piece[2] for piece in fill) <= 16 for fill in fills)
+
+
+def test_staged_device_pipeline_fills_and_verifies_on_cpu(tmp_path: Path) -> None:
+    # The CUDA path's staging logic, run with plain buffers and CPU destinations.
+    state = _mixed_state()
+    path = tmp_path / "staged.safetensors"
+    statevault.save(state, path)
+    with statevault.Checkpoint(path) as checkpoint:
+        reader = checkpoint._reader
+        dests = {name: torch.empty_like(t) for name, t in state.items()}
+        jobs = [
+            (reader.header.entries[n], d, checkpoint.tensors[n].checksum) for n, d in dests.items()
+        ]
+        reader.read_to_device(jobs, staging_bytes=100, buffers=2)
+    assert all(torch.equal(dests[n], t) for n, t in state.items())
+
+    with statevault.Checkpoint(path) as checkpoint:
+        victim = checkpoint.tensors["big.2"]
+    with path.open("r+b") as handle:
+        handle.seek(victim.offset + victim.nbytes - 1)
+        last = handle.read(1)[0]
+        handle.seek(victim.offset + victim.nbytes - 1)
+        handle.write(bytes([last ^ 0xFF]))
+    with (
+        statevault.Checkpoint(path) as checkpoint,
+        pytest.raises(ChecksumMismatchError, match=r"big\.2"),
+    ):
+        reader = checkpoint._reader
+        jobs = [
+            (reader.header.entries[n], d, checkpoint.tensors[n].checksum) for n, d in dests.items()
+        ]
+        reader.read_to_device(jobs, staging_bytes=100, buffers=2)
