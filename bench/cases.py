@@ -266,15 +266,19 @@ CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
 
 
 def run_case(name: str, cfg: Config, runs: int) -> dict[str, Any]:
-    """Set up ``name``, time it ``runs`` times, then measure its peak memory once more."""
+    """Set up ``name``, measure its peak memory on a first run, then time it ``runs`` times.
+
+    Memory is measured first because the allocator keeps freed memory for reuse: after one
+    run, a second would show almost no growth. The first run also warms the page cache.
+    """
     from bench.measure import peak_during, timed
 
     operation, reset = CASES[name](cfg)
+    reset()
+    peak = peak_during(operation)
     times = []
     for _ in range(runs):
         reset()
         times.append(timed(operation))
-    reset()
-    peak = peak_during(operation)
     reset()
     return {"times": times, "anon": peak.anon, "file": peak.file}

@@ -198,3 +198,25 @@ def test_factory_must_return_a_module(tmp_path: Path) -> None:
     statevault.save({"a": torch.zeros(1)}, path)
     with pytest.raises(StateVaultError, match=r"not a torch\.nn\.Module"):
         statevault.load_model(dict, path)
+
+
+class ScaledTable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2, 2)
+        table = torch.ones(4)
+        table.mul_(3).add_(1)  # in-place fills on real tensors must still run
+        nn.init.normal_(self.proj.weight)  # ...and on meta parameters be skipped
+        self.register_buffer("table", table, persistent=False)
+
+
+def test_in_place_fills_run_on_real_tensors_and_are_skipped_on_meta(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    source = ScaledTable()
+    statevault.save(source, path)
+    with statevault.skip_init():
+        model = ScaledTable()
+    assert model.proj.weight.is_meta
+    assert torch.equal(model.table, torch.full((4,), 4.0))
+    statevault.materialize(model, path)
+    assert torch.equal(model.proj.weight, source.proj.weight)

@@ -29,6 +29,7 @@ def tiny_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_io, "SMALL_WRITE_BYTES", 256)
     monkeypatch.setattr(_io, "BATCH_BYTES", 1024)
     monkeypatch.setattr(_io, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(_io, "VERIFY_CHUNK_BYTES", 384)
     monkeypatch.setattr(_io, "WRITE_CHUNK_BYTES", 512)
     monkeypatch.setattr(_io, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(_io, "MAX_IOV", 7)

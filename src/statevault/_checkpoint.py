@@ -14,7 +14,7 @@ import torch
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._format import TensorEntry
 from statevault._gcpause import gc_paused
-from statevault._io import FileReader, tensor_memory
+from statevault._io import FileReader, advise_huge_pages, tensor_memory
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, user_metadata
 from statevault.errors import HeaderError, StateVaultError
@@ -177,6 +177,7 @@ class Checkpoint:
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=info.dtype, device=device)
         raw = torch.empty(info.nbytes, dtype=torch.uint8, device=device)
+        advise_huge_pages(raw)  # about to be filled: fewer page faults
         return raw.view(info.dtype).reshape(info.shape)
 
     def read(

@@ -13,8 +13,11 @@ while they are still in cache.
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +36,11 @@ from statevault.errors import (
     TruncatedFileError,
 )
 
-CHUNK_BYTES = 8 << 20  # large enough to amortise syscalls, small enough to hash in cache
+CHUNK_BYTES = 8 << 20  # unverified reads: large enough to amortise syscalls
+# Verified reads hash each chunk right after reading it; at 512 KiB it is still in the core's
+# L2 cache, so xxh3 runs at ~75 GB/s instead of re-reading RAM at ~25 GB/s (measured: the
+# checksum cost on load fell from ~20-90% with 8 MiB chunks to ~10-15%).
+VERIFY_CHUNK_BYTES = 512 << 10
 WRITE_CHUNK_BYTES = CHUNK_BYTES
 SMALL_WRITE_BYTES = 1 << 20  # tensors below this are gathered into one writev
 SMALL_READ_BYTES = 1 << 20  # tensors below this are read in batches by one preadv
@@ -43,6 +50,7 @@ MAX_THREADS = 8
 STAGING_BYTES = 64 << 20  # per pinned buffer when loading to a GPU
 STAGING_BUFFERS = 2  # one being filled from the file while the other is copied to the device
 TEMP_SUFFIX = ".svtmp"
+logger = logging.getLogger("statevault")
 
 
 def tensor_memory(tensor: torch.Tensor) -> memoryview:
@@ -52,6 +60,42 @@ def tensor_memory(tensor: torch.Tensor) -> memoryview:
         return memoryview(bytearray())
     array = (ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr())
     return memoryview(array).cast("B")
+
+
+HUGE_PAGE_MIN_BYTES = 4 << 20
+_MADV_HUGEPAGE = 14  # from <linux/mman.h>
+_PAGE = 4096
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back a fresh, large CPU tensor with 2 MiB pages before it is filled.
+
+    Writing fresh memory costs one page fault (and a kernel zeroing) per 4 KiB page; with
+    transparent huge pages in "madvise" mode (a common default) that is 512x fewer faults.
+    Measured here: filling a fresh 256 MiB tensor from the page cache 135 ms -> 31 ms
+    (23 ms when already touched). Only a hint: where it is unsupported nothing changes.
+    """
+    nbytes = tensor.numel() * tensor.element_size()
+    madvise = _madvise() if nbytes >= HUGE_PAGE_MIN_BYTES and tensor.device.type == "cpu" else None
+    if madvise is None:
+        return
+    start = (tensor.data_ptr() + _PAGE - 1) & ~(_PAGE - 1)
+    length = (tensor.data_ptr() + nbytes - start) & ~(_PAGE - 1)
+    if madvise(start, length, _MADV_HUGEPAGE) != 0:
+        logger.debug("madvise(MADV_HUGEPAGE) failed: errno %d", ctypes.get_errno())
 
 
 def _write_all(fd: int, buffer: memoryview | bytes | bytearray) -> None:
@@ -221,10 +265,11 @@ class FileReader:
     def read_into(self, entry: TensorEntry, dest: memoryview, expected: str | None) -> None:
         """Fill ``dest`` with the tensor's bytes, checking ``expected`` digest when given."""
         hasher = _checksum.new_hasher() if expected is not None else None
+        step = CHUNK_BYTES if hasher is None else VERIFY_CHUNK_BYTES
         base = self.header.data_offset + entry.start
         done = 0
         while done < entry.nbytes:
-            chunk = dest[done : min(done + CHUNK_BYTES, entry.nbytes)]
+            chunk = dest[done : min(done + step, entry.nbytes)]
             got = os.preadv(self._fd, [chunk], base + done)
             if got <= 0:
                 raise self._truncated(entry, done)
@@ -293,7 +338,8 @@ class FileReader:
                 tasks.append((job[0].nbytes, partial(self.read_into, *job)))
             else:
                 small.append(job)
-        for batch in plan_batches(small):
+        verified = any(job[2] is not None for job in small)
+        for batch in plan_batches(small, limit=VERIFY_CHUNK_BYTES if verified else BATCH_BYTES):
             tasks.append((sum(job[0].nbytes for job in batch), partial(self.read_batch, batch)))
         tasks.sort(key=lambda task: -task[0])
         total = sum(size for size, _ in tasks)
@@ -406,8 +452,9 @@ def plan_staging(
     return fills
 
 
-def plan_batches(jobs: Iterable[ReadJob]) -> list[list[ReadJob]]:
+def plan_batches(jobs: Iterable[ReadJob], *, limit: int | None = None) -> list[list[ReadJob]]:
     """Group reads into runs that are back to back in the file, bounded in bytes and count."""
+    limit = BATCH_BYTES if limit is None else limit
     batches: list[list[ReadJob]] = []
     current: list[ReadJob] = []
     size = 0
@@ -415,7 +462,7 @@ def plan_batches(jobs: Iterable[ReadJob]) -> list[list[ReadJob]]:
         entry = job[0]
         if current and (
             entry.start != current[-1][0].end
-            or size + entry.nbytes > BATCH_BYTES
+            or size + entry.nbytes > limit
             or len(current) >= MAX_IOV
         ):
             batches.append(current)
