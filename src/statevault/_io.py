@@ -122,7 +122,9 @@ class WriteJob:
     """One tensor to write: where it goes and a function returning its CPU bytes."""
 
     entry: TensorEntry
-    source: Callable[[], torch.Tensor]  # contiguous CPU tensor, materialised on demand
+    # A contiguous CPU tensor to write as is, or a function returning one on demand (for
+    # tensors that need a copy first, so only one such copy exists at a time).
+    source: torch.Tensor | Callable[[], torch.Tensor]
 
 
 def _writev_all(fd: int, views: list[memoryview]) -> None:
@@ -148,7 +150,7 @@ def _write_data(fd: int, jobs: Sequence[WriteJob], checksum: bool) -> dict[str, 
     keep: list[torch.Tensor] = []  # tensors behind the views in ``batch`` (they may be copies)
     batch_bytes = 0
     for job in jobs:
-        tensor = job.source()
+        tensor = job.source if isinstance(job.source, torch.Tensor) else job.source()
         view = tensor_memory(tensor)
         if len(view) != job.entry.nbytes:
             raise StateVaultError(f"tensor {job.entry.name!r} changed size while being saved")

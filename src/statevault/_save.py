@@ -56,6 +56,14 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...] | None:
 
 
 def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
+    if (
+        tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+    ):
+        return tensor  # written straight from its memory; no per-tensor call needed
+
     def materialise() -> torch.Tensor:
         # One tensor at a time, so extra memory stays bounded by the largest tensor that
         # needs a copy (non-contiguous views, GPU tensors); contiguous CPU tensors are free.
