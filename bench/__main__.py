@@ -137,11 +137,17 @@ def _fmt_ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+# Shown, but not counted as "best peer": it returns before reading any weight (pages fault
+# in from the mmap on first use) and leaves non-persistent buffers (the rotary table) on the
+# meta device, so the model it returns cannot run.
+NOT_COMPARABLE = {"meta Model + torch.load(mmap) + assign"}
+
+
 def _table(group: Group, rows: dict[str, dict[str, Any]], nbytes: int) -> list[str]:
     peers = [
         r["median"]
         for n, r in rows.items()
-        if "median" in r and not n.startswith(("statevault", "raw"))
+        if "median" in r and not n.startswith(("statevault", "raw")) and n not in NOT_COMPARABLE
     ]
     best_peer = min(peers) if peers else None
     raw = rows.get(group.raw or "", {}).get("median")
@@ -169,7 +175,21 @@ def _table(group: Group, rows: dict[str, dict[str, Any]], nbytes: int) -> list[s
             f"| {row['file'] / MIB:.0f} | {_fmt_ratio(vs_peer)} | {_fmt_ratio(vs_raw)} "
             f"| {_fmt_ratio(vs_base)} |"
         )
+    if NOT_COMPARABLE & set(group.cases):
+        lines += [
+            "",
+            f"Not counted as a peer: {', '.join(sorted(NOT_COMPARABLE))} (lazy, broken buffers).",
+        ]
     return lines
+
+
+def _print_tables(groups: list[Group], prepared: dict[str, Any], results: dict[str, Any]) -> None:
+    for group in groups:
+        info = prepared[group.kind]
+        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
+        sizes = f"{info['bytes'] / MIB:.0f} MiB in {info['tensors']} tensors"
+        print("\n".join(_table(group, rows, info["bytes"])).replace("\n\n", f"\n\n{sizes}\n\n", 1))
+        print(flush=True)
 
 
 def main() -> None:
@@ -182,6 +202,7 @@ def main() -> None:
     parser.add_argument("--dir", help="where to write files (default: a new temp dir)")
     parser.add_argument("--only", help="run only groups whose title contains this text")
     parser.add_argument("--json", help="also write raw results to this file")
+    parser.add_argument("--report", help="print the tables of a --json file again and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -194,6 +215,12 @@ def main() -> None:
     if args.prepare:
         spec = json.loads(args.config)
         print(json.dumps(_prepare(args.prepare, spec["model"], Path(spec["dir"]))))
+        return
+
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        kinds = set(saved["prepared"])
+        _print_tables([g for g in GROUPS if g.kind in kinds], saved["prepared"], saved["results"])
         return
 
     llm_mib = args.llm_mib or (256 if args.quick else 2048)
@@ -226,7 +253,6 @@ def main() -> None:
         for group in groups:
             info = prepared[group.kind]
             cfg = Config(group.kind, models[group.kind], info["files"], str(directory / "out"))
-            rows: dict[str, dict[str, Any]] = {}
             for name in group.cases:
                 key = f"{group.kind}:{name}"
                 if key not in results:
@@ -245,13 +271,10 @@ def main() -> None:
                         row["median"] = statistics.median(row["times"])
                     row["wall"] = time.perf_counter() - started
                     results[key] = row
-                rows[name] = results[key]
-            nbytes = info["bytes"]
-            sizes = f"{nbytes / MIB:.0f} MiB in {info['tensors']} tensors"
-            print("\n".join(_table(group, rows, nbytes)).replace("\n\n", f"\n\n{sizes}\n\n", 1))
-            print(flush=True)
+            _print_tables([group], prepared, results)
         if args.json:
-            Path(args.json).write_text(json.dumps({"models": models, "results": results}, indent=1))
+            document = {"models": models, "prepared": prepared, "results": results}
+            Path(args.json).write_text(json.dumps(document, indent=1))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def test_file_that_shrinks_after_open_raises_truncated(
     with statevault.Checkpoint(path) as checkpoint:
         os.truncate(path, checkpoint.tensors["small.3"].offset + 1)
         with pytest.raises(TruncatedFileError, match="ends early"):
-            checkpoint.read()
+            checkpoint.read([f"small.{i}" for i in range(60)])  # the batched preadv path
 
 
 def test_short_writes_and_reads_are_resumed(
@@ -217,3 +217,33 @@ def test_staged_device_pipeline_fills_and_verifies_on_cpu(tmp_path: Path) -> Non
             (reader.header.entries[n], d, checkpoint.tensors[n].checksum) for n, d in dests.items()
         ]
         reader.read_to_device(jobs, staging_bytes=100, buffers=2)
+
+
+@pytest.mark.parametrize("use_mmap", [True, False], ids=["mmap", "preadv"])
+def test_large_tensor_paths_agree_and_verify(
+    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch, use_mmap: bool
+) -> None:
+    monkeypatch.setattr(_io, "READ_LARGE_WITH_MMAP", use_mmap)
+    state = _mixed_state()
+    path = tmp_path / "big.safetensors"
+    statevault.save(state, path)
+    loaded = statevault.load(path)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    with statevault.Checkpoint(path) as checkpoint:
+        victim = checkpoint.tensors["big.4"]
+    with path.open("r+b") as handle:
+        handle.seek(victim.offset + victim.nbytes // 2)
+        middle = handle.read(1)[0]
+        handle.seek(victim.offset + victim.nbytes // 2)
+        handle.write(bytes([middle ^ 0x01]))
+    with pytest.raises(ChecksumMismatchError, match=r"big\.4"):
+        statevault.load(path)
+
+
+def test_shrunk_file_is_never_mapped(tmp_path: Path, tiny_thresholds: None) -> None:
+    path = tmp_path / "big.safetensors"
+    statevault.save(_mixed_state(), path)
+    with statevault.Checkpoint(path) as checkpoint:
+        os.truncate(path, checkpoint.tensors["big.0"].offset + 8)
+        with pytest.raises(TruncatedFileError):
+            checkpoint.read(["big.0"])
