@@ -113,8 +113,14 @@ def raw_write(cfg: Config, fsync: bool) -> tuple[Operation, Operation]:
 
 
 def _unlink(path: str) -> None:
+    """Remove the last save's file and flush all dirty pages, untimed.
+
+    Without the sync, each save case would start with the previous cases' gigabytes still
+    being written back, and whichever ran later would be throttled harder.
+    """
     if os.path.exists(path):
         os.unlink(path)
+    os.sync()
     gc.collect()
 
 

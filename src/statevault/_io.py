@@ -54,7 +54,7 @@ BATCH_BYTES = 8 << 20  # most bytes one batched read or write carries
 MAX_IOV = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
 MAX_THREADS = 8
 # Large tensors: memcpy from an mmap of the file (True) or preadv (False); see copy_mapped.
-READ_LARGE_WITH_MMAP = True
+READ_LARGE_WITH_MMAP = False
 STAGING_BYTES = 64 << 20  # per pinned buffer when loading to a GPU
 STAGING_BUFFERS = 2  # one being filled from the file while the other is copied to the device
 TEMP_SUFFIX = ".svtmp"

@@ -45,8 +45,7 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...] | None:
         return None
     return (
         tensor.device,
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
+        tensor.data_ptr(),  # storage address + offset, without building a storage object
         tuple(tensor.shape),
         tensor.stride(),
         tensor.dtype,
