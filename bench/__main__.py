@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +123,32 @@ def _prepare(kind: str, model: dict[str, int], directory: Path) -> dict[str, Any
     return {"files": files, "bytes": state_bytes(module), "tensors": len(state)}
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *args], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+def _in_child(conn: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(function(*args))
+    except BaseException as exc:  # report any failure as a row, keep the benchmark going
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _forked(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run ``function(*args)`` in a fresh forked process and return its result.
+
+    Forking from this process, which has imported torch but never run a tensor op (so no
+    thread pools exist yet), gives each case a clean heap without paying ~2 s of torch
+    import per case: that is what lets ``--quick`` finish in about a minute.
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_in_child, args=(sender, function, args))
+    process.start()
+    sender.close()
+    try:
+        result: dict[str, Any] = receiver.recv()
+    except EOFError:
+        result = {"error": "worker died"}
+    process.join()
+    if process.exitcode:
+        result.setdefault("error", f"worker exited with status {process.exitcode}")
     return result
 
 
@@ -203,19 +222,9 @@ def main() -> None:
     parser.add_argument("--only", help="run only groups whose title contains this text")
     parser.add_argument("--json", help="also write raw results to this file")
     parser.add_argument("--report", help="print the tables of a --json file again and exit")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.worker:
-        cfg = Config(**json.loads(args.config))
-        print(json.dumps(run_case(args.worker, cfg, args.runs)))
-        return
-    if args.prepare:
-        spec = json.loads(args.config)
-        print(json.dumps(_prepare(args.prepare, spec["model"], Path(spec["dir"]))))
-        return
+    sys.path.insert(0, str(ROOT / "src"))  # measure this checkout, not an installed copy
 
     if args.report:
         saved = json.loads(Path(args.report).read_text())
@@ -245,8 +254,7 @@ def main() -> None:
         )
         prepared: dict[str, dict[str, Any]] = {}
         for kind in sorted({g.kind for g in groups}):
-            spec = json.dumps({"model": models[kind], "dir": str(directory)})
-            prepared[kind] = _child(["--prepare", kind, "--config", spec])
+            prepared[kind] = _forked(_prepare, kind, models[kind], directory)
             if "error" in prepared[kind]:
                 raise SystemExit(f"preparing {kind}: {prepared[kind]['error']}")
         results: dict[str, Any] = {}
@@ -257,16 +265,7 @@ def main() -> None:
                 key = f"{group.kind}:{name}"
                 if key not in results:
                     started = time.perf_counter()
-                    row = _child(
-                        [
-                            "--worker",
-                            name,
-                            "--runs",
-                            str(args.runs),
-                            "--config",
-                            json.dumps(asdict(cfg)),
-                        ]
-                    )
+                    row = _forked(run_case, name, cfg, args.runs)
                     if "times" in row:
                         row["median"] = statistics.median(row["times"])
                     row["wall"] = time.perf_counter() - started
