@@ -6,6 +6,7 @@ dtypes and checksums are kept as JSON in the header's metadata.
 
 from __future__ import annotations
 
+from statevault._build import load_model, materialize, skip_init
 from statevault._checkpoint import Checkpoint, TensorInfo
 from statevault._convert import ConvertReport, convert
 from statevault._diagnose import Cause
@@ -62,6 +63,9 @@ __all__ = [
     "inspect",
     "load",
     "load_into",
+    "load_model",
+    "materialize",
     "save",
+    "skip_init",
     "verify",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +75,50 @@ def plan_layout(items: Iterable[tuple[str, str, tuple[int, ...], int]]) -> list[
     return entries
 
 
+def entry_json(entry: TensorEntry, *, canonical: bool = False) -> str:
+    """One ``"name":{...}`` member of the header, as json.dumps would write it.
+
+    Written by hand because building 20,000 dicts for json.dumps costs more than saving the
+    tensors; ``canonical`` orders the fields alphabetically (for the header digest).
+    """
+    name = entry.name
+    # json.dumps escapes only quotes, backslashes and control characters; skip it for the
+    # common names that have none (a 2x saving on 20,000-tensor headers).
+    if name.isprintable() and '"' not in name and "\\" not in name:
+        name = f'"{name}"'
+    else:
+        name = json.dumps(name, ensure_ascii=False)
+    shape = ",".join(str(d) for d in entry.shape)
+    if canonical:
+        return (
+            f'{name}:{{"data_offsets":[{entry.start},{entry.end}],'
+            f'"dtype":"{entry.code}","shape":[{shape}]}}'
+        )
+    return (
+        f'{name}:{{"dtype":"{entry.code}","shape":[{shape}],'
+        f'"data_offsets":[{entry.start},{entry.end}]}}'
+    )
+
+
+def header_encoder(entries: Sequence[TensorEntry]) -> Callable[[Mapping[str, str] | None], bytes]:
+    """``encode_header`` with the tensor table encoded once, for headers written twice."""
+    table = ",".join(entry_json(entry) for entry in entries)
+
+    def encode(metadata: Mapping[str, str] | None) -> bytes:
+        members = [table] if table else []
+        if metadata:
+            text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
+            members.insert(0, f'"{METADATA_KEY}":{text}')
+        body = ("{" + ",".join(members) + "}").encode("utf-8")
+        body += b" " * (-len(body) % 8)
+        return struct.pack("<Q", len(body)) + body
+
+    return encode
+
+
 def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
     """The 8-byte prefix plus the space-padded JSON header for ``entries``."""
-    table: dict[str, Any] = {}
-    if metadata:
-        table[METADATA_KEY] = dict(metadata)
-    for entry in entries:
-        table[entry.name] = entry.to_json()
-    body = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    body += b" " * (-len(body) % 8)
-    return struct.pack("<Q", len(body)) + body
+    return header_encoder(entries)(metadata)
 
 
 def header_length(prefix: bytes, *, file_size: int, source: str) -> int:

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from statevault._checkpoint import Checkpoint
+from statevault._gcpause import gc_paused
 
 
+@gc_paused
 def load(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from statevault._diagnose import Cause, diagnose
+from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._sources import FileSource, MemorySource, Source, open_source
@@ -222,6 +223,7 @@ def _fill_with_torch(
     )
 
 
+@gc_paused  # many-small-tensor loads: see _gcpause
 def load_into(
     module: nn.Module,
     source: Source,

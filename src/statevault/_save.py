@@ -12,7 +12,8 @@ import torch
 
 from statevault import _vault
 from statevault._dtypes import DtypeSpec, spec_for
-from statevault._format import encode_header, plan_layout
+from statevault._format import header_encoder, plan_layout
+from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
 from statevault._ties import memory_identity
 from statevault._tree import flatten
@@ -40,6 +41,14 @@ def _spec_or_refuse(name: str, tensor: torch.Tensor) -> DtypeSpec:
 
 
 def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
+    if (
+        tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+    ):
+        return tensor  # written straight from its memory; no per-tensor call needed
+
     def materialise() -> torch.Tensor:
         # One tensor at a time, so extra memory stays bounded by the largest tensor that
         # needs a copy (non-contiguous views, GPU tensors); contiguous CPU tensors are free.
@@ -68,6 +77,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
+@gc_paused
 def save(
     obj: Any,
     path: str | os.PathLike[str],
@@ -119,15 +129,15 @@ def save(
     dtypes = {name: spec.name for name, (_, spec) in stored.items() if spec.encoded}
     jobs = [WriteJob(entry, _cpu_bytes_source(stored[entry.name][0])) for entry in entries]
 
+    info = _vault.VaultInfo(
+        version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
+    )
+    # The header is written twice (placeholder, then real digests); encode the parts that
+    # do not change once, which matters for states of many small tensors.
+    vault_metadata = _vault.encoder(info, entries, user)
+    header_for = header_encoder(entries)
+
     def build_header(digests: dict[str, str]) -> bytes:
-        info = _vault.VaultInfo(
-            version=_vault.FORMAT_VERSION,
-            tree=skeleton,
-            has_tree=True,
-            checksums=digests,
-            aliases=aliases,
-            dtypes=dtypes,
-        )
-        return encode_header(entries, _vault.encode(info, entries, user))
+        return header_for(vault_metadata(digests))
 
     write_atomically(Path(path), jobs, build_header, checksum=checksum, fsync=fsync)

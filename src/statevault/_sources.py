@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from statevault._checkpoint import Checkpoint
+from statevault._checkpoint import DIRECT_DEVICES, Checkpoint
 from statevault.errors import UnsupportedObjectError
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | Checkpoint
@@ -45,7 +45,11 @@ class FileSource:
         for name, dest in pairs:
             stored = self.aliases.get(name, name)
             info = self.checkpoint.tensors[stored]
-            if dest.device.type == "cpu" and dest.is_contiguous() and dest.dtype == info.dtype:
+            if (
+                dest.device.type in DIRECT_DEVICES
+                and dest.is_contiguous()
+                and dest.dtype == info.dtype
+            ):
                 direct.append((stored, dest))
             else:
                 staged.append((stored, dest))

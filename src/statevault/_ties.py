@@ -19,8 +19,7 @@ def memory_identity(tensor: torch.Tensor) -> tuple[Any, ...] | None:
         return ("meta", id(tensor))
     return (
         tensor.device,
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
+        tensor.data_ptr(),  # storage address + offset, without building a storage object
         tuple(tensor.shape),
         tensor.stride(),
         tensor.dtype,

@@ -9,13 +9,13 @@ Plain safetensors files simply have none of this and load as flat state dicts.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from statevault import _checksum
 from statevault._dtypes import dtype_from_name, spec_for
-from statevault._format import Header, TensorEntry
+from statevault._format import Header, TensorEntry, entry_json
 from statevault._tree import Skeleton
 from statevault.errors import HeaderError
 
@@ -59,23 +59,70 @@ def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
 
 
+def _canonical_object(members: Mapping[str, str]) -> str:
+    """Canonical JSON of an object whose values are already canonical JSON texts."""
+    return (
+        "{"
+        + ",".join(f"{_checksum.canonical_json(k)}:{v}" for k, v in sorted(members.items()))
+        + "}"
+    )
+
+
+def _canonical_tensors(entries: list[TensorEntry]) -> str:
+    ordered = sorted(entries, key=lambda e: e.name)
+    return "{" + ",".join(entry_json(e, canonical=True) for e in ordered) + "}"
+
+
+def _digest_of(tensors: str, user: Mapping[str, str], body: Mapping[str, str]) -> str:
+    document = {
+        "metadata": _checksum.canonical_json(dict(user)),
+        "statevault": _canonical_object(body),
+        "tensors": tensors,
+    }
+    return _checksum.digest(_canonical_object(document).encode("utf-8"))
+
+
 def header_digest(
     entries: list[TensorEntry], user: Mapping[str, str], body: Mapping[str, Any]
 ) -> str:
-    """Digest over every header field that matters, in a canonical form."""
-    tensors = {e.name: e.to_json() for e in entries}
-    document = {"tensors": tensors, "metadata": dict(user), "statevault": body}
-    return _checksum.digest(_checksum.canonical_json(document).encode("utf-8"))
+    """Digest over every header field that matters, in a canonical form.
+
+    Equal to the xxh3 of ``canonical_json({"tensors": ..., "metadata": ..., "statevault":
+    body})``; assembled from parts so that saving can reuse the parts that do not change.
+    """
+    members = {k: _checksum.canonical_json(v) for k, v in body.items()}
+    return _digest_of(_canonical_tensors(entries), user, members)
+
+
+def encoder(
+    info: VaultInfo, entries: list[TensorEntry], user: Mapping[str, str]
+) -> Callable[[Mapping[str, str]], dict[str, str]]:
+    """``encode`` for a save that fills in checksums later: digests -> ``__metadata__``.
+
+    Everything but the checksum table is encoded once, so writing the header twice (a
+    placeholder before the data, the real one after) does not cost two full encodes.
+    """
+    metadata = {FORMAT_KEY: "pt"}  # what transformers checks before loading a safetensors file
+    metadata.update(user)
+    fixed = {k: _checksum.canonical_json(v) for k, v in info.body().items() if k != "checksums"}
+    tensors = _canonical_tensors(entries)
+
+    def encode_with(checksums: Mapping[str, str]) -> dict[str, str]:
+        members = dict(fixed)
+        if checksums:
+            members["checksums"] = _checksum.canonical_json(
+                {"algorithm": _checksum.ALGORITHM, "digests": dict(checksums)}
+            )
+        digest = _digest_of(tensors, metadata, members)
+        stored = dict(members, header_digest=_checksum.canonical_json(digest))
+        return {**metadata, VAULT_KEY: _canonical_object(stored)}
+
+    return encode_with
 
 
 def encode(info: VaultInfo, entries: list[TensorEntry], user: Mapping[str, str]) -> dict[str, str]:
     """Build the full ``__metadata__`` mapping for a file we write."""
-    body = info.body()
-    metadata = {FORMAT_KEY: "pt"}  # what transformers checks before loading a safetensors file
-    metadata.update(user)
-    stored = dict(body, header_digest=header_digest(entries, metadata, body))
-    metadata[VAULT_KEY] = _checksum.canonical_json(stored)
-    return metadata
+    return encoder(info, entries, user)(info.checksums)
 
 
 def decode(header: Header, *, source: str) -> VaultInfo:

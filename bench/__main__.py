@@ -1,0 +1,280 @@
+"""``python -m bench [--quick]``: run every case in its own subprocess and print the tables.
+
+Each row is the median of ``--runs`` timed repetitions inside one fresh process, plus one
+more repetition with memory sampling. Ratios are computed between rows of the same run, so
+a noisy machine shifts all of them together: "vs best peer" is the fastest non-statevault
+row's time divided by ours (above 1 means we are faster), "vs raw" is the raw limit's time
+divided by ours (1.0 would be running at the hardware ceiling measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.cases import Config, run_case
+from bench.models import build, llm_config, state_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Group:
+    title: str
+    kind: str
+    cases: tuple[str, ...]
+    raw: str | None  # the row that is the hardware ceiling for this group
+    baseline: str | None = None  # also report speedup over this row (the tutorial flow)
+
+
+LOAD = (
+    "torch.load + load_state_dict",
+    "torch.load(mmap) + load_state_dict",
+    "safetensors load_file + load_state_dict",
+    "safetensors load_model",
+    "statevault load_into",
+    "statevault load_into (verify=False)",
+)
+SMALL_LOAD = (
+    "raw page-cache read, 2 threads",
+    "torch.load + load_state_dict",
+    "safetensors load_model",
+    "statevault load_into",
+    "statevault load_into (verify=False)",
+)
+SAVE = ("raw os.write", "torch.save", "safetensors save_file", "statevault save (fsync=False)")
+SAVE_FSYNC = (
+    "raw os.write + fsync",
+    "torch.save + fsync",
+    "safetensors save_file + fsync",
+    "statevault save (fsync=True)",
+)
+BUILD = (
+    "Model() + torch.load + load_state_dict",
+    "Model() + safetensors load_model",
+    "meta Model + torch.load(mmap) + assign",
+    "statevault load_model",
+)
+RAW = (
+    "raw memcpy, 1 thread",
+    "raw memcpy, 2 threads",
+    "raw page-cache read, 1 thread",
+    "raw page-cache read, 2 threads",
+)
+
+GROUPS = (
+    Group("Raw limits (LLM-like file)", "llm", RAW, None),
+    Group(
+        "Load LLM-like state into an existing model",
+        "llm",
+        ("raw page-cache read, 2 threads", *LOAD),
+        "raw page-cache read, 2 threads",
+    ),
+    Group("Build model + load (LLM-like)", "llm", BUILD, None, BUILD[0]),
+    Group(
+        "Load small tensors, flat ModuleList",
+        "flat",
+        SMALL_LOAD,
+        "raw page-cache read, 2 threads",
+        "torch.load + load_state_dict",
+    ),
+    Group(
+        "Load small tensors, nested ModuleLists",
+        "nested",
+        SMALL_LOAD,
+        "raw page-cache read, 2 threads",
+    ),
+    Group("Save LLM-like state (no fsync)", "llm", SAVE, "raw os.write"),
+    Group("Save LLM-like state + fsync", "llm", SAVE_FSYNC, "raw os.write + fsync"),
+    Group("Save small tensors (no fsync)", "flat", SAVE, "raw os.write"),
+)
+
+
+def _prepare(kind: str, model: dict[str, int], directory: Path) -> dict[str, Any]:
+    """Write the same state with each library (runs in its own subprocess)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import statevault
+
+    module = build(kind, model)
+    state = module.state_dict()
+    files = {
+        "torch": str(directory / f"{kind}.pt"),
+        "safetensors": str(directory / f"{kind}.st.safetensors"),
+        "statevault": str(directory / f"{kind}.sv.safetensors"),
+    }
+    torch.save(state, files["torch"])
+    save_file(state, files["safetensors"])
+    statevault.save(module, files["statevault"])
+    return {"files": files, "bytes": state_bytes(module), "tensors": len(state)}
+
+
+def _in_child(conn: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(function(*args))
+    except BaseException as exc:  # report any failure as a row, keep the benchmark going
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _forked(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run ``function(*args)`` in a fresh forked process and return its result.
+
+    Forking from this process, which has imported torch but never run a tensor op (so no
+    thread pools exist yet), gives each case a clean heap without paying ~2 s of torch
+    import per case: that is what lets ``--quick`` finish in about a minute.
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_in_child, args=(sender, function, args))
+    process.start()
+    sender.close()
+    try:
+        result: dict[str, Any] = receiver.recv()
+    except EOFError:
+        result = {"error": "worker died"}
+    process.join()
+    if process.exitcode:
+        result.setdefault("error", f"worker exited with status {process.exitcode}")
+    return result
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+# Shown, but not counted as "best peer": it returns before reading any weight (pages fault
+# in from the mmap on first use) and leaves non-persistent buffers (the rotary table) on the
+# meta device, so the model it returns cannot run.
+NOT_COMPARABLE = {"meta Model + torch.load(mmap) + assign"}
+
+
+def _table(group: Group, rows: dict[str, dict[str, Any]], nbytes: int) -> list[str]:
+    peers = [
+        r["median"]
+        for n, r in rows.items()
+        if "median" in r and not n.startswith(("statevault", "raw")) and n not in NOT_COMPARABLE
+    ]
+    best_peer = min(peers) if peers else None
+    raw = rows.get(group.raw or "", {}).get("median")
+    base = rows.get(group.baseline or "", {}).get("median")
+    lines = [
+        f"### {group.title}",
+        "",
+        "| case | median s | GB/s | peak extra anon MiB | peak file-backed MiB "
+        "| vs best peer | vs raw | vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in group.cases:
+        row = rows[name]
+        if "median" not in row:
+            lines.append(f"| {name} | error: {row.get('error')} | | | | | | |")
+            continue
+        median = row["median"]
+        ours = name.startswith("statevault")
+        vs_peer = best_peer / median if ours and best_peer else None
+        vs_raw = raw / median if ours and raw else None
+        vs_base = base / median if base and name != group.baseline else None
+        anon = f"{row['anon'] / MIB:.0f} ({100 * row['anon'] / nbytes:.0f}%)"
+        lines.append(
+            f"| {name} | {median:.3f} | {nbytes / median / 1e9:.2f} | {anon} "
+            f"| {row['file'] / MIB:.0f} | {_fmt_ratio(vs_peer)} | {_fmt_ratio(vs_raw)} "
+            f"| {_fmt_ratio(vs_base)} |"
+        )
+    if NOT_COMPARABLE & set(group.cases):
+        lines += [
+            "",
+            f"Not counted as a peer: {', '.join(sorted(NOT_COMPARABLE))} (lazy, broken buffers).",
+        ]
+    return lines
+
+
+def _print_tables(groups: list[Group], prepared: dict[str, Any], results: dict[str, Any]) -> None:
+    for group in groups:
+        info = prepared[group.kind]
+        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
+        sizes = f"{info['bytes'] / MIB:.0f} MiB in {info['tensors']} tensors"
+        print("\n".join(_table(group, rows, info["bytes"])).replace("\n\n", f"\n\n{sizes}\n\n", 1))
+        print(flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--llm-mib", type=int, help="LLM-like state size (default 2048)")
+    parser.add_argument("--small-count", type=int, help="Linear layers in the small-tensor nets")
+    parser.add_argument("--width", type=int, default=72, help="width of each small Linear")
+    parser.add_argument("--runs", type=int, default=3, help="timed repetitions per case")
+    parser.add_argument("--dir", help="where to write files (default: a new temp dir)")
+    parser.add_argument("--only", help="run only groups whose title contains this text")
+    parser.add_argument("--json", help="also write raw results to this file")
+    parser.add_argument("--report", help="print the tables of a --json file again and exit")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "src"))  # measure this checkout, not an installed copy
+
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        kinds = set(saved["prepared"])
+        _print_tables([g for g in GROUPS if g.kind in kinds], saved["prepared"], saved["results"])
+        return
+
+    llm_mib = args.llm_mib or (256 if args.quick else 2048)
+    count = args.small_count or (2000 if args.quick else 10000)
+    models = {
+        "llm": llm_config(llm_mib * MIB),
+        "flat": {"count": count, "width": args.width},
+        "nested": {"count": count, "width": args.width},
+    }
+    groups = [g for g in GROUPS if not args.only or args.only.lower() in g.title.lower()]
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="statevault-bench-") as tmp:
+        directory = Path(tmp)
+        import torch
+
+        import statevault
+
+        print(f"# statevault benchmark ({'quick' if args.quick else 'full'})\n")
+        print(
+            f"python {platform.python_version()}, torch {torch.__version__}, "
+            f"statevault from {Path(statevault.__file__).parent}, {os.cpu_count()} CPUs, "
+            f"median of {args.runs} runs; files in {directory}\n"
+        )
+        prepared: dict[str, dict[str, Any]] = {}
+        for kind in sorted({g.kind for g in groups}):
+            prepared[kind] = _forked(_prepare, kind, models[kind], directory)
+            if "error" in prepared[kind]:
+                raise SystemExit(f"preparing {kind}: {prepared[kind]['error']}")
+        results: dict[str, Any] = {}
+        for group in groups:
+            info = prepared[group.kind]
+            cfg = Config(group.kind, models[group.kind], info["files"], str(directory / "out"))
+            for name in group.cases:
+                key = f"{group.kind}:{name}"
+                if key not in results:
+                    started = time.perf_counter()
+                    row = _forked(run_case, name, cfg, args.runs)
+                    if "times" in row:
+                        row["median"] = statistics.median(row["times"])
+                    row["wall"] = time.perf_counter() - started
+                    results[key] = row
+            _print_tables([group], prepared, results)
+        if args.json:
+            document = {"models": models, "prepared": prepared, "results": results}
+            Path(args.json).write_text(json.dumps(document, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The I/O engine's fast paths: batched scatter reads, gathered writes, cheap header encoding.
+
+Thresholds are lowered per test so every path (batches, parallel threads, short reads and
+writes) runs on kilobytes, not megabytes.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import statevault
+from statevault import _io
+from statevault._format import TensorEntry, encode_header, plan_layout
+from statevault._gcpause import gc_paused
+from statevault.errors import ChecksumMismatchError, TruncatedFileError
+
+
+@pytest.fixture
+def tiny_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_io, "SMALL_READ_BYTES", 256)
+    monkeypatch.setattr(_io, "SMALL_WRITE_BYTES", 256)
+    monkeypatch.setattr(_io, "BATCH_BYTES", 1024)
+    monkeypatch.setattr(_io, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(_io, "VERIFY_CHUNK_BYTES", 384)
+    monkeypatch.setattr(_io, "WRITE_CHUNK_BYTES", 512)
+    monkeypatch.setattr(_io, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(_io, "MAX_IOV", 7)
+
+
+def _mixed_state() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    state = {f"small.{i}": torch.randn(i % 9, generator=generator) for i in range(60)}
+    state |= {f"big.{i}": torch.randn(300 + i, generator=generator) for i in range(5)}
+    state["half"] = torch.randn(41, generator=generator).to(torch.bfloat16)
+    state["flag"] = torch.tensor([True, False, True])
+    return state
+
+
+def _entry(name: str, start: int, end: int) -> TensorEntry:
+    return TensorEntry(name, "U8", (end - start,), start, end)
+
+
+def _job(entry: TensorEntry) -> _io.ReadJob:
+    return (entry, memoryview(bytearray(entry.nbytes)), None)
+
+
+def test_plan_batches_groups_contiguous_runs_within_limits(tiny_thresholds: None) -> None:
+    entries = [_entry(f"t{i}", i * 100, (i + 1) * 100) for i in range(30)]
+    jobs = [_job(e) for e in reversed(entries)]  # order given must not matter
+    batches = _io.plan_batches(jobs)
+    assert [job[0] for batch in batches for job in batch] == entries  # file order, none lost
+    for batch in batches:
+        assert len(batch) <= 7 and sum(job[0].nbytes for job in batch) <= 1024
+        assert all(a[0].end == b[0].start for a, b in itertools.pairwise(batch))
+
+
+def test_plan_batches_breaks_at_gaps() -> None:
+    wanted = [_entry("a", 0, 10), _entry("b", 10, 20), _entry("d", 30, 40)]  # "c" skipped
+    batches = _io.plan_batches([_job(e) for e in wanted])
+    assert [[job[0].name for job in batch] for batch in batches] == [["a", "b"], ["d"]]
+
+
+def test_mixed_state_round_trips_through_every_path(tmp_path: Path, tiny_thresholds: None) -> None:
+    state = _mixed_state()
+    path = tmp_path / "mixed.safetensors"
+    statevault.save(state, path)
+    loaded = statevault.load(path)
+    assert loaded.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
+        assert loaded[name].dtype == tensor.dtype
+
+
+def test_bytes_identical_to_safetensors_for_many_small_tensors(
+    tmp_path: Path, tiny_thresholds: None
+) -> None:
+    state = _mixed_state()
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    statevault.save(state, ours, checksum=False)
+    save_file(state, theirs)
+    # Same layout and data section; only the header differs (our metadata rides along).
+    ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
+    ours_data = ours_bytes[8 + int.from_bytes(ours_bytes[:8], "little") :]
+    theirs_data = theirs_bytes[8 + int.from_bytes(theirs_bytes[:8], "little") :]
+    assert ours_data == theirs_data
+
+
+def test_header_encoding_matches_json_dumps() -> None:
+    entries = plan_layout(
+        [("ü\u2603", "F32", (2, 3), 24), ('q"x\\', "BF16", (), 2), ("z", "U8", (0,), 0)]
+    )
+    metadata = {"format": "pt", "é": '{"a": 1}'}
+    table: dict[str, object] = {"__metadata__": metadata}
+    table |= {e.name: e.to_json() for e in entries}
+    body = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode()
+    body += b" " * (-len(body) % 8)
+    assert encode_header(entries, metadata) == len(body).to_bytes(8, "little") + body
+
+
+def test_corrupt_small_tensor_in_a_batch_is_named(tmp_path: Path, tiny_thresholds: None) -> None:
+    path = tmp_path / "mixed.safetensors"
+    statevault.save(_mixed_state(), path)
+    with statevault.Checkpoint(path) as checkpoint:
+        victim = checkpoint.tensors["small.17"]
+    with path.open("r+b") as handle:
+        handle.seek(victim.offset + 1)
+        byte = handle.read(1)
+        handle.seek(victim.offset + 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumMismatchError, match=r"small\.17"):
+        statevault.load(path)
+    assert torch.equal(statevault.load(path, verify=False)["small.16"], _mixed_state()["small.16"])
+
+
+def test_file_that_shrinks_after_open_raises_truncated(
+    tmp_path: Path, tiny_thresholds: None
+) -> None:
+    path = tmp_path / "mixed.safetensors"
+    statevault.save(_mixed_state(), path)
+    with statevault.Checkpoint(path) as checkpoint:
+        os.truncate(path, checkpoint.tensors["small.3"].offset + 1)
+        with pytest.raises(TruncatedFileError, match="ends early"):
+            checkpoint.read([f"small.{i}" for i in range(60)])  # the batched preadv path
+
+
+def test_short_writes_and_reads_are_resumed(
+    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_writev, real_write, real_preadv = os.writev, os.write, os.preadv
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        return real_writev(fd, [memoryview(b"".join(bytes(b) for b in buffers))[:5]])
+
+    def write(fd: int, data: memoryview) -> int:
+        return real_write(fd, memoryview(data)[:33])
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real_preadv(fd, [memoryview(buffers[0])[:3]], offset)
+
+    monkeypatch.setattr(_io.os, "writev", writev)
+    monkeypatch.setattr(_io.os, "write", write)
+    state = _mixed_state()
+    path = tmp_path / "short.safetensors"
+    statevault.save(state, path)
+    monkeypatch.setattr(_io.os, "preadv", preadv)
+    loaded = statevault.load(path)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_gc_paused_restores_the_collector_state() -> None:
+    seen: list[bool] = []
+
+    @gc_paused
+    def probe() -> None:
+        seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    probe()
+    assert gc.isenabled() and seen == [False]
+    gc.disable()
+    try:
+        probe()
+        assert not gc.isenabled()  # we never switch on a collector the caller switched off
+    finally:
+        gc.enable()
+
+
+def test_plan_staging_splits_big_and_packs_small_tensors() -> None:
+    dest = torch.empty(0)
+    entries = [_entry("a", 0, 10), _entry("b", 10, 35), _entry("c", 35, 37), _entry("e", 50, 52)]
+    fills = _io.plan_staging([(e, dest, None) for e in reversed(entries)], 16)
+    shapes = [[(piece[0].name, piece[1], piece[2]) for piece in fill] for fill in fills]
+    assert shapes == [
+        [("a", 0, 10), ("b", 0, 6)],  # back to back in the file: one fill
+        [("b", 6, 16)],
+        [("b", 22, 3), ("c", 0, 2)],
+        [("e", 0, 2)],  # a gap in the file starts a new fill
+    ]
+    assert all(sum(piece[2] for piece in fill) <= 16 for fill in fills)
+
+
+def test_staged_device_pipeline_fills_and_verifies_on_cpu(tmp_path: Path) -> None:
+    # The CUDA path's staging logic, run with plain buffers and CPU destinations.
+    state = _mixed_state()
+    path = tmp_path / "staged.safetensors"
+    statevault.save(state, path)
+    with statevault.Checkpoint(path) as checkpoint:
+        reader = checkpoint._reader
+        dests = {name: torch.empty_like(t) for name, t in state.items()}
+        jobs = [
+            (reader.header.entries[n], d, checkpoint.tensors[n].checksum) for n, d in dests.items()
+        ]
+        reader.read_to_device(jobs, staging_bytes=100, buffers=2)
+    assert all(torch.equal(dests[n], t) for n, t in state.items())
+
+    with statevault.Checkpoint(path) as checkpoint:
+        victim = checkpoint.tensors["big.2"]
+    with path.open("r+b") as handle:
+        handle.seek(victim.offset + victim.nbytes - 1)
+        last = handle.read(1)[0]
+        handle.seek(victim.offset + victim.nbytes - 1)
+        handle.write(bytes([last ^ 0xFF]))
+    with (
+        statevault.Checkpoint(path) as checkpoint,
+        pytest.raises(ChecksumMismatchError, match=r"big\.2"),
+    ):
+        reader = checkpoint._reader
+        jobs = [
+            (reader.header.entries[n], d, checkpoint.tensors[n].checksum) for n, d in dests.items()
+        ]
+        reader.read_to_device(jobs, staging_bytes=100, buffers=2)
+
+
+@pytest.mark.parametrize("use_mmap", [True, False], ids=["mmap", "preadv"])
+def test_large_tensor_paths_agree_and_verify(
+    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch, use_mmap: bool
+) -> None:
+    monkeypatch.setattr(_io, "READ_LARGE_WITH_MMAP", use_mmap)
+    state = _mixed_state()
+    path = tmp_path / "big.safetensors"
+    statevault.save(state, path)
+    loaded = statevault.load(path)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    with statevault.Checkpoint(path) as checkpoint:
+        victim = checkpoint.tensors["big.4"]
+    with path.open("r+b") as handle:
+        handle.seek(victim.offset + victim.nbytes // 2)
+        middle = handle.read(1)[0]
+        handle.seek(victim.offset + victim.nbytes // 2)
+        handle.write(bytes([middle ^ 0x01]))
+    with pytest.raises(ChecksumMismatchError, match=r"big\.4"):
+        statevault.load(path)
+
+
+def test_shrunk_file_is_never_mapped(tmp_path: Path, tiny_thresholds: None) -> None:
+    path = tmp_path / "big.safetensors"
+    statevault.save(_mixed_state(), path)
+    with statevault.Checkpoint(path) as checkpoint:
+        os.truncate(path, checkpoint.tensors["big.0"].offset + 8)
+        with pytest.raises(TruncatedFileError):
+            checkpoint.read(["big.0"])
