@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,14 @@ class Checkpoint:
             by_device.setdefault(job[1].device, []).append(job)
         for group in by_device.values():
             self._reader.read_to_device(group)
+
+    def stream(self, name: str, *, chunk_bytes: int, verify: bool = True) -> Iterator[bytearray]:
+        """The stored bytes of ``name`` in bounded pieces, its checksum checked at the end."""
+        info = self.tensors[self.aliases.get(name, name)]
+        expected = info.checksum if verify else None
+        return self._reader.stream(
+            self._entry(info.name), chunk_bytes=chunk_bytes, expected=expected
+        )
 
     def empty_like_stored(self, name: str, *, device: torch.device | None = None) -> torch.Tensor:
         """An uninitialised tensor with the stored dtype and shape of ``name`` (CPU default)."""

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from statevault._checkpoint import Checkpoint
-from statevault._checksum import ALGORITHM, new_hasher
 from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
 from statevault._progress import Progress
@@ -34,10 +33,8 @@ from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten
 from statevault.errors import (
     CheckpointNotFoundError,
-    ChecksumMismatchError,
     CorruptFileError,
     HeaderError,
-    TruncatedFileError,
     UnsupportedObjectError,
 )
 
@@ -129,19 +126,16 @@ class SafetensorsInput(Input):
 
     def __init__(self, path: Path) -> None:
         self._checkpoint = Checkpoint(path)
-        self._fd = -1
         try:
-            self._fd = os.open(path, os.O_RDONLY)
             self.path = path
             self.label = str(path)
-            self.file_size = os.fstat(self._fd).st_size
+            self.file_size = path.stat().st_size
             self.format_version = self._checkpoint.format_version
             self.kind = "statevault" if self.format_version is not None else "safetensors"
             self.metadata = dict(self._checkpoint.metadata)
             self.aliases = dict(self._checkpoint.aliases)
             self.tree = self._checkpoint.tree
             self.header_digest = self._checkpoint.vault.header_digest is not None
-            self._offsets = {n: i.offset for n, i in self._checkpoint.tensors.items()}
             self.tensors = {
                 n: TensorMeta(n, i.dtype, i.shape, i.nbytes, i.code, i.checksum, self.label)
                 for n, i in self._checkpoint.tensors.items()
@@ -152,43 +146,19 @@ class SafetensorsInput(Input):
 
     def close(self) -> None:
         self._checkpoint.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
-    def raw_chunks(self, name: str, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytearray]:
+    def raw_chunks(
+        self, name: str, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = False
+    ) -> Iterator[bytearray]:
         """The stored bytes of ``name`` in pieces of at most ``chunk_bytes`` (fresh buffers)."""
-        meta = self.tensors[name]
-        base, done = self._offsets[name], 0
-        while done < meta.nbytes:
-            size = min(chunk_bytes, meta.nbytes - done)
-            buffer = bytearray(size)
-            got = 0
-            while got < size:  # pread may return short counts; loop until full or EOF
-                n = os.preadv(self._fd, [memoryview(buffer)[got:]], base + done + got)
-                if n <= 0:
-                    raise TruncatedFileError(
-                        f"{self.label}: tensor {name!r} ends early: read {done + got} of "
-                        f"{meta.nbytes} bytes (the file shrank while being read or is truncated)"
-                    )
-                got += n
-            done += size
-            yield buffer
+        return self._checkpoint.stream(name, chunk_bytes=chunk_bytes, verify=verify)
 
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        meta = self.tensors[name]
-        itemsize = meta.dtype.itemsize
-        expected = meta.checksum if verify else None
-        hasher = new_hasher() if expected is not None else None
-        for buffer in self.raw_chunks(name, chunk_bytes=max(1, elements) * itemsize):
-            if hasher is not None:
-                hasher.update(buffer)
-            yield torch.frombuffer(buffer, dtype=torch.uint8).view(meta.dtype)
-        if hasher is not None and hasher.hexdigest() != expected:
-            raise ChecksumMismatchError(
-                f"{self.label}: tensor {name!r} is damaged: checksum expected {ALGORITHM} "
-                f"{expected}, found {hasher.hexdigest()}. Restore the file from a good copy"
-            )
+        dtype = self.tensors[name].dtype
+        for buffer in self.raw_chunks(
+            name, chunk_bytes=max(1, elements) * dtype.itemsize, verify=verify
+        ):
+            yield torch.frombuffer(buffer, dtype=torch.uint8).view(dtype)
 
     def load(self, *, verify: bool = True) -> Any:
         return self._checkpoint.load(verify=verify)

@@ -25,7 +25,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -470,6 +470,24 @@ class FileReader:
                 pending[slot] = event
         if stream is not None:
             stream.synchronize()  # the caller may use the tensors on any stream right away
+
+    def stream(
+        self, entry: TensorEntry, *, chunk_bytes: int, expected: str | None
+    ) -> Iterator[bytearray]:
+        """The tensor's bytes in fresh buffers of at most ``chunk_bytes``, checked at the end.
+
+        For consumers that look at a tensor piece by piece (verify, diff) and must keep
+        memory bounded whatever the tensor's size.
+        """
+        hasher = _checksum.new_hasher() if expected is not None else None
+        for start in range(0, entry.nbytes, max(1, chunk_bytes)):
+            buffer = bytearray(min(chunk_bytes, entry.nbytes - start))
+            self._pread_full(memoryview(buffer), entry, start)
+            if hasher is not None:
+                hasher.update(buffer)
+            yield buffer
+        if hasher is not None:
+            self._check(entry, expected, hasher.hexdigest())
 
     def _pread_full(self, view: memoryview, entry: TensorEntry, start: int) -> None:
         offset = self.header.data_offset + entry.start + start
