@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 import statevault
 from statevault import _io
-from statevault._format import TensorEntry, encode_header, plan_layout
+from statevault._format import TensorEntry, encode_header, plan_layout, tensor_table
 from statevault._gcpause import gc_paused
 from statevault.errors import ChecksumMismatchError, TruncatedFileError
 
@@ -95,7 +95,13 @@ def test_bytes_identical_to_safetensors_for_many_small_tensors(
 
 def test_header_encoding_matches_json_dumps() -> None:
     entries = plan_layout(
-        [("ü\u2603", "F32", (2, 3), 24), ('q"x\\', "BF16", (), 2), ("z", "U8", (0,), 0)]
+        [
+            ("ü\u2603", "F32", (2, 3), 24),
+            ('q"x\\', "BF16", (), 2),
+            ("z", "U8", (0,), 0),
+            ("tab\there", "F32", (2, 3), 24),
+            ("soft\u00adhyphen", "U8", (1, 1, 1), 1),
+        ]
     )
     metadata = {"format": "pt", "é": '{"a": 1}'}
     table: dict[str, object] = {"__metadata__": metadata}
@@ -103,6 +109,27 @@ def test_header_encoding_matches_json_dumps() -> None:
     body = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode()
     body += b" " * (-len(body) % 8)
     assert encode_header(entries, metadata) == len(body).to_bytes(8, "little") + body
+
+
+def test_canonical_tensor_table_matches_sorted_json_dumps() -> None:
+    entries = plan_layout([("b\n", "F32", (2,), 8), ('a"', "I8", (3, 1), 3), ("c", "U8", (), 1)])
+    expected = json.dumps(
+        {e.name: e.to_json() for e in entries},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert "{" + tensor_table(entries, canonical=True) + "}" != expected  # file order, not sorted
+    ordered = sorted(entries, key=lambda e: e.name)
+    assert "{" + tensor_table(ordered, canonical=True) + "}" == expected
+
+
+def test_written_through_resumes_mid_buffer() -> None:
+    buffers: list[_io.ByteBuffer] = [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]
+    assert [bytes(b) for b in _io._written_through(buffers, 0)] == [b"abc", b"", b"defg"]
+    assert [bytes(b) for b in _io._written_through(buffers, 3)] == [b"defg"]
+    assert [bytes(b) for b in _io._written_through(buffers, 5)] == [b"fg"]
+    assert _io._written_through(buffers, 7) == []
 
 
 def test_corrupt_small_tensor_in_a_batch_is_named(tmp_path: Path, tiny_thresholds: None) -> None:
