@@ -124,6 +124,22 @@ def test_canonical_tensor_table_matches_sorted_json_dumps() -> None:
     assert "{" + tensor_table(ordered, canonical=True) + "}" == expected
 
 
+def test_write_runs_gather_small_tensors_and_isolate_large_ones(tiny_thresholds: None) -> None:
+    # SMALL_WRITE_BYTES is 256 and MAX_IOV 7 here
+    sizes = [100, 100, 100, 10, 300, 0, 0, 5, 1, 1, 1, 1, 1, 1, 1, 1, 256, 200]
+    runs = _io.plan_write_runs(sizes)
+    assert [list(run) for run in runs] == [
+        [0, 1, 2],  # reached 256 bytes
+        [3],  # cut short by the large tensor after it
+        [4],
+        [5, 6, 7, 8, 9, 10, 11],  # reached MAX_IOV tensors
+        [12, 13, 14, 15],
+        [16],
+        [17],
+    ]
+    assert _io.plan_write_runs([]) == []
+
+
 def test_written_through_resumes_mid_buffer() -> None:
     buffers: list[_io.ByteBuffer] = [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]
     assert [bytes(b) for b in _io._written_through(buffers, 0)] == [b"abc", b"", b"defg"]
