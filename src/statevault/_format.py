@@ -128,8 +128,9 @@ def header_encoder(entries: Sequence[TensorEntry]) -> Callable[[Mapping[str, str
             text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
             members.insert(0, f'"{METADATA_KEY}":{text}')
         body = ("{" + ",".join(members) + "}").encode("utf-8")
-        body += b" " * (-len(body) % 8)
-        return struct.pack("<Q", len(body)) + body
+        padding = -len(body) % 8
+        # one copy of a header that is megabytes long for many tensors, not two
+        return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
 
     return encode
 

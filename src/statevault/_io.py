@@ -310,8 +310,9 @@ def write_atomically(
     for any digests (they are fixed-width hex), so the data can be written and hashed in one
     pass and the header filled in last.
     """
-    placeholder = build_header(
-        {job.entry.name: _checksum.PLACEHOLDER for job in jobs} if checksum else {}
+    # Only its length is needed now: the data starts right after it.
+    header_size = len(
+        build_header({job.entry.name: _checksum.PLACEHOLDER for job in jobs} if checksum else {})
     )
     directory = path.parent
     if not directory.is_dir():
@@ -322,10 +323,10 @@ def write_atomically(
     # 0o666 filtered by the umask, like any normally created file; O_EXCL never clobbers.
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.lseek(fd, len(placeholder), os.SEEK_SET)
+        os.lseek(fd, header_size, os.SEEK_SET)
         digests = _write_data(fd, jobs, checksum)
         header = build_header(digests)
-        if len(header) != len(placeholder):
+        if len(header) != header_size:
             raise StateVaultError("internal error: header length changed after hashing")
         os.pwrite(fd, header, 0)
         if fsync:

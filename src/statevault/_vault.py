@@ -74,12 +74,23 @@ def _canonical_tensors(entries: list[TensorEntry]) -> str:
 
 
 def _digest_of(tensors: str, user: Mapping[str, str], body: Mapping[str, str]) -> str:
-    document = {
-        "metadata": _checksum.canonical_json(dict(user)),
-        "statevault": _canonical_object(body),
-        "tensors": tensors,
-    }
-    return _checksum.digest(_canonical_object(document).encode("utf-8"))
+    """xxh3 of ``{"metadata":...,"statevault":...,"tensors":...}`` (keys in canonical order).
+
+    Hashed part by part: the document is megabytes long for many tensors, and joining it
+    into one string first would hold it twice more in memory.
+    """
+    hasher = _checksum.new_hasher()
+    for part in (
+        '{"metadata":',
+        _checksum.canonical_json(dict(user)),
+        ',"statevault":',
+        _canonical_object(body),
+        ',"tensors":',
+        tensors,
+        "}",
+    ):
+        hasher.update(part.encode("utf-8"))
+    return str(hasher.hexdigest())
 
 
 def header_digest(
