@@ -10,6 +10,7 @@ import gc
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,27 @@ def test_write_runs_gather_small_tensors_and_isolate_large_ones(tiny_thresholds:
         [17],
     ]
     assert _io.plan_write_runs([]) == []
+
+
+def test_copies_of_small_tensors_live_until_the_writer_thread_wrote_them(
+    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_writev = os.writev
+
+    def slow_writev(fd: int, buffers: list[_io.ByteBuffer]) -> int:
+        time.sleep(0.01)  # long enough for a copy freed too early to be reused or unmapped
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", slow_writev)
+    generator = torch.Generator().manual_seed(1)
+    # Transposed views are not contiguous, so each is copied right before it is written:
+    # small ones (128 bytes) a run at a time, large ones (1 KiB) one by one.
+    state = {f"s{i}": torch.randn(8, 4, generator=generator).t() for i in range(40)}
+    state |= {f"l{i}": torch.randn(16, 16, generator=generator).t() for i in range(3)}
+    path = tmp_path / "copies.safetensors"
+    statevault.save(state, path)
+    loaded = statevault.load(path)  # verified: a byte changed after hashing would raise
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
 def test_written_through_resumes_mid_buffer() -> None:

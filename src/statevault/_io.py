@@ -202,12 +202,17 @@ class _WriteBehind:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statevault-write")
         self._pending.append((self._pool.submit(_writev_all, self._fd, buffers), keep_alive))
         while len(self._pending) > WRITE_AHEAD:
-            self._pending.popleft()[0].result()
+            self._wait_oldest()
 
     def drain(self) -> None:
         """Wait until everything queued is written; raise the first write error."""
         while self._pending:
-            self._pending.popleft()[0].result()
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        future, keep_alive = self._pending.popleft()
+        future.result()  # only then may ``keep_alive`` (copies made for this run) be freed
+        del keep_alive
 
 
 def plan_write_runs(sizes: Sequence[int]) -> list[range]:
@@ -264,7 +269,8 @@ def _write_small(
 
 def _write_large(fd: int, job: WriteJob, digests: dict[str, str] | None) -> None:
     """Write a large tensor in chunks, each hashed just before it is written (in cache)."""
-    view = tensor_memory(_cpu_tensor(job))  # a copy made by ``source()`` dies with the view
+    tensor = _cpu_tensor(job)  # held here: ``view`` does not keep a copy made for us alive
+    view = tensor_memory(tensor)
     hasher = _checksum.new_hasher() if digests is not None else None
     for start in range(0, len(view), WRITE_CHUNK_BYTES):
         chunk = view[start : start + WRITE_CHUNK_BYTES]
