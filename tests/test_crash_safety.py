@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,30 @@ def test_failing_tensor_source_keeps_old_file_and_removes_temp(
     assert path.read_bytes() == before
     assert leftovers(tmp_path, path) == []
     assert classify(path) == "old"
+
+
+def test_failed_write_on_the_writer_thread_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    statevault.save(old_state(), path)
+    before = path.read_bytes()
+    real_writev = os.writev
+    threads = []
+
+    def disk_full_on_second_run(fd: int, buffers: Any) -> int:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", disk_full_on_second_run)
+    small = {f"t{i}": torch.full((1000,), float(i)) for i in range(2000)}  # ~8 runs of 1 MiB
+    with pytest.raises(OSError, match="No space left"):
+        statevault.save(small, path)
+    assert threads[1].startswith("statevault-write")  # raised there, reported here
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path, path) == []
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])

@@ -8,9 +8,12 @@ not a cryptographic signature and does not defend against a deliberate forger.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 ALGORITHM = "xxh3-64"
 DIGEST_CHARS = 16  # hex characters; fixed, so a header's length is known before hashing
@@ -22,9 +25,9 @@ def new_hasher() -> Any:
     return xxhash.xxh3_64()
 
 
-def digest(buffer: bytes | memoryview) -> str:
+def digest(buffer: ReadableBuffer) -> str:
     """Hex digest of one buffer in a single call."""
-    return str(xxhash.xxh3_64_hexdigest(buffer))
+    return xxhash.xxh3_64_hexdigest(buffer)
 
 
 def canonical_json(value: Any) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._sources import FileSource, MemorySource, Source, open_source
-from statevault._ties import memory_identity
+from statevault._ties import identity_groups
 from statevault.errors import StateDictMismatchError
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
@@ -63,17 +62,10 @@ def _ties(
     aliases: Mapping[str, str],
 ) -> list[TiedKey]:
     """Notes on tied model tensors; moves missing keys that a tie fills out of ``missing``."""
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    for key, tensor in model_state.items():
-        ident = memory_identity(tensor)
-        if ident is not None:
-            groups.setdefault(ident, []).append(key)
     notes = []
     filled = set()
     missing_set = set(missing)
-    for keys in groups.values():
-        if len(keys) < 2:
-            continue
+    for keys in identity_groups(model_state.items()):
         loaded = [k for k in keys if k in matched]
         if not loaded:
             continue
@@ -179,20 +171,17 @@ def _fill_fast(
     verify: bool,
 ) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once."""
-    claimed: dict[tuple[Any, ...], str] = {}
+    dests = {key: model_state[key].detach() for key in planned.sources}
+    leader = {key: keys[0] for keys in identity_groups(dests.items()) for key in keys[1:]}
     first: list[tuple[str, torch.Tensor]] = []
     later: list[tuple[str, torch.Tensor]] = []
     for key, name in planned.sources.items():
-        dest = model_state[key].detach()
-        ident = memory_identity(dest)
-        stored = source.aliases.get(name, name)
-        if ident is not None and ident in claimed:
-            if claimed[ident] != stored:  # tied in the model, separate in the file: torch order
-                later.append((name, dest))
+        if key not in leader:
+            first.append((name, dests[key]))
             continue
-        if ident is not None:
-            claimed[ident] = stored
-        first.append((name, dest))
+        leader_name = planned.sources[leader[key]]
+        if source.aliases.get(leader_name, leader_name) != source.aliases.get(name, name):
+            later.append((name, dests[key]))  # tied in the model, separate in the file: torch order
     source.fill(first, verify=verify)
     source.fill(later, verify=verify)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +15,41 @@ from statevault._dtypes import DtypeSpec, spec_for
 from statevault._format import header_encoder, plan_layout
 from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
-from statevault._ties import memory_identity
+from statevault._ties import find_ties
 from statevault._tree import flatten
 from statevault.errors import UnsupportedObjectError
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _spec_or_refuse(name: str, tensor: torch.Tensor) -> DtypeSpec:
     """The storage spec for ``tensor``, or an error that says why it cannot be stored."""
+    spec = spec_for(tensor.dtype)
+    if (  # the common case first, in cheap checks: this runs for every tensor
+        spec is not None
+        and type(tensor) in _PLAIN_TENSOR_TYPES
+        and tensor.layout is torch.strided
+        and not (tensor.is_nested or tensor.is_quantized or tensor.is_meta)
+    ):
+        return spec
     if tensor.is_nested:
         reason = "is a nested tensor; save its components (t.unbind()) instead"
     elif tensor.layout != torch.strided:
         reason = f"has {tensor.layout} layout; convert it with .to_dense() first"
     elif tensor.is_quantized:
         reason = "is quantized; save t.int_repr() with its scale/zero_point, or t.dequantize()"
-    elif tensor.device.type == "meta":
+    elif tensor.is_meta:
         reason = "is on the meta device and has no data; materialise it before saving"
-    elif type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+    elif type(tensor) not in _PLAIN_TENSOR_TYPES:
         reason = f"is a tensor subclass ({type(tensor).__name__}); save a plain tensor instead"
     else:
-        spec = spec_for(tensor.dtype)
-        if spec is not None:
-            return spec
         reason = f"has dtype {tensor.dtype}, which statevault cannot store"
     raise UnsupportedObjectError(f"{name}: cannot store this tensor: it {reason}")
 
 
 def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
     if (
-        tensor.device.type == "cpu"
+        tensor.is_cpu  # 5x cheaper than tensor.device.type, which builds a device object
         and tensor.is_contiguous()
         and not tensor.is_conj()
         and not tensor.is_neg()
@@ -57,6 +64,27 @@ def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
             return plain.to("cpu").contiguous()
 
     return materialise
+
+
+def _stored_and_aliases(
+    tensors: Mapping[str, torch.Tensor],
+) -> tuple[list[tuple[str, torch.Tensor, DtypeSpec]], dict[str, str]]:
+    """The tensors to write with their specs, and alias -> name for tied ones (not written)."""
+    named = list(tensors.items())
+    specs = [_spec_or_refuse(name, tensor) for name, tensor in named]
+    aliases = find_ties(named)
+    stored = [
+        (name, tensor, spec)
+        for (name, tensor), spec in zip(named, specs, strict=True)
+        if not aliases or name not in aliases
+    ]
+    return stored, aliases
+
+
+def _stored_shape(tensor: torch.Tensor, spec: DtypeSpec) -> tuple[int, ...]:
+    if spec.trailing:
+        return (*tensor.shape, spec.trailing)
+    return tensor.shape  # a torch.Size; plan_layout makes it a plain tuple
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -75,6 +103,38 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
         if key in _vault.RESERVED_KEYS:
             raise UnsupportedObjectError(f"metadata[{key!r}]: this key is reserved for statevault")
     return dict(metadata)
+
+
+def _plan(
+    obj: Any, user: dict[str, str]
+) -> tuple[list[WriteJob], Callable[[dict[str, str]], bytes]]:
+    """What to write, in file order, and the header as a function of the tensor digests.
+
+    A function of its own so that the skeleton and the other per-tensor tables it builds
+    are freed before the data is written (megabytes for 20,000 tensors).
+    """
+    skeleton, tensors = flatten(obj)
+    stored, aliases = _stored_and_aliases(tensors)
+    entries = plan_layout(
+        (name, spec.code, _stored_shape(tensor, spec), tensor.nbytes)
+        for name, tensor, spec in stored
+    )
+    dtypes = {name: spec.name for name, _, spec in stored if spec.encoded}
+    by_name = {name: tensor for name, tensor, _ in stored}
+    jobs = [WriteJob(entry, _cpu_bytes_source(by_name[entry.name])) for entry in entries]
+
+    info = _vault.VaultInfo(
+        version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
+    )
+    # The header is written twice (placeholder, then real digests); encode the parts that
+    # do not change once, which matters for states of many small tensors.
+    vault_metadata = _vault.encoder(info, entries, user)
+    header_for = header_encoder(entries)
+
+    def build_header(digests: dict[str, str]) -> bytes:
+        return header_for(vault_metadata(digests))
+
+    return jobs, build_header
 
 
 @gc_paused
@@ -102,42 +162,5 @@ def save(
         raise UnsupportedObjectError(
             "statevault writes little-endian files; big-endian hosts are not supported"
         )
-    user = _check_metadata(metadata)
-    skeleton, tensors = flatten(obj)
-    stored: dict[str, tuple[torch.Tensor, DtypeSpec]] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    for name, tensor in tensors.items():
-        spec = _spec_or_refuse(name, tensor)
-        key = memory_identity(tensor)
-        if key is not None and key in seen:
-            aliases[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        stored[name] = (tensor, spec)
-
-    entries = plan_layout(
-        (
-            name,
-            spec.code,
-            (*t.shape, spec.trailing) if spec.trailing else tuple(t.shape),
-            t.numel() * t.element_size(),
-        )
-        for name, (t, spec) in stored.items()
-    )
-    dtypes = {name: spec.name for name, (_, spec) in stored.items() if spec.encoded}
-    jobs = [WriteJob(entry, _cpu_bytes_source(stored[entry.name][0])) for entry in entries]
-
-    info = _vault.VaultInfo(
-        version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
-    )
-    # The header is written twice (placeholder, then real digests); encode the parts that
-    # do not change once, which matters for states of many small tensors.
-    vault_metadata = _vault.encoder(info, entries, user)
-    header_for = header_encoder(entries)
-
-    def build_header(digests: dict[str, str]) -> bytes:
-        return header_for(vault_metadata(digests))
-
+    jobs, build_header = _plan(obj, _check_metadata(metadata))
     write_atomically(Path(path), jobs, build_header, checksum=checksum, fsync=fsync)

@@ -38,7 +38,7 @@ class _Flattener:
         self.tensors: dict[str, torch.Tensor] = {}
 
     def name_for(self, path: tuple[str | int, ...]) -> str:
-        base = ".".join(str(part) for part in path) or ROOT_TENSOR_NAME
+        base = ".".join(map(str, path)) or ROOT_TENSOR_NAME
         name, suffix = base, 2
         while name in self.tensors:  # e.g. {"a.b": x, "a": {"b": y}} flatten to the same name
             name, suffix = f"{base}#{suffix}", suffix + 1

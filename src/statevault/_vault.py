@@ -15,7 +15,7 @@ from typing import Any
 
 from statevault import _checksum
 from statevault._dtypes import dtype_from_name, spec_for
-from statevault._format import Header, TensorEntry, entry_json
+from statevault._format import Header, TensorEntry, tensor_table
 from statevault._tree import Skeleton
 from statevault.errors import HeaderError
 
@@ -70,16 +70,27 @@ def _canonical_object(members: Mapping[str, str]) -> str:
 
 def _canonical_tensors(entries: list[TensorEntry]) -> str:
     ordered = sorted(entries, key=lambda e: e.name)
-    return "{" + ",".join(entry_json(e, canonical=True) for e in ordered) + "}"
+    return "{" + tensor_table(ordered, canonical=True) + "}"
 
 
 def _digest_of(tensors: str, user: Mapping[str, str], body: Mapping[str, str]) -> str:
-    document = {
-        "metadata": _checksum.canonical_json(dict(user)),
-        "statevault": _canonical_object(body),
-        "tensors": tensors,
-    }
-    return _checksum.digest(_canonical_object(document).encode("utf-8"))
+    """xxh3 of ``{"metadata":...,"statevault":...,"tensors":...}`` (keys in canonical order).
+
+    Hashed part by part: the document is megabytes long for many tensors, and joining it
+    into one string first would hold it twice more in memory.
+    """
+    hasher = _checksum.new_hasher()
+    for part in (
+        '{"metadata":',
+        _checksum.canonical_json(dict(user)),
+        ',"statevault":',
+        _canonical_object(body),
+        ',"tensors":',
+        tensors,
+        "}",
+    ):
+        hasher.update(part.encode("utf-8"))
+    return str(hasher.hexdigest())
 
 
 def header_digest(
