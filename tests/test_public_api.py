@@ -52,6 +52,7 @@ LEAVES = [
     (statevault.ChecksumMismatchError, ValueError),
     (statevault.StateDictMismatchError, RuntimeError),
     (statevault.KeyMappingError, ValueError),
+    (statevault.DeviceUnavailableError, RuntimeError),
 ]
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
-from statevault._checkpoint import Checkpoint
+from statevault._checkpoint import Checkpoint, usable_device
 from statevault._io import advise_huge_pages
 from statevault._load_into import load_into
 from statevault._report import LoadReport, capped
@@ -170,7 +170,7 @@ def materialize(
     """
     checkpoint = path if isinstance(path, Checkpoint) else Checkpoint(path)
     try:
-        target = torch.device(device)
+        target = usable_device(device)
         allocated = _allocate(module, target)
         in_file = set(checkpoint.keys())
         missing = {name for name in allocated if name not in in_file}

@@ -17,9 +17,33 @@ from statevault._gcpause import gc_paused
 from statevault._io import FileReader, advise_huge_pages, tensor_memory
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, user_metadata
-from statevault.errors import HeaderError, StateVaultError
+from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError
 
 DIRECT_DEVICES = ("cpu", "cuda")  # devices read_into fills without a full CPU copy
+
+
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a clear error when this process cannot use it."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceUnavailableError(
+            f"device={device!r} is not a device torch knows: {exc}"
+        ) from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device={device!r} was requested, but torch {torch.__version__} sees no CUDA device "
+            "(torch.cuda.is_available() is False); load with device='cpu' instead"
+        )
+    if (
+        target.type == "cuda"
+        and target.index is not None
+        and target.index >= torch.cuda.device_count()
+    ):
+        raise DeviceUnavailableError(
+            f"device={device!r} was requested, but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return target
 
 
 @dataclass(frozen=True)
@@ -211,7 +235,7 @@ class Checkpoint:
 
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         """Rebuild exactly the object that was saved (a flat dict for plain safetensors)."""
-        target = torch.device(device)
+        target = usable_device(device)
         if target.type in DIRECT_DEVICES:
             tensors = self.read(verify=verify, device=target)  # CUDA: staged, no full CPU copy
         else:

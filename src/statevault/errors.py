@@ -8,6 +8,7 @@ leaf also subclasses the builtin a caller would naturally catch::
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
+    ├── DeviceUnavailableError       (RuntimeError)       device= names a device torch cannot use
     ├── CorruptFileError             (ValueError)         the file is not what it claims to be
     │   ├── HeaderError                                   malformed or inconsistent header
     │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
     "CorruptFileError",
+    "DeviceUnavailableError",
     "HeaderError",
     "KeyMappingError",
     "StateDictMismatchError",
@@ -42,6 +44,10 @@ class StateVaultError(Exception):
 
 class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
     """The checkpoint path does not exist."""
+
+
+class DeviceUnavailableError(StateVaultError, RuntimeError):
+    """``device=`` asks for a device this torch build or machine does not have."""
 
 
 class UnsupportedObjectError(StateVaultError, TypeError):

@@ -1,4 +1,4 @@
-"""Checkpoint.stream: bounded pieces of one tensor, checksum checked once the last piece is read."""
+"""Checkpoint reads: bounded streaming with checksums, and refusing devices this process lacks."""
 
 from __future__ import annotations
 
@@ -34,3 +34,14 @@ def test_damage_is_reported_after_the_last_piece(tmp_path: Path) -> None:
         assert len(b"".join(checkpoint.stream("x", chunk_bytes=1 << 20, verify=False))) == 40_000
         with pytest.raises(statevault.ChecksumMismatchError, match="'x'"):
             list(checkpoint.stream("x", chunk_bytes=1 << 20))
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    with pytest.raises(statevault.DeviceUnavailableError, match=r"device='cuda'.*device='cpu'"):
+        statevault.load(path, device="cuda")
+    with pytest.raises(statevault.DeviceUnavailableError, match="not a device torch knows"):
+        statevault.load(path, device="floppy")
