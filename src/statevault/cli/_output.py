@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -35,6 +36,15 @@ def stdout_console() -> Console:
     if not console.is_terminal:
         console = Console(highlight=False, width=PIPED_WIDTH)
     return console
+
+
+def print_report(text: str, *, headline_style: str) -> None:
+    """A report's text on stdout, its first line (the verdict) in ``headline_style``."""
+    console = stdout_console()
+    headline, *rest = text.splitlines() or [""]
+    console.print(f"[{headline_style}]{escape(headline)}[/]")
+    for line in rest:
+        console.print(escape(line))
 
 
 def emit_json(data: Any) -> None:

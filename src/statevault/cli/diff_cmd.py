@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
 from statevault._diff import diff
-from statevault.cli._output import EXIT_FINDING, emit_json, progress_bar, stdout_console
+from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
 
 
 @click.command("diff")
@@ -43,10 +42,6 @@ def diff_command(
     if as_json:
         emit_json(report.to_dict())
     else:
-        lines = str(report).splitlines()
-        console = stdout_console()
-        console.print(f"[{'green' if report.equal else 'yellow'}]{escape(lines[0])}[/]")
-        for line in lines[1:]:
-            console.print(escape(line))
+        print_report(str(report), headline_style="green" if report.equal else "yellow")
     if not report.equal:
         ctx.exit(EXIT_FINDING)

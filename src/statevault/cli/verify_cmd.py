@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
 from statevault._verify import verify
-from statevault.cli._output import EXIT_FINDING, emit_json, progress_bar, stdout_console
+from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
 
 
 @click.command("verify")
@@ -25,11 +24,6 @@ def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
     else:
-        style = "green" if report.ok else "bold red"
-        lines = str(report).splitlines()
-        console = stdout_console()
-        console.print(f"[{style}]{escape(lines[0])}[/]")
-        for line in lines[1:]:
-            console.print(escape(line))
+        print_report(str(report), headline_style="green" if report.ok else "bold red")
     if not report.ok:
         ctx.exit(EXIT_FINDING)
