@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -71,14 +71,19 @@ def plan_layout(items: Iterable[tuple[str, str, tuple[int, ...], int]]) -> list[
     """
     ordered = sorted(items, key=lambda item: (LAYOUT_RANK[item[1]], item[0]))
     entries: list[TensorEntry] = []
+    # Equal shapes share one tuple: most tensors of a large state repeat a few shapes.
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
     offset = 0
     for name, code, shape, nbytes in ordered:
-        entries.append(TensorEntry(name, code, tuple(shape), offset, offset + nbytes))
+        plain = tuple(shape)
+        entries.append(
+            TensorEntry(name, code, shapes.setdefault(plain, plain), offset, offset + nbytes)
+        )
         offset += nbytes
     return entries
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
     """``json.dumps(name, ensure_ascii=False)``, skipped for the common names that need no
     escaping (json.dumps escapes only quotes, backslashes and control characters)."""
     if name.isprintable() and '"' not in name and "\\" not in name:
@@ -104,40 +109,32 @@ def tensor_table(entries: Iterable[TensorEntry], *, canonical: bool = False) -> 
     if canonical:
         return ",".join(
             [
-                f'{_quoted(name)}:{{"data_offsets":[{start},{end}],'
+                f'{quoted(name)}:{{"data_offsets":[{start},{end}],'
                 f'"dtype":"{code}","shape":[{shape_text(shape)}]}}'
                 for name, code, shape, start, end in entries
             ]
         )
     return ",".join(
         [
-            f'{_quoted(name)}:{{"dtype":"{code}","shape":[{shape_text(shape)}],'
+            f'{quoted(name)}:{{"dtype":"{code}","shape":[{shape_text(shape)}],'
             f'"data_offsets":[{start},{end}]}}'
             for name, code, shape, start, end in entries
         ]
     )
 
 
-def header_encoder(entries: Sequence[TensorEntry]) -> Callable[[Mapping[str, str] | None], bytes]:
-    """``encode_header`` with the tensor table encoded once, for headers written twice."""
-    table = tensor_table(entries)
-
-    def encode(metadata: Mapping[str, str] | None) -> bytes:
-        members = [table] if table else []
-        if metadata:
-            text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
-            members.insert(0, f'"{METADATA_KEY}":{text}')
-        body = ("{" + ",".join(members) + "}").encode("utf-8")
-        padding = -len(body) % 8
-        # one copy of a header that is megabytes long for many tensors, not two
-        return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
-
-    return encode
-
-
 def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
-    """The 8-byte prefix plus the space-padded JSON header for ``entries``."""
-    return header_encoder(entries)(metadata)
+    """The 8-byte prefix plus the space-padded JSON header for ``entries``.
+
+    ``save`` builds its header with ``_vault.SlottedHeader`` instead, to the same bytes.
+    """
+    members = [tensor_table(entries)] if entries else []
+    if metadata:
+        text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
+        members.insert(0, f'"{METADATA_KEY}":{text}')
+    body = ("{" + ",".join(members) + "}").encode("utf-8")
+    padding = -len(body) % 8
+    return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
 
 
 def header_length(prefix: bytes, *, file_size: int, source: str) -> int:

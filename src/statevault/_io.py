@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import torch
 
@@ -115,6 +115,13 @@ def _write_all(fd: int, buffer: memoryview | bytes | bytearray) -> None:
         view = view[written:]
 
 
+def _pwrite_all(fd: int, buffer: bytes | bytearray, offset: int) -> None:
+    view = memoryview(buffer)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -123,6 +130,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+DigestSink: TypeAlias = "Callable[[int, str], None]"  # (index in jobs, hex digest)
 ReadJob = tuple[TensorEntry, memoryview, "str | None"]  # where, into what, expected digest
 PARALLEL_MIN_BYTES = 4 << 20  # below this, thread start-up costs more than it saves
 
@@ -248,41 +256,40 @@ def _cpu_tensor(job: WriteJob) -> torch.Tensor:
 
 
 def _write_small(
-    behind: _WriteBehind, run: Sequence[WriteJob], digests: dict[str, str] | None
+    behind: _WriteBehind, jobs: Sequence[WriteJob], run: range, record: DigestSink | None
 ) -> None:
     """Hash a run of small tensors, then queue it for one gathered ``writev``.
 
     Straight from each tensor's memory, no staging copy.
     """
-    tensors = [_cpu_tensor(job) for job in run]
+    tensors = [_cpu_tensor(jobs[index]) for index in run]
     buffers: list[ByteBuffer] = [_small_memory(tensor) for tensor in tensors if tensor.nbytes]
-    if digests is not None:
+    if record is not None:
         if len(buffers) == len(run):
-            names = [job.entry.name for job in run]
-            digests.update(zip(names, map(_checksum.digest, buffers), strict=True))
+            for index, buffer in zip(run, buffers, strict=True):
+                record(index, _checksum.digest(buffer))
         else:  # empty tensors have no memory to view; their digest is that of b""
-            for job, tensor in zip(run, tensors, strict=True):
-                memory = _small_memory(tensor) if tensor.nbytes else b""
-                digests[job.entry.name] = _checksum.digest(memory)
+            for index, tensor in zip(run, tensors, strict=True):
+                record(index, _checksum.digest(_small_memory(tensor) if tensor.nbytes else b""))
     if buffers:
         behind.write(buffers, tensors)
 
 
-def _write_large(fd: int, job: WriteJob, digests: dict[str, str] | None) -> None:
+def _write_large(fd: int, job: WriteJob, index: int, record: DigestSink | None) -> None:
     """Write a large tensor in chunks, each hashed just before it is written (in cache)."""
     tensor = _cpu_tensor(job)  # held here: ``view`` does not keep a copy made for us alive
     view = tensor_memory(tensor)
-    hasher = _checksum.new_hasher() if digests is not None else None
+    hasher = _checksum.new_hasher() if record is not None else None
     for start in range(0, len(view), WRITE_CHUNK_BYTES):
         chunk = view[start : start + WRITE_CHUNK_BYTES]
         if hasher is not None:
             hasher.update(chunk)
         _write_all(fd, chunk)
-    if digests is not None and hasher is not None:
-        digests[job.entry.name] = hasher.hexdigest()
+    if record is not None and hasher is not None:
+        record(index, hasher.hexdigest())
 
 
-def _write_data(fd: int, jobs: Sequence[WriteJob], checksum: bool) -> dict[str, str]:
+def _write_data(fd: int, jobs: Sequence[WriteJob], record: DigestSink | None) -> None:
     """Write every tensor in file order from its own memory, hashing as it goes.
 
     Small tensors are gathered into one ``writev`` per run (no copy into a staging buffer),
@@ -291,36 +298,41 @@ def _write_data(fd: int, jobs: Sequence[WriteJob], checksum: bool) -> dict[str, 
     hashed just before they are written, while still in cache. Tensors that need a copy
     first (``source`` is a function) are copied one at a time (a run at a time if small).
     """
-    digests: dict[str, str] | None = {} if checksum else None
     with _WriteBehind(fd) as behind:
         for run in plan_write_runs([job.entry.nbytes for job in jobs]):
             if len(run) == 1 and jobs[run[0]].entry.nbytes >= SMALL_WRITE_BYTES:
                 behind.drain()  # the file offset must be past every earlier tensor
-                _write_large(fd, jobs[run[0]], digests)
+                _write_large(fd, jobs[run[0]], run[0], record)
             else:
-                _write_small(behind, jobs[run.start : run.stop], digests)
+                _write_small(behind, jobs, run, record)
         behind.drain()
-    return digests or {}
+
+
+class HeaderToFill(Protocol):
+    """A header encoded before the data, with its tensor digests filled in while writing."""
+
+    size: int  # its length in bytes: the data section starts right after it
+
+    def put(self, index: int, digest: str) -> None:
+        """Record the digest of ``jobs[index]``'s bytes."""
+
+    def finish(self) -> bytes | bytearray:
+        """The complete header, once every digest has been put."""
 
 
 def write_atomically(
     path: Path,
     jobs: Sequence[WriteJob],
-    build_header: Callable[[dict[str, str]], bytes],
+    header: HeaderToFill,
     *,
     checksum: bool,
     fsync: bool,
 ) -> None:
     """Write a checkpoint to ``path`` so that readers only ever see the old or the new file.
 
-    ``build_header`` receives the tensor digests and must return a header of the same length
-    for any digests (they are fixed-width hex), so the data can be written and hashed in one
-    pass and the header filled in last.
+    The data is written and hashed in one pass after ``header.size`` bytes; the header,
+    whose length does not depend on the digests (fixed-width hex), is written last.
     """
-    # Only its length is needed now: the data starts right after it.
-    header_size = len(
-        build_header({job.entry.name: _checksum.PLACEHOLDER for job in jobs} if checksum else {})
-    )
     directory = path.parent
     if not directory.is_dir():
         raise CheckpointNotFoundError(
@@ -330,12 +342,12 @@ def write_atomically(
     # 0o666 filtered by the umask, like any normally created file; O_EXCL never clobbers.
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.lseek(fd, header_size, os.SEEK_SET)
-        digests = _write_data(fd, jobs, checksum)
-        header = build_header(digests)
-        if len(header) != header_size:
+        os.lseek(fd, header.size, os.SEEK_SET)
+        _write_data(fd, jobs, header.put if checksum else None)
+        complete = header.finish()
+        if len(complete) != header.size:
             raise StateVaultError("internal error: header length changed after hashing")
-        os.pwrite(fd, header, 0)
+        _pwrite_all(fd, complete, 0)
         if fsync:
             os.fsync(fd)
     except BaseException:

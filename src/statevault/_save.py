@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 
 from statevault import _vault
 from statevault._dtypes import DtypeSpec, spec_for
-from statevault._format import header_encoder, plan_layout
+from statevault._format import plan_layout
 from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
 from statevault._ties import find_ties
@@ -105,36 +105,45 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
-def _plan(
-    obj: Any, user: dict[str, str]
-) -> tuple[list[WriteJob], Callable[[dict[str, str]], bytes]]:
-    """What to write, in file order, and the header as a function of the tensor digests.
+def _described(
+    obj: Any,
+) -> tuple[list[tuple[str, torch.Tensor, DtypeSpec]], dict[str, str]]:
+    """The tensors to store, and our metadata's members already encoded as JSON text.
 
-    A function of its own so that the skeleton and the other per-tensor tables it builds
-    are freed before the data is written (megabytes for 20,000 tensors).
+    A function of its own so that the skeleton (Python objects several times the size
+    of its text for 20,000 tensors) is freed before the layout and header are built.
     """
     skeleton, tensors = flatten(obj)
     stored, aliases = _stored_and_aliases(tensors)
+    dtypes = {name: spec.name for name, _, spec in stored if spec.encoded}
+    info = _vault.VaultInfo(
+        version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
+    )
+    return stored, _vault.encoded_members(info)
+
+
+def _jobs(obj: Any) -> tuple[list[WriteJob], dict[str, str]]:
+    """What to write, in file order, and our metadata's members as JSON text."""
+    stored, members = _described(obj)
     entries = plan_layout(
         (name, spec.code, _stored_shape(tensor, spec), tensor.nbytes)
         for name, tensor, spec in stored
     )
-    dtypes = {name: spec.name for name, _, spec in stored if spec.encoded}
     by_name = {name: tensor for name, tensor, _ in stored}
-    jobs = [WriteJob(entry, _cpu_bytes_source(by_name[entry.name])) for entry in entries]
+    return [WriteJob(entry, _cpu_bytes_source(by_name[entry.name])) for entry in entries], members
 
-    info = _vault.VaultInfo(
-        version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
-    )
-    # The header is written twice (placeholder, then real digests); encode the parts that
-    # do not change once, which matters for states of many small tensors.
-    vault_metadata = _vault.encoder(info, entries, user)
-    header_for = header_encoder(entries)
 
-    def build_header(digests: dict[str, str]) -> bytes:
-        return header_for(vault_metadata(digests))
+def _plan(
+    obj: Any, user: dict[str, str], checksum: bool
+) -> tuple[list[WriteJob], _vault.SlottedHeader]:
+    """What to write, in file order, and the header with blank digests to fill in.
 
-    return jobs, build_header
+    The per-tensor tables of the steps before are freed by then, so they are not alive
+    next to the header (megabytes each for 20,000 tensors).
+    """
+    jobs, members = _jobs(obj)
+    entries = [job.entry for job in jobs]
+    return jobs, _vault.SlottedHeader(members, entries, user, checksum)
 
 
 @gc_paused
@@ -162,5 +171,5 @@ def save(
         raise UnsupportedObjectError(
             "statevault writes little-endian files; big-endian hosts are not supported"
         )
-    jobs, build_header = _plan(obj, _check_metadata(metadata))
-    write_atomically(Path(path), jobs, build_header, checksum=checksum, fsync=fsync)
+    jobs, header = _plan(obj, _check_metadata(metadata), checksum)
+    write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync)
