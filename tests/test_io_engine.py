@@ -50,7 +50,7 @@ def _entry(name: str, start: int, end: int) -> TensorEntry:
 
 
 def _job(entry: TensorEntry) -> _io.ReadJob:
-    return (entry, memoryview(bytearray(entry.nbytes)), None)
+    return (entry, torch.empty(entry.nbytes, dtype=torch.uint8), None)
 
 
 def test_plan_batches_groups_contiguous_runs_within_limits(tiny_thresholds: None) -> None:

@@ -14,7 +14,7 @@ import torch
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._format import TensorEntry
 from statevault._gcpause import gc_paused
-from statevault._io import FileReader, advise_huge_pages, tensor_memory
+from statevault._io import FileReader, advise_huge_pages
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, user_metadata
 from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError
@@ -46,7 +46,7 @@ def usable_device(device: str | torch.device) -> torch.device:
     return target
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per tensor, half the memory without a __dict__
 class TensorInfo:
     """What the header says about one stored tensor; reading it costs no tensor I/O."""
 
@@ -173,7 +173,6 @@ class Checkpoint:
         """
         jobs = []
         device_jobs = []
-        keep_alive = []
         for name, dest in pairs:
             info = self.tensors[name]
             if (
@@ -184,8 +183,7 @@ class Checkpoint:
                 raise StateVaultError(f"internal error: bad destination for {name!r}")
             expected = info.checksum if verify else None
             if dest.device.type == "cpu":
-                keep_alive.append(dest)
-                jobs.append((self._entry(name), tensor_memory(dest), expected))
+                jobs.append((self._entry(name), dest, expected))
             else:
                 device_jobs.append((self._entry(name), dest, expected))
         self._reader.read_many(jobs)

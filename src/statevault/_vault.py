@@ -68,38 +68,29 @@ def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
 
 
-def _canonical_object(members: Mapping[str, str]) -> str:
-    """Canonical JSON of an object whose values are already canonical JSON texts."""
-    return (
-        "{"
-        + ",".join(f"{_checksum.canonical_json(k)}:{v}" for k, v in sorted(members.items()))
-        + "}"
-    )
+_CHUNK = 1024  # entries encoded per piece: no megabyte-long intermediate text
 
 
-def _canonical_tensors(entries: list[TensorEntry]) -> str:
+def _canonical_tensor_pieces(entries: list[TensorEntry]) -> Iterator[str]:
+    """The canonical tensor table (sorted by name), ``_CHUNK`` entries per piece."""
     ordered = sorted(entries, key=lambda e: e.name)
-    return "{" + tensor_table(ordered, canonical=True) + "}"
+    yield "{"
+    for start in range(0, len(ordered), _CHUNK):
+        piece = tensor_table(ordered[start : start + _CHUNK], canonical=True)
+        yield ("," if start else "") + piece
+    yield "}"
 
 
-def _digest_of(tensors: str, user: Mapping[str, str], body: Mapping[str, str]) -> str:
-    """xxh3 of ``{"metadata":...,"statevault":...,"tensors":...}`` (keys in canonical order).
-
-    Hashed part by part: the document is megabytes long for many tensors, and joining it
-    into one string first would hold it twice more in memory.
-    """
-    hasher = _checksum.new_hasher()
-    for part in (
-        '{"metadata":',
-        _checksum.canonical_json(dict(user)),
-        ',"statevault":',
-        _canonical_object(body),
-        ',"tensors":',
-        tensors,
-        "}",
-    ):
-        hasher.update(part.encode("utf-8"))
-    return str(hasher.hexdigest())
+def _digest_parts(
+    entries: list[TensorEntry], user: Mapping[str, str], body: Mapping[str, Any]
+) -> Iterator[str]:
+    yield '{"metadata":' + _checksum.canonical_json(dict(user)) + ',"statevault":{'
+    for position, (key, value) in enumerate(sorted(body.items())):
+        yield ("," if position else "") + _checksum.canonical_json(key) + ":"
+        yield _checksum.canonical_json(value)
+    yield '},"tensors":'
+    yield from _canonical_tensor_pieces(entries)
+    yield "}"
 
 
 def header_digest(
@@ -108,13 +99,13 @@ def header_digest(
     """Digest over every header field that matters, in a canonical form.
 
     Equal to the xxh3 of ``canonical_json({"tensors": ..., "metadata": ..., "statevault":
-    body})``; assembled from parts so that saving can reuse the parts that do not change.
+    body})``, hashed a member or ``_CHUNK`` tensors at a time: for 20,000 tensors the whole
+    document is megabytes, held next to the parsed header while a file is opened.
     """
-    members = {k: _checksum.canonical_json(v) for k, v in body.items()}
-    return _digest_of(_canonical_tensors(entries), user, members)
-
-
-_CHUNK = 1024  # entries encoded per piece: no megabyte-long intermediate text
+    hasher = _checksum.new_hasher()
+    for part in _digest_parts(entries, user, body):
+        hasher.update(part.encode("utf-8"))
+    return str(hasher.hexdigest())
 
 
 def _escaped(text: str) -> str:
