@@ -446,10 +446,10 @@ class FileReader:
     def copy_mapped(self, entry: TensorEntry, dest: memoryview, expected: str | None) -> None:
         """Like ``read_into``, but memcpy from a mapping of the file (GIL released).
 
-        Chosen over ``preadv`` for large tensors by measurement: a user-space copy from
-        mapped page-cache pages runs faster than the kernel's copy to user memory on our
-        machines (see readme-sections/performance.md). Each chunk is hashed right after it
-        lands in ``dest``, while still in the L2 cache.
+        Kept as the measured alternative to ``preadv`` (``READ_LARGE_WITH_MMAP``): a
+        user-space copy from mapped page cache can outrun the kernel's copy to user memory,
+        but in A/B runs here it gained nothing, so ``preadv`` is the default (README,
+        Performance). Each chunk is hashed right after it lands in ``dest``, still in L2.
         """
         source = self._mapped_address() + self.header.data_offset + entry.start
         target = ctypes.addressof(ctypes.c_char.from_buffer(dest)) if len(dest) else 0
