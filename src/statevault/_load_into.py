@@ -50,6 +50,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 @dataclass(frozen=True)
 class _Plan:
     report: LoadReport
+    model_state: Mapping[str, torch.Tensor]  # module.state_dict(keep_vars=True) as planned
     sources: dict[str, str]  # model key -> checkpoint name, for every matched key read from file
     extra: dict[str, str]  # unexpected (mapped) key -> checkpoint name, for load hooks
 
@@ -161,7 +162,7 @@ def plan(
         notes=tuple(notes),
         dry_run=dry_run,
     )
-    return _Plan(report, sources, extra)
+    return _Plan(report, model_state, sources, extra)
 
 
 def _fill_fast(
@@ -280,7 +281,10 @@ def load_into(
             if strict and not report.ok:  # a hook changed the keys: torch would raise too
                 raise StateDictMismatchError(report.error_message(), report)
             return report
-        _fill_fast(module.state_dict(keep_vars=True), planned, opened, verify)
+        # module.to(dtype) replaces buffer objects, so only then is the planned table stale;
+        # otherwise rebuilding state_dict() would walk every module a second time.
+        model_state = planned.model_state if dtype is None else module.state_dict(keep_vars=True)
+        _fill_fast(model_state, planned, opened, verify)
         return report
     finally:
         opened.close()
