@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import statevault
 from statevault._checksum import canonical_json, digest
-from statevault._format import TensorEntry
+from statevault._table import TensorEntry
 from statevault._vault import header_digest
 from statevault.errors import (
     ChecksumMismatchError,

@@ -9,12 +9,12 @@ import pytest
 
 from statevault._format import (
     MAX_HEADER_BYTES,
-    TensorEntry,
     encode_header,
     header_length,
     parse_header,
     plan_layout,
 )
+from statevault._table import TensorEntry
 from statevault.errors import CorruptFileError, HeaderError, TruncatedFileError
 
 

@@ -19,8 +19,9 @@ from safetensors.torch import save_file
 
 import statevault
 from statevault import _io
-from statevault._format import TensorEntry, encode_header, plan_layout, tensor_table
+from statevault._format import encode_header, plan_layout, tensor_table
 from statevault._gcpause import gc_paused
+from statevault._table import TensorEntry
 from statevault.errors import ChecksumMismatchError, TruncatedFileError
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
-from statevault._format import TensorEntry
 from statevault._gcpause import gc_paused
 from statevault._io import FileReader, advise_huge_pages
+from statevault._table import TensorEntry
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, user_metadata
 from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import torch
 
 from statevault import _checksum
-from statevault._format import Header, TensorEntry, header_length, parse_header
+from statevault._format import Header, header_length, parse_header
+from statevault._table import TensorEntry
 from statevault.errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,

@@ -21,10 +21,10 @@ from statevault._format import (
     METADATA_KEY,
     PREFIX_BYTES,
     Header,
-    TensorEntry,
     quoted,
     tensor_table,
 )
+from statevault._table import TensorEntry
 from statevault._tree import Skeleton
 from statevault.errors import HeaderError
 

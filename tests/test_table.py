@@ -1,0 +1,132 @@
+"""The column-wise tensor table and its fast parser, checked against the checked parser."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statevault._dtypes import CODE_ITEMSIZE
+from statevault._format import (
+    MAX_ELEMENTS,
+    METADATA_KEY,
+    _parse_checked,
+    encode_header,
+    parse_header,
+    plan_layout,
+)
+from statevault._table import NotSimple, TensorEntry, TensorTable, parse_fast
+from statevault.errors import HeaderError
+
+
+def fast(text: str) -> tuple[TensorTable, dict[str, Any]]:
+    return parse_fast(
+        text, itemsizes=CODE_ITEMSIZE, max_elements=MAX_ELEMENTS, metadata_key=METADATA_KEY
+    )
+
+
+def columns(table: TensorTable) -> tuple[Any, ...]:
+    return (table.names, table.codes, table.shapes, list(table.starts), list(table.ends))
+
+
+names = st.text(min_size=1, max_size=12).filter(lambda n: n != METADATA_KEY)
+shapes = st.lists(st.integers(0, 5), max_size=3).map(tuple)
+specs = st.dictionaries(
+    names, st.tuples(st.sampled_from(sorted(CODE_ITEMSIZE)), shapes), max_size=12
+)
+metadata = st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+
+
+def layout(spec: dict[str, tuple[str, tuple[int, ...]]]) -> list[TensorEntry]:
+    items = []
+    for name, (code, shape) in spec.items():
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        items.append((name, code, shape, numel * CODE_ITEMSIZE[code]))
+    return plan_layout(items)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=specs, meta=metadata, shuffle=st.randoms(use_true_random=False))
+def test_fast_and_checked_parsers_agree(
+    spec: dict[str, tuple[str, tuple[int, ...]]],
+    meta: dict[str, str] | None,
+    shuffle: random.Random,
+) -> None:
+    entries = layout(spec)
+    shuffled = list(entries)
+    shuffle.shuffle(shuffled)  # another writer may order the JSON differently from the data
+    for order in (entries, shuffled):
+        text = encode_header(order, meta)[8:].decode()
+        table, top = fast(text)
+        checked, checked_top = _parse_checked(text, "f")
+        assert columns(table) == columns(checked)
+        assert top.get(METADATA_KEY) == checked_top.get(METADATA_KEY)
+        # zero-size tensors at one offset keep the document's order, like the checked parser
+        assert sorted(table.values()) == sorted(entries)
+    assert list(fast(encode_header(entries, meta)[8:].decode())[0].values()) == entries
+
+
+def test_table_is_a_mapping_of_entries_in_file_order() -> None:
+    entries = plan_layout([("b", "F32", (2,), 8), ("a", "I8", (3,), 3), ("c", "F64", (), 8)])
+    table = TensorTable.from_entries(entries)
+    assert list(table) == ["c", "b", "a"]
+    assert table["a"] == TensorEntry("a", "I8", (3,), 16, 19)
+    assert "a" in table and "z" not in table and len(table) == 3
+    assert table.entry(table.row("b")) == table["b"]
+    with pytest.raises(KeyError):
+        table["z"]
+
+
+def test_equal_shapes_share_one_tuple() -> None:
+    text = encode_header(layout({f"t{i}": ("F32", (3, 4)) for i in range(5)}), None)[8:].decode()
+    table, _ = fast(text)
+    assert len({id(shape) for shape in table.shapes}) == 1
+
+
+def entry(code: Any = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[str, Any]:
+    return {"dtype": code, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":' + json.dumps(entry()) + ',"a":' + json.dumps(entry(offsets=(8, 16))) + "}",
+        json.dumps({"a": {"shape": [2], "dtype": "F32", "data_offsets": [0, 8]}}),
+        json.dumps({"a": dict(entry(), extra=1)}),
+        json.dumps({"a": entry(shape=[True, 2])}),
+        json.dumps({"a": entry(shape=[2.0])}),
+        json.dumps({"a": entry(shape=[[2]])}),
+        json.dumps({"a": entry(code="F5")}),
+        json.dumps({"a": entry(offsets=(0, 9))}),
+        json.dumps({"a": entry(offsets=(2**64, 2**64 + 8))}),
+        json.dumps({"a": entry(shape=(2**62, 4), offsets=(0, 2**65))}),
+        json.dumps({METADATA_KEY: {"x": entry()}, "a": entry()}),
+        json.dumps({METADATA_KEY: {"x": entry()}}),
+        json.dumps({"a": entry(shape=entry())}),
+        json.dumps([entry()]),
+        json.dumps({"a": 0}),
+    ],
+    ids=[
+        "duplicate", "field-order", "extra-field", "bool-dim", "float-dim", "list-dim",
+        "unknown-code", "span", "offset-overflow", "huge-shape", "tensor-in-metadata",
+        "only-tensor-in-metadata", "tensor-in-tensor", "array", "not-an-object",
+    ],
+)  # fmt: skip
+def test_fast_parser_declines_anything_unusual(text: str) -> None:
+    with pytest.raises(NotSimple):
+        fast(text)
+
+
+def test_declined_headers_still_parse_or_fail_by_name() -> None:
+    ordered = json.dumps({"a": {"shape": [2], "dtype": "F32", "data_offsets": [0, 8]}}).encode()
+    header = parse_header(ordered, file_size=8 + len(ordered) + 8, source="f")
+    assert header.entries["a"] == TensorEntry("a", "F32", (2,), 0, 8)
+    bad = json.dumps({"w": entry(shape=[True, 2])}).encode()
+    with pytest.raises(HeaderError, match=r"tensor 'w'.*'shape'"):
+        parse_header(bad, file_size=8 + len(bad) + 8, source="f")
