@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import statevault
 from statevault._checksum import canonical_json, digest
+from statevault._format1 import header_digest
 from statevault._table import TensorEntry
-from statevault._vault import header_digest
 from statevault.errors import (
     ChecksumMismatchError,
     CorruptFileError,

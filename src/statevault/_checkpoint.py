@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -14,9 +15,9 @@ import torch
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._gcpause import gc_paused
 from statevault._io import FileReader, advise_huge_pages
-from statevault._table import TensorEntry
+from statevault._table import TensorEntry, TensorTable
 from statevault._tree import Skeleton, unflatten
-from statevault._vault import VaultInfo, decode, user_metadata
+from statevault._vault import VaultInfo, decode, reject_constant, user_metadata
 from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError
 
 DIRECT_DEVICES = ("cpu", "cuda")  # devices read_into fills without a full CPU copy
@@ -79,49 +80,75 @@ class Checkpoint:
         try:
             self.path: Path = self._reader.path
             header = self._reader.header
-            self.vault: VaultInfo = decode(header, source=str(self.path))
+            self.vault: VaultInfo = decode(
+                header, source=str(self.path), signed=self._reader.signed_digest
+            )
             self.metadata: Mapping[str, str] = user_metadata(header.metadata)
-            self.tensors: Mapping[str, TensorInfo] = {
-                name: self._describe(entry) for name, entry in header.entries.items()
-            }
+            self._table: TensorTable = header.entries
+            self._encoded = self._encoded_signatures()
+            self._check_codes()
         except BaseException:
             self._reader.close()
             raise
 
-    def _describe(self, entry: TensorEntry) -> TensorInfo:
-        recorded = self.vault.dtypes.get(entry.name)
-        shape = entry.shape
-        if recorded is not None:
+    def _encoded_signatures(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """True (shape, dtype) of the few tensors stored under another dtype code."""
+        signatures = {}
+        for name, recorded in self.vault.dtypes.items():
+            code, shape = self._table.codes[self._table.row(name)], self._table[name].shape
             dtype = dtype_from_name(recorded)
             spec = spec_for(dtype) if dtype is not None else None
             if dtype is None or spec is None:  # already rejected by decode(); keeps mypy honest
-                raise HeaderError(
-                    f"{self.path}: tensor {entry.name!r} has unknown dtype {recorded!r}"
-                )
+                raise HeaderError(f"{self.path}: tensor {name!r} has unknown dtype {recorded!r}")
             if spec.trailing is not None:
                 if not shape or shape[-1] != spec.trailing:
                     raise HeaderError(
-                        f"{self.path}: tensor {entry.name!r} stored as {entry.code}{list(shape)} "
+                        f"{self.path}: tensor {name!r} stored as {code}{list(shape)} "
                         f"cannot hold {recorded}; header damaged"
                     )
                 shape = shape[:-1]
-        else:
-            found = CODE_TO_DTYPE.get(entry.code)
-            if found is None:
+            signatures[name] = (shape, dtype)
+        return signatures
+
+    def _check_codes(self) -> None:
+        """Every plain-stored code must be a dtype this torch has (checked once, not per read)."""
+        unknown = set(self._table.codes) - CODE_TO_DTYPE.keys()
+        if not unknown:
+            return
+        for name, code in zip(self._table.names, self._table.codes, strict=True):
+            if code in unknown and name not in self._encoded:
                 raise StateVaultError(
-                    f"{self.path}: tensor {entry.name!r} has dtype {entry.code}, which this "
+                    f"{self.path}: tensor {name!r} has dtype {code}, which this "
                     f"torch {torch.__version__} has no dtype for; upgrade torch to read it"
                 )
-            dtype = found
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """(shape, dtype) of ``name`` (aliases followed), cheaper than ``tensors[name]``."""
+        stored = self.aliases.get(name, name)
+        encoded = self._encoded.get(stored)
+        if encoded is not None:
+            return encoded
+        row = self._table.row(stored)
+        return self._table.shapes[row], CODE_TO_DTYPE[self._table.codes[row]]
+
+    def _describe(self, name: str) -> TensorInfo:
+        row = self._table.row(name)
+        shape, dtype = self.signature(name)
+        start = self._table.starts[row]
         return TensorInfo(
-            name=entry.name,
+            name=name,
             dtype=dtype,
             shape=shape,
-            nbytes=entry.nbytes,
-            code=entry.code,
-            offset=self._reader.header.data_offset + entry.start,
-            checksum=self.vault.checksums.get(entry.name),
+            nbytes=self._table.ends[row] - start,
+            code=self._table.codes[row],
+            offset=self._reader.header.data_offset + start,
+            checksum=self.vault.checksums.get(name),
         )
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        """Stored tensors in file order: name -> :class:`TensorInfo`, made on access."""
+        return _TensorInfos(self)
 
     # -- context management -------------------------------------------------------------
     def close(self) -> None:
@@ -146,7 +173,17 @@ class Checkpoint:
 
     @property
     def tree(self) -> Skeleton | None:
-        return self.vault.tree
+        """The skeleton of the saved object (None for a plain safetensors file)."""
+        text = self.vault.tree_text
+        if text is None:
+            return self.vault.tree
+        try:
+            return json.loads(text, parse_constant=reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise HeaderError(
+                f"{self.path}: statevault tree is not valid JSON or is nested too deeply "
+                f"({type(exc).__name__}); header damaged"
+            ) from None
 
     @property
     def has_checksums(self) -> bool:
@@ -154,15 +191,15 @@ class Checkpoint:
 
     def keys(self) -> list[str]:
         """Every tensor name, stored ones in file order, then aliases."""
-        return [*self.tensors, *self.aliases]
+        return [*self._table, *self.aliases]
 
     def resolve(self, name: str) -> TensorInfo:
         """Header facts for ``name``, following an alias to the stored tensor."""
-        return self.tensors[self.aliases.get(name, name)]
+        return self._describe(self.aliases.get(name, name))
 
     # -- data ---------------------------------------------------------------------------------
     def _entry(self, name: str) -> TensorEntry:
-        return self._reader.header.entries[name]
+        return self._table[name]
 
     def read_into(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool = True) -> None:
         """Read stored tensors straight into the memory of contiguous CPU or CUDA tensors.
@@ -173,19 +210,20 @@ class Checkpoint:
         """
         jobs = []
         device_jobs = []
+        checksums = self.vault.checksums if verify else {}
         for name, dest in pairs:
-            info = self.tensors[name]
+            entry = self._table[name]
             if (
                 dest.device.type not in DIRECT_DEVICES
                 or not dest.is_contiguous()
-                or dest.numel() * dest.element_size() != info.nbytes
+                or dest.numel() * dest.element_size() != entry.nbytes
             ):
                 raise StateVaultError(f"internal error: bad destination for {name!r}")
-            expected = info.checksum if verify else None
+            job = (entry, dest, checksums.get(name))
             if dest.device.type == "cpu":
-                jobs.append((self._entry(name), dest, expected))
+                jobs.append(job)
             else:
-                device_jobs.append((self._entry(name), dest, expected))
+                device_jobs.append(job)
         self._reader.read_many(jobs)
         by_device: dict[torch.device, list[tuple[TensorEntry, torch.Tensor, str | None]]] = {}
         for job in device_jobs:
@@ -195,20 +233,19 @@ class Checkpoint:
 
     def stream(self, name: str, *, chunk_bytes: int, verify: bool = True) -> Iterator[bytearray]:
         """The stored bytes of ``name`` in bounded pieces, its checksum checked at the end."""
-        info = self.tensors[self.aliases.get(name, name)]
-        expected = info.checksum if verify else None
-        return self._reader.stream(
-            self._entry(info.name), chunk_bytes=chunk_bytes, expected=expected
-        )
+        stored = self.aliases.get(name, name)
+        expected = self.vault.checksums.get(stored) if verify else None
+        return self._reader.stream(self._entry(stored), chunk_bytes=chunk_bytes, expected=expected)
 
     def empty_like_stored(self, name: str, *, device: torch.device | None = None) -> torch.Tensor:
         """An uninitialised tensor with the stored dtype and shape of ``name`` (CPU default)."""
-        info = self.tensors[name]
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype, device=device)
-        raw = torch.empty(info.nbytes, dtype=torch.uint8, device=device)
+        shape, dtype = self.signature(name)
+        entry = self._table[name]
+        if entry.nbytes == 0:
+            return torch.empty(shape, dtype=dtype, device=device)
+        raw = torch.empty(entry.nbytes, dtype=torch.uint8, device=device)
         advise_huge_pages(raw)  # about to be filled: fewer page faults
-        return raw.view(info.dtype).reshape(info.shape)
+        return raw.view(dtype).reshape(shape)
 
     def read(
         self,
@@ -219,13 +256,13 @@ class Checkpoint:
     ) -> dict[str, torch.Tensor]:
         """Read tensors (all by default) into fresh tensors; aliases share one tensor."""
         wanted = list(self.keys() if names is None else names)
-        unknown = [n for n in wanted if n not in self.tensors and n not in self.aliases]
+        unknown = [n for n in wanted if n not in self._table and n not in self.aliases]
         if unknown:
             raise KeyError(f"{self.path}: no tensor named {unknown[0]!r}")
         stored = {self.aliases.get(n, n) for n in wanted}
         fresh = {
             name: self.empty_like_stored(name, device=device)
-            for name in self.tensors
+            for name in self._table
             if name in stored
         }
         self.read_into(fresh.items(), verify=verify)
@@ -252,10 +289,33 @@ class Checkpoint:
             return tensors[name]
 
         try:
-            return unflatten(self.vault.tree, fetch)
+            return unflatten(self.tree, fetch)
         except HeaderError as exc:
             raise HeaderError(f"{self.path}: {exc}") from None
         except RecursionError:
             raise HeaderError(
                 f"{self.path}: statevault tree is nested too deeply to rebuild; header damaged"
             ) from None
+
+
+class _TensorInfos(Mapping[str, TensorInfo]):
+    """``Checkpoint.tensors``: a view that describes a tensor when asked, so an open
+    20,000-tensor checkpoint holds no per-tensor objects beyond its header table."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self._checkpoint = checkpoint
+        self._table = checkpoint._table
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        if name not in self._table:
+            raise KeyError(name)
+        return self._checkpoint._describe(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)

@@ -37,6 +37,7 @@ import torch
 from statevault import _checksum
 from statevault._format import Header, header_length, parse_header
 from statevault._table import TensorEntry
+from statevault._vault import signed_digest
 from statevault.errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
@@ -390,6 +391,8 @@ class FileReader:
             prefix = os.pread(self._fd, 8, 0)
             length = header_length(prefix, file_size=self.file_size, source=str(self.path))
             raw = os.pread(self._fd, length, 8)
+            # hashed before parsing: a format-2 header's digest covers its raw bytes
+            self.signed_digest = signed_digest(prefix, raw)
             self.header: Header = parse_header(raw, file_size=self.file_size, source=str(self.path))
         except BaseException:
             os.close(self._fd)

@@ -36,8 +36,7 @@ class FileSource:
         return self.checkpoint.keys()
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        info = self.checkpoint.resolve(name)
-        return info.shape, info.dtype
+        return self.checkpoint.signature(name)
 
     def fill(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool) -> None:
         """Copy each named tensor into its destination (which has the same shape)."""
@@ -47,11 +46,10 @@ class FileSource:
             # a generator, not a list: one tuple per tensor is 1 MiB for 20,000 tensors
             for name, dest in pairs:
                 stored = self.aliases.get(name, name)
-                info = self.checkpoint.tensors[stored]
                 if (
                     dest.device.type in DIRECT_DEVICES
                     and dest.is_contiguous()
-                    and dest.dtype == info.dtype
+                    and dest.dtype == self.checkpoint.signature(stored)[1]
                 ):
                     yield stored, dest
                 else:
@@ -111,7 +109,7 @@ def _open_by_name(path: Path) -> Checkpoint:
     10 MiB of Python objects that would otherwise stay alive through the whole load.
     """
     checkpoint = Checkpoint(path)
-    checkpoint.vault = replace(checkpoint.vault, tree=None, has_tree=False)
+    checkpoint.vault = replace(checkpoint.vault, tree=None, tree_text=None, has_tree=False)
     return checkpoint
 
 
