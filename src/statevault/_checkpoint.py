@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ class Checkpoint:
                 header, source=str(self.path), signed=self._reader.signed_digest
             )
             self.metadata: Mapping[str, str] = user_metadata(header.metadata)
+            # our metadata lives on decoded in ``vault``; the raw texts (the tree's is
+            # megabytes for 20,000 tensors) need not stay alive twice
+            self._reader.header = replace(header, metadata=self.metadata)
             self._table: TensorTable = header.entries
             self._encoded = self._encoded_signatures()
             self._check_codes()
