@@ -73,6 +73,7 @@ RAW = (
     "raw memcpy, 2 threads",
     "raw page-cache read, 1 thread",
     "raw page-cache read, 2 threads",
+    "raw page-cache read + xxh3, 2 threads",
 )
 
 GROUPS = (
@@ -80,7 +81,7 @@ GROUPS = (
     Group(
         "Load LLM-like state into an existing model",
         "llm",
-        ("raw page-cache read, 2 threads", *LOAD),
+        ("raw page-cache read, 2 threads", "raw page-cache read + xxh3, 2 threads", *LOAD),
         "raw page-cache read, 2 threads",
     ),
     Group("Build model + load (LLM-like)", "llm", BUILD, None, BUILD[0]),
