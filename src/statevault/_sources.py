@@ -36,7 +36,8 @@ class FileSource:
         return self.checkpoint.keys()
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        info = self.checkpoint.resolve(name)
+        # Checkpoint.resolve(name), inlined: it runs once per model key
+        info = self.checkpoint.tensors[self.aliases.get(name, name)]
         return info.shape, info.dtype
 
     def fill(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool) -> None:
