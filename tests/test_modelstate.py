@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import statevault
+from statevault._checkpoint import DIRECT_DEVICES
 from statevault._modelstate import Walk, model_state, walkable
 from statevault._ties import any_repeated, start_addresses
 
@@ -196,3 +197,9 @@ def test_ties_that_dtype_undoes_are_filled_one_by_one(tmp_path: Path) -> None:
     assert model.a.table is not model.b.table  # .to() gave each module its own copy
     expected = reference.a.table.to(torch.bfloat16)
     assert torch.equal(model.a.table, expected) and torch.equal(model.b.table, expected)
+
+
+def test_the_fill_spells_out_the_direct_devices() -> None:
+    # FileSource.fill tests dest.is_cpu or dest.is_cuda for speed; a device added to
+    # DIRECT_DEVICES would still load (through a copy) but should be added there too
+    assert DIRECT_DEVICES == ("cpu", "cuda")

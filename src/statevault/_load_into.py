@@ -86,6 +86,14 @@ class _Plan:
             if name is not None and not (skipped and key in skipped):
                 yield key, name, tensor
 
+    def reads(self, model: ModelState) -> Iterator[tuple[str, torch.Tensor]]:
+        """``sources`` without the keys: what the fill reads, one generator fewer a tensor."""
+        pairs, skipped = self.pairs, self.skipped
+        for key, tensor in model.items():
+            name = pairs.get(key)
+            if name is not None and not (skipped and key in skipped):
+                yield name, tensor
+
 
 def _ties(
     model_state: Mapping[str, torch.Tensor],
@@ -232,7 +240,7 @@ def _fill_fast(
     can only untie) and the matched tensors stream straight from the model to the reads.
     """
     if not planned.maybe_tied:
-        source.fill(((name, dest) for _, name, dest in planned.sources(model)), verify=verify)
+        source.fill(planned.reads(model), verify=verify)
         return
     model_state = {key: tensor for key, _, tensor in planned.sources(model)}
     sources = {key: name for key, name, _ in planned.sources(model)}

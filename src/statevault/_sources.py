@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from statevault._checkpoint import DIRECT_DEVICES, Checkpoint
+from statevault._checkpoint import Checkpoint
 from statevault.errors import UnsupportedObjectError
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | Checkpoint
@@ -50,7 +50,9 @@ class FileSource:
                 stored = self.aliases.get(name, name)
                 info = self.checkpoint.tensors[stored]
                 if (
-                    dest.device.type in DIRECT_DEVICES
+                    # dest.device.type in DIRECT_DEVICES, without building a torch.device
+                    # and asking its type (240 -> 40 ns, for each of 20,000 tensors)
+                    (dest.is_cpu or dest.is_cuda)
                     and dest.is_contiguous()
                     and dest.dtype == info.dtype
                 ):
