@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import spectral_norm
+from torch.nn.utils.parametrizations import orthogonal
 
 import statevault
 from statevault._checkpoint import DIRECT_DEVICES
@@ -43,6 +45,9 @@ def _plain_models() -> dict[str, Callable[[], nn.Module]]:
         ),
         "leaf": lambda: nn.Linear(2, 2),
         "empty": nn.Module,
+        "parametrized": lambda: nn.Sequential(orthogonal(nn.Linear(3, 3))),
+        "lstm": lambda: nn.LSTM(4, 4, 2),
+        "encoder layer": lambda: nn.TransformerEncoderLayer(8, 2, 8),
     }
 
 
@@ -112,6 +117,7 @@ def _changed_models() -> dict[str, Callable[[], nn.Module]]:
         "extra state": lambda: nn.Sequential(WithExtraState(2, 2)),
         "instance method": _instance_override,
         "dotted name": _dotted_child,
+        "spectral_norm": lambda: nn.Sequential(spectral_norm(nn.Linear(3, 3))),
     }
 
 

@@ -64,9 +64,9 @@ def walkable(root: nn.Module) -> bool:
     """
     classes: dict[type[nn.Module], bool] = {}
     for module in submodules(root):
-        own = vars(module)
-        if own["_state_dict_hooks"] or own["_state_dict_pre_hooks"]:
+        if module._state_dict_hooks or module._state_dict_pre_hooks:
             return False
+        own = vars(module)
         if "state_dict" in own or "_save_to_state_dict" in own:  # replaced on the instance
             return False
         cls = type(module)
