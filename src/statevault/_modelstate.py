@@ -60,7 +60,7 @@ def walkable(root: nn.Module) -> bool:
     no module name has a dot: torch checks parameter and buffer names when they are
     registered, but ``setattr(module, "a.b", child)`` stores a dotted module name, whose keys
     could equal other keys that state_dict() would then merge. Classes are checked once each:
-    this runs over every module of every load (10,000 modules: 1.7 ms).
+    this runs over every module of every load (10,000 modules: ~2.5 ms).
     """
     classes: dict[type[nn.Module], bool] = {}
     for module in submodules(root):
@@ -134,7 +134,7 @@ class Walk:
     """``module.state_dict(keep_vars=True)`` as a listing: ``items()`` walks the modules.
 
     Every listing sees the module as it is then (after ``module.to(dtype)`` too), and
-    costs ~10 ms for 20,000 tensors, half of what building state_dict() costs.
+    costs ~5 ms for 20,000 tensors, where building state_dict() costs ~18 ms.
     """
 
     def __init__(self, module: nn.Module) -> None:
