@@ -91,3 +91,18 @@ def test_explicit_collisions_and_bad_rules_raise() -> None:
         map_keys(["a"], ["a"], rename=[("a",)])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="must return a str"):
         map_keys(["a"], ["a"], rename=lambda name: None)  # type: ignore[arg-type,return-value]
+
+
+class _OnlyIterable(list[str]):
+    """Model names listed on demand: map_keys must not count or search them."""
+
+    def __len__(self) -> int:
+        raise AssertionError("counted")
+
+    def __contains__(self, item: object) -> bool:
+        raise AssertionError("searched")
+
+
+def test_model_names_are_only_iterated() -> None:
+    assert list(map_keys([f"module.{k}" for k in MODEL], _OnlyIterable(MODEL)).pairs) == MODEL
+    assert list(map_keys(MODEL, _OnlyIterable(MODEL)).pairs) == MODEL

@@ -70,11 +70,37 @@ def remove_segments(name: str, segment: str) -> str:
 
 
 def _has_segment(names: Iterable[str], segment: str) -> bool:
-    return any(segment in name.split(".") for name in names)
+    # the substring test first: splitting every one of 20,000 names, three segments over,
+    # was 20 ms of each load_into
+    return any(segment in name and segment in name.split(".") for name in names)
 
 
-def _all_start_with(names: Sequence[str], prefix: str) -> bool:
-    return bool(names) and all(name.startswith(prefix) for name in names)
+def _segments_in(names: Iterable[str], segments: Sequence[str]) -> set[str]:
+    """Which of ``segments`` some name has as a dotted component; one pass over ``names``."""
+    found: set[str] = set()
+    if not segments:
+        return found
+    for name in names:
+        for segment in segments:
+            if segment in name and segment in name.split("."):
+                found.add(segment)
+        if len(found) == len(segments):
+            break
+    return found
+
+
+def _all_start_with(names: Iterable[str], prefix: str) -> bool:
+    """True when there are names and all start with ``prefix``; stops at the first that does not.
+
+    Iterates only: the model's names may be listed on demand, so asking their number would
+    walk the whole model.
+    """
+    empty = True
+    for name in names:
+        if not name.startswith(prefix):
+            return False
+        empty = False
+    return not empty
 
 
 class _Mapper:
@@ -82,7 +108,7 @@ class _Mapper:
 
     def __init__(self, originals: Sequence[str]) -> None:
         self.originals = list(originals)
-        self.current = list(originals)
+        self.current = self.originals  # never changed in place: apply() replaces the list
         self.applied: list[AppliedMapping] = []
         self.notes: list[str] = []
 
@@ -113,12 +139,15 @@ class _Mapper:
 
 
 def _unwrap_checkpoint(mapper: _Mapper, model_keys: Collection[str]) -> None:
-    """auto_fix, checkpoint side: drop wrapper names the model does not have."""
-    model_list = list(model_keys)
+    """auto_fix, checkpoint side: drop wrapper names the model does not have.
+
+    The checkpoint's names are looked at first: the model's are only read when the checkpoint
+    has a wrapper name, since listing them may mean walking every module.
+    """
     for _ in range(4):  # wrappers nest (DDP around a compiled model): peel a few layers
         progressed = False
         if _all_start_with(mapper.current, "module.") and not _all_start_with(
-            model_list, "module."
+            model_keys, "module."
         ):
             new = [name.removeprefix("module.") for name in mapper.current]
             progressed |= mapper.apply(
@@ -128,9 +157,13 @@ def _unwrap_checkpoint(mapper: _Mapper, model_keys: Collection[str]) -> None:
                 automatic=True,
             )
         for segment in _ANYWHERE:
-            if _has_segment(model_list, segment):
+            # without the segment in the checkpoint nothing would change
+            if not _has_segment(mapper.current, segment) or _has_segment(model_keys, segment):
                 continue
-            new = [remove_segments(name, segment) for name in mapper.current]
+            new = [
+                remove_segments(name, segment) if segment in name else name
+                for name in mapper.current
+            ]
             progressed |= mapper.apply(
                 f"remove '{segment}.'",
                 "checkpoint saved from a model " + WRAPPERS[segment],
@@ -143,15 +176,15 @@ def _unwrap_checkpoint(mapper: _Mapper, model_keys: Collection[str]) -> None:
 
 def _wrap_for_model(mapper: _Mapper, model_keys: Collection[str]) -> None:
     """auto_fix, model side: give checkpoint keys the wrapper names the model has."""
-    model_list = list(model_keys)
-    leading = _all_start_with(model_list, "module.") and not _all_start_with(
+    leading = _all_start_with(model_keys, "module.") and not _all_start_with(
         mapper.current, "module."
     )
-    segments = [
-        s for s in _ANYWHERE if _has_segment(model_list, s) and not _has_segment(mapper.current, s)
-    ]
+    absent = [s for s in _ANYWHERE if not _has_segment(mapper.current, s)]
+    present = _segments_in(model_keys, absent)  # one pass over the model's names
+    segments = [s for s in absent if s in present]
     if not leading and not segments:
         return
+    model_list = list(model_keys)
     plain: dict[str, str] = {}
     for key in model_list:
         name = key.removeprefix("module.") if leading else key

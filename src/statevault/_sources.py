@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from statevault._checkpoint import DIRECT_DEVICES, Checkpoint
+from statevault._checkpoint import Checkpoint
 from statevault.errors import UnsupportedObjectError
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | Checkpoint
@@ -36,6 +36,7 @@ class FileSource:
         return self.checkpoint.keys()
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        # not resolve(): it builds a TensorInfo, and this runs once per model key
         return self.checkpoint.signature(name)
 
     def fill(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool) -> None:
@@ -47,7 +48,9 @@ class FileSource:
             for name, dest in pairs:
                 stored = self.aliases.get(name, name)
                 if (
-                    dest.device.type in DIRECT_DEVICES
+                    # dest.device.type in DIRECT_DEVICES, without building a torch.device
+                    # and asking its type (240 -> 40 ns, for each of 20,000 tensors)
+                    (dest.is_cpu or dest.is_cuda)
                     and dest.is_contiguous()
                     and dest.dtype == self.checkpoint.signature(stored)[1]
                 ):

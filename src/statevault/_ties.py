@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -56,3 +57,25 @@ def identity_groups(named: Iterable[tuple[str, torch.Tensor]]) -> list[list[str]
 def find_ties(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
     """``{later name: first name}`` for tensors with the same ``memory_identity``."""
     return {name: names[0] for names in identity_groups(named) for name in names[1:]}
+
+
+def start_addresses() -> array[int]:
+    """An empty table for the start addresses of tensors, to give ``any_repeated``.
+
+    Fill it with ``tensor.data_ptr()`` of the non-empty tensors only (as ``identity_groups``
+    does: empty tensors are never tied). 8 bytes an address, where the lists and Counter of
+    ``identity_groups`` held 2.8 MiB for 20,000 tensors (memray).
+    """
+    return array("Q")
+
+
+def any_repeated(addresses: array[int]) -> bool:
+    """True when some address occurs twice: only then can two of the tensors be tied.
+
+    Sorted by torch, without a Python int per address. The unsigned addresses are sorted as
+    signed 64-bit numbers: a different order, but equal ones are still neighbours.
+    """
+    if len(addresses) < 2:
+        return False
+    ordered = torch.frombuffer(addresses, dtype=torch.int64).sort().values
+    return bool((ordered[1:] == ordered[:-1]).any())
