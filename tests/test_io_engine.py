@@ -50,24 +50,35 @@ def _entry(name: str, start: int, end: int) -> TensorEntry:
     return TensorEntry(name, "U8", (end - start,), start, end)
 
 
-def _job(entry: TensorEntry) -> _io.ReadJob:
-    return (entry, torch.empty(entry.nbytes, dtype=torch.uint8), None)
+def _rows(sizes: list[int]) -> tuple[list[int], list[int]]:
+    starts = list(itertools.accumulate([0, *sizes[:-1]]))
+    return starts, [start + size for start, size in zip(starts, sizes, strict=True)]
 
 
-def test_plan_batches_groups_contiguous_runs_within_limits(tiny_thresholds: None) -> None:
-    entries = [_entry(f"t{i}", i * 100, (i + 1) * 100) for i in range(30)]
-    jobs = [_job(e) for e in reversed(entries)]  # order given must not matter
-    batches = _io.plan_batches(jobs)
-    assert [job[0] for batch in batches for job in batch] == entries  # file order, none lost
-    for batch in batches:
-        assert len(batch) <= 7 and sum(job[0].nbytes for job in batch) <= 1024
-        assert all(a[0].end == b[0].start for a, b in itertools.pairwise(batch))
+def test_plan_reads_groups_contiguous_runs_within_limits(tiny_thresholds: None) -> None:
+    sizes = [100] * 30
+    starts, ends = _rows(sizes)
+    tasks = list(_io.plan_reads(starts, ends, [True] * 30, limit=1024))
+    assert [row for first, end, _ in tasks for row in range(first, end)] == list(range(30))
+    for first, end, nbytes in tasks:  # none lost, file order, within both limits
+        assert end - first <= 7 and nbytes == sum(sizes[first:end]) <= 1024
 
 
-def test_plan_batches_breaks_at_gaps() -> None:
-    wanted = [_entry("a", 0, 10), _entry("b", 10, 20), _entry("d", 30, 40)]  # "c" skipped
-    batches = _io.plan_batches([_job(e) for e in wanted])
-    assert [[job[0].name for job in batch] for batch in batches] == [["a", "b"], ["d"]]
+def test_plan_reads_breaks_at_gaps_and_reads_large_tensors_alone(tiny_thresholds: None) -> None:
+    sizes = [10, 10, 10, 10, 300, 10, 0, 10]
+    starts, ends = _rows(sizes)
+    wanted = [1, 1, None, 1, 1, 1, 1, 1]  # row 2 is not wanted
+    tasks = list(_io.plan_reads(starts, ends, wanted, limit=1024))
+    assert tasks == [(0, 2, 20), (3, 4, 10), (4, 5, 300), (5, 8, 20)]
+
+
+def test_a_tensor_read_into_two_destinations_fills_both(tmp_path: Path) -> None:
+    path = tmp_path / "two.safetensors"
+    statevault.save({"w": torch.arange(6.0)}, path)
+    first, second = torch.zeros(6), torch.zeros(6)
+    with statevault.Checkpoint(path) as checkpoint:
+        checkpoint.read_into([("w", first), ("w", second)])
+    assert torch.equal(first, torch.arange(6.0)) and torch.equal(second, torch.arange(6.0))
 
 
 def test_mixed_state_round_trips_through_every_path(tmp_path: Path, tiny_thresholds: None) -> None:

@@ -211,23 +211,29 @@ class Checkpoint:
         no intermediate copy; CUDA ones through a few pinned staging buffers, overlapping
         file reads with host-to-device copies (see ``FileReader.read_to_device``).
         """
-        jobs = []
+        table = self._table
+        by_row: list[torch.Tensor | None] = [None] * len(table)  # no job object per tensor
+        again: list[tuple[str, torch.Tensor]] = []  # a second destination for one tensor
         device_jobs = []
-        checksums = self.vault.checksums if verify else {}
+        digests = self.vault.checksums if verify and self.vault.checksums else None
         for name, dest in pairs:
-            entry = self._table[name]
+            row = table.row(name)
             if (
-                dest.device.type not in DIRECT_DEVICES
+                not (dest.is_cpu or dest.is_cuda)  # DIRECT_DEVICES, without a torch.device
                 or not dest.is_contiguous()
-                or dest.numel() * dest.element_size() != entry.nbytes
+                or dest.numel() * dest.element_size() != table.ends[row] - table.starts[row]
             ):
                 raise StateVaultError(f"internal error: bad destination for {name!r}")
-            job = (entry, dest, checksums.get(name))
-            if dest.device.type == "cpu":
-                jobs.append(job)
+            if not dest.is_cpu:
+                device_jobs.append((table.entry(row), dest, digests[name] if digests else None))
+            elif by_row[row] is None:
+                by_row[row] = dest
             else:
-                device_jobs.append(job)
-        self._reader.read_many(jobs)
+                again.append((name, dest))
+        self._reader.read_rows(by_row, digests)
+        del by_row
+        if again:
+            self.read_into(again, verify=verify)
         by_device: dict[torch.device, list[tuple[TensorEntry, torch.Tensor, str | None]]] = {}
         for job in device_jobs:
             by_device.setdefault(job[1].device, []).append(job)

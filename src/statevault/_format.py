@@ -193,13 +193,25 @@ def parse_header(raw: bytes, *, file_size: int, source: str) -> Header:
     fast column-wise parser (``_table``); anything it declines goes through the checked
     parser, whose errors name the tensor and field at fault.
     """
+    return parse_header_text(
+        header_text(raw, source=source), header_bytes=len(raw), file_size=file_size, source=source
+    )
+
+
+def header_text(raw: bytes, *, source: str) -> str:
+    """The header bytes as text. A reader that drops ``raw`` before parsing keeps one copy
+    of a megabytes-long header alive instead of two."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HeaderError(
             f"{source}: header is not valid JSON ({type(exc).__name__}: {exc}); the file is "
             "damaged or not a safetensors file"
         ) from None
+
+
+def parse_header_text(text: str, *, header_bytes: int, file_size: int, source: str) -> Header:
+    """:func:`parse_header` of :func:`header_text`, ``header_bytes`` long in the file."""
     try:
         table, top = parse_fast(
             text, itemsizes=CODE_ITEMSIZE, max_elements=MAX_ELEMENTS, metadata_key=METADATA_KEY
@@ -213,7 +225,7 @@ def parse_header(raw: bytes, *, file_size: int, source: str) -> Header:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise HeaderError(f"{source}: '{METADATA_KEY}' must map strings to strings")
-    data_offset = PREFIX_BYTES + len(raw)
+    data_offset = PREFIX_BYTES + header_bytes
     available = file_size - data_offset
     if available < position:
         cut = [name for name, end in zip(table.names, table.ends, strict=True) if end > available]

@@ -26,7 +26,7 @@ import secrets
 import stat
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import torch
 
 from statevault import _checksum
-from statevault._format import Header, header_length, parse_header
+from statevault._format import Header, header_length, header_text, parse_header_text
 from statevault._table import TensorEntry
 from statevault._vault import signed_digest
 from statevault.errors import (
@@ -393,7 +393,12 @@ class FileReader:
             raw = os.pread(self._fd, length, 8)
             # hashed before parsing: a format-2 header's digest covers its raw bytes
             self.signed_digest = signed_digest(prefix, raw)
-            self.header: Header = parse_header(raw, file_size=self.file_size, source=str(self.path))
+            text = header_text(raw, source=str(self.path))
+            del raw  # megabytes for 20,000 tensors: parse with one copy alive, not two
+            self.header: Header = parse_header_text(
+                text, header_bytes=length, file_size=self.file_size, source=str(self.path)
+            )
+            del text
         except BaseException:
             os.close(self._fd)
             raise
@@ -505,42 +510,57 @@ class FileReader:
             if expected is not None:
                 self._check(entry, expected, _checksum.digest(view))
 
-    def read_many(self, jobs: Iterable[ReadJob]) -> None:
-        """Read many tensors, in parallel where it pays off; the first failure is raised.
+    def read_rows(
+        self, dests: Sequence[torch.Tensor | None], digests: Mapping[str, str] | None
+    ) -> None:
+        """Read tensor ``row`` of the header into ``dests[row]`` wherever that is a tensor.
 
-        Large tensors are one task each (their checksum is a single stream, so one thread
-        owns it), biggest first so both threads stay busy to the end. Small tensors are
-        grouped into runs that are contiguous in the file and read by one ``preadv`` each,
-        which removes per-tensor syscalls and thread hand-offs.
+        Destinations are indexed by row (file order) so that nothing is built per tensor until
+        its read runs: a list of (entry, destination, digest) jobs cost ~5 MiB for 20,000
+        tensors, the largest item of a ``load_into``. ``digests`` (name -> hex) checks each
+        tensor; None reads unverified. Large tensors are one task each (their checksum is a
+        single stream, so one thread owns it), biggest first so both threads stay busy to
+        the end; runs of small tensors back to back in the file are read by one ``preadv``.
         """
-        # Checkpoint.read_into hands over a list: no copy (a list of 20,000 is 0.16 MiB)
-        work = jobs if isinstance(jobs, list) else list(jobs)
-        if not work:
-            return
+        table = self.header.entries
+        limit = VERIFY_CHUNK_BYTES if digests else BATCH_BYTES
         tasks: list[tuple[int, Callable[[], None]]] = []
-        small: list[ReadJob] = []
-        big = self.copy_mapped if READ_LARGE_WITH_MMAP else self.read_into
-        for job in work:
-            entry, dest, expected = job
-            if entry.nbytes >= SMALL_READ_BYTES:
-                tasks.append((entry.nbytes, partial(big, entry, tensor_memory(dest), expected)))
-            else:
-                small.append(job)
-        verified = any(job[2] is not None for job in small)
-        for batch in plan_batches(small, limit=VERIFY_CHUNK_BYTES if verified else BATCH_BYTES):
-            tasks.append((sum(job[0].nbytes for job in batch), partial(self.read_batch, batch)))
+        for first, end, nbytes in plan_reads(table.starts, table.ends, dests, limit=limit):
+            tasks.append((nbytes, partial(self._read_rows, first, end, dests, digests)))
         tasks.sort(key=lambda task: -task[0])
         if READ_LARGE_WITH_MMAP and any(size >= SMALL_READ_BYTES for size, _ in tasks):
             self._mapped_address()  # map once, before any thread needs it
         total = sum(size for size, _ in tasks)
         threads = min(len(tasks), os.cpu_count() or 1, MAX_THREADS)
-        if threads == 1 or total < PARALLEL_MIN_BYTES:
+        if threads <= 1 or total < PARALLEL_MIN_BYTES:
             for _, task in tasks:
                 task()
             return
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-read") as pool:
             for future in [pool.submit(task) for _, task in tasks]:
                 future.result()
+
+    def _read_rows(
+        self,
+        first: int,
+        end: int,
+        dests: Sequence[torch.Tensor | None],
+        digests: Mapping[str, str] | None,
+    ) -> None:
+        """One task of ``read_rows``: a large tensor, or a run of small ones, by row."""
+        table = self.header.entries
+        jobs: list[ReadJob] = []
+        for row in range(first, end):
+            dest = dests[row]
+            if dest is None:  # plan_reads never puts a gap inside a task
+                raise StateVaultError("internal error: read task spans an unwanted tensor")
+            jobs.append((table.entry(row), dest, digests[table.names[row]] if digests else None))
+        if len(jobs) == 1 and jobs[0][0].nbytes >= SMALL_READ_BYTES:
+            entry, dest, expected = jobs[0]
+            big = self.copy_mapped if READ_LARGE_WITH_MMAP else self.read_into
+            big(entry, tensor_memory(dest), expected)
+        else:
+            self.read_batch(jobs)
 
     def read_to_device(
         self,
@@ -660,23 +680,33 @@ def plan_staging(
     return fills
 
 
-def plan_batches(jobs: Iterable[ReadJob], *, limit: int | None = None) -> list[list[ReadJob]]:
-    """Group reads into runs that are back to back in the file, bounded in bytes and count."""
-    limit = BATCH_BYTES if limit is None else limit
-    batches: list[list[ReadJob]] = []
-    current: list[ReadJob] = []
-    size = 0
-    for job in sorted(jobs, key=lambda job: job[0].start):
-        entry = job[0]
-        if current and (
-            entry.start != current[-1][0].end
-            or size + entry.nbytes > limit
-            or len(current) >= MAX_IOV
+def plan_reads(
+    starts: Sequence[int], ends: Sequence[int], wanted: Sequence[object], *, limit: int
+) -> Iterator[tuple[int, int, int]]:
+    """The read tasks for the rows whose ``wanted`` entry is not None, in file order.
+
+    Yields ``(first_row, end_row, nbytes)``: one large tensor alone, or a run of small
+    tensors back to back in the file, at most ``limit`` bytes (but at least one tensor) and
+    ``MAX_IOV`` tensors. Rows follow each other in the file, so a run is a range of rows.
+    """
+    first, size = -1, 0
+    for row, item in enumerate(wanted):
+        nbytes = ends[row] - starts[row]
+        if first >= 0 and (
+            item is None
+            or nbytes >= SMALL_READ_BYTES
+            or size + nbytes > limit
+            or row - first >= MAX_IOV
         ):
-            batches.append(current)
-            current, size = [], 0
-        current.append(job)
-        size += entry.nbytes
-    if current:
-        batches.append(current)
-    return batches
+            yield first, row, size
+            first = -1
+        if item is None:
+            continue
+        if nbytes >= SMALL_READ_BYTES:
+            yield row, row + 1, nbytes
+            continue
+        if first < 0:
+            first, size = row, 0
+        size += nbytes
+    if first >= 0:
+        yield first, len(wanted), size
