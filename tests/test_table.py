@@ -111,11 +111,12 @@ def entry(code: Any = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[s
         json.dumps({"a": entry(shape=entry())}),
         json.dumps([entry()]),
         json.dumps({"a": 0}),
+        json.dumps({METADATA_KEY: entry()}),
     ],
     ids=[
         "duplicate", "field-order", "extra-field", "bool-dim", "float-dim", "list-dim",
         "unknown-code", "span", "offset-overflow", "huge-shape", "tensor-in-metadata",
-        "only-tensor-in-metadata", "tensor-in-tensor", "array", "not-an-object",
+        "only-tensor-in-metadata", "tensor-in-tensor", "array", "not-an-object", "tensor-named-metadata",
     ],
 )  # fmt: skip
 def test_fast_parser_declines_anything_unusual(text: str) -> None:

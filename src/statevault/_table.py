@@ -206,8 +206,8 @@ def parse_fast(
     names = columns.names
     assert names is not None  # set together with ``others``
     rows = {name: row for row, name in enumerate(names)}
-    if len(rows) != len(names):
-        raise NotSimple
+    if len(rows) != len(names) or metadata_key in rows:
+        raise NotSimple  # repeated names, or a tensor where the metadata belongs
     starts, ends = columns.starts, columns.ends
     if not (starts[:1] == array("q", [0]) and starts[1:] == ends[:-1]):
         order = sorted(range(len(names)), key=lambda row: (starts[row], ends[row]))
