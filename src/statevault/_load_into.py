@@ -13,7 +13,8 @@ torch would run them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,9 +35,13 @@ _BENIGN_OVERRIDES = frozenset({"torch.nn.modules.batchnorm"})
 
 def _class_loads_its_way(cls: type[nn.Module]) -> bool:
     override = cls._load_from_state_dict
+    default = nn.Module
     return (
-        override is not nn.Module._load_from_state_dict
+        override is not default._load_from_state_dict
         and override.__module__ not in _BENIGN_OVERRIDES
+    ) or (  # extra state: torch hands it to set_extra_state, which only it knows to call
+        getattr(cls, "get_extra_state", default.get_extra_state) is not default.get_extra_state
+        or getattr(cls, "set_extra_state", default.set_extra_state) is not default.set_extra_state
     )
 
 
@@ -77,6 +82,8 @@ class _Plan:
     skipped: frozenset[str]  # model keys whose shapes differ: never read
     extra: dict[str, str]  # unexpected (mapped) key -> checkpoint name, for load hooks
     maybe_tied: bool  # two model tensors start at one address: look for ties when filling
+    # model key -> the saved value of a module's non-tensor extra state (get_extra_state)
+    objects: Mapping[str, Any] = field(default_factory=dict)
 
     def sources(self, model: ModelState) -> Iterator[tuple[str, str, torch.Tensor]]:
         """(model key, checkpoint name, tensor) for every matched key read from the file."""
@@ -158,7 +165,18 @@ def plan(
     casts: list[DtypeCast] = []
     addresses = start_addresses()
     found = 0  # model keys the checkpoint has
+    objects: dict[str, Any] = {}
     for key, dest in model.items():
+        if not isinstance(dest, torch.Tensor):  # a module's extra state, e.g. a dict
+            if key in pairs:  # saved as one tensor: torch hands that to set_extra_state
+                found += 1
+                matched.append(key)
+                continue
+            saved, value = source.stored_object(key)
+            (matched if saved else missing).append(key)
+            if saved:
+                objects[key] = value
+            continue
         if dest.numel():
             addresses.append(dest.data_ptr())
         name = pairs.get(key)
@@ -190,7 +208,12 @@ def plan(
     extra: dict[str, str] = {}
     if found < len(pairs):  # some checkpoint key matched no model key
         model_keys = set(model.keys())
-        extra = {k: n for k, n in pairs.items() if k not in model_keys}
+        inside = tuple(f"{key}." for key in objects)  # tensors stored inside extra state
+        extra = {
+            k: n
+            for k, n in pairs.items()
+            if k not in model_keys and not (inside and k.startswith(inside))
+        }
     causes: tuple[Cause, ...] = ()
     if missing or extra or mismatches:
         by_key = dict(model.items())
@@ -198,7 +221,7 @@ def plan(
         causes = diagnose(
             model_keys=list(by_key),
             checkpoint_keys=list(pairs),
-            missing={k: tuple(by_key[k].shape) for k in missing},
+            missing={k: tuple(getattr(by_key[k], "shape", ())) for k in missing},
             unexpected={k: source.signature(n)[0] for k, n in extra.items()},
             mismatches=[(m.key, m.checkpoint_shape, m.model_shape) for m in mismatches],
             buffers=buffers,
@@ -223,7 +246,7 @@ def plan(
         notes=tuple(notes),
         dry_run=dry_run,
     )
-    return _Plan(report, model, pairs, skipped, extra, maybe_tied)
+    return _Plan(report, model, pairs, skipped, extra, maybe_tied, objects)
 
 
 def _fill_fast(
@@ -270,6 +293,7 @@ def _fill_with_torch(
     }  # mismatched shapes are left out, as on the fast path
     read = source.tensors(list(dict.fromkeys(wanted.values())), verify=verify)
     state = {key: read[name] for key, name in wanted.items()}
+    state.update(planned.objects)
     result = module.load_state_dict(state, strict=False)
     expected_absent = set(report.skipped) | {
         t.key for t in report.tied if t.how == "filled through tie"

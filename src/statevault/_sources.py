@@ -10,11 +10,15 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from statevault._checkpoint import Checkpoint
-from statevault.errors import UnsupportedObjectError
+from statevault._tree import unflatten
+from statevault.errors import HeaderError, UnsupportedObjectError
+
+EXTRA_STATE = "_extra_state"  # torch's state_dict key for get_extra_state()
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor] | Checkpoint
 
@@ -69,13 +73,48 @@ class FileSource:
     def tensors(self, names: Sequence[str], *, verify: bool) -> dict[str, torch.Tensor]:
         return self.checkpoint.read(names, verify=verify)
 
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` when the saved state dict has a non-tensor value at ``key``.
+
+        That is a module's extra state (``get_extra_state``), kept in the nested-state tree.
+        A file opened only to read tensors by name dropped its tree, so it is opened again,
+        which costs a header parse only for models that have extra state.
+        """
+        if self.checkpoint.vault.has_tree:
+            return _top_level_object(self.checkpoint, key)
+        if not self._owned:  # a Checkpoint the caller opened and kept its tree: none saved
+            return False, None
+        with Checkpoint(self.checkpoint.path) as again:
+            return _top_level_object(again, key)
+
+
+def _top_level_object(checkpoint: Checkpoint, key: str) -> tuple[bool, Any]:
+    """The value saved under ``key`` of a saved state dict, if that is not a lone tensor."""
+    tree = checkpoint.tree
+    pairs = tree.get("dict") if isinstance(tree, dict) else None
+    for pair in pairs if isinstance(pairs, list) else ():
+        if isinstance(pair, list) and len(pair) == 2 and pair[0] == key:
+            if isinstance(pair[1], dict) and "tensor" in pair[1]:
+                return False, None  # a tensor: matched by name like any other
+            try:
+                return True, unflatten(pair[1], lambda name: checkpoint.read([name])[name])
+            except HeaderError as exc:
+                raise HeaderError(f"{checkpoint.path}: {exc}") from None
+    return False, None
+
+
+def _is_extra_state(key: object) -> bool:
+    return isinstance(key, str) and key.rpartition(".")[2] == EXTRA_STATE
+
 
 class MemorySource:
     """A state dict already in memory (e.g. what ``torch.load`` returned)."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, state: Mapping[str, Any]) -> None:
         bad = [
-            k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+            k
+            for k, v in state.items()
+            if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or _is_extra_state(k))
         ]
         if bad:
             raise UnsupportedObjectError(
@@ -90,7 +129,11 @@ class MemorySource:
         pass
 
     def names(self) -> list[str]:
-        return list(self.state)
+        return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
+
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        value = self.state.get(key)
+        return (key in self.state and not isinstance(value, torch.Tensor)), value
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         tensor = self.state[name]
