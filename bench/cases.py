@@ -78,23 +78,9 @@ def raw_memcpy(cfg: Config, threads: int) -> tuple[Operation, Operation]:
     return lambda: _parallel(threads, work, src.numel()), _noop
 
 
-def raw_read(cfg: Config, threads: int) -> tuple[Operation, Operation]:
-    path = cfg.files["safetensors"]
-    size = os.path.getsize(path)
-    dst = torch.zeros(size, dtype=torch.uint8)
-    view = memoryview((ctypes.c_ubyte * size).from_address(_address(dst))).cast("B")
-    fd = os.open(path, os.O_RDONLY)
-
-    def work(start: int, end: int) -> None:
-        assert dst.numel() == size  # the closure keeps dst (the memory behind view) alive
-        for s in range(start, end, CHUNK):
-            os.preadv(fd, [view[s : min(s + CHUNK, end)]], s)
-
-    return lambda: _parallel(threads, work, size), _noop
-
-
-def raw_read_hashed(cfg: Config, threads: int) -> tuple[Operation, Operation]:
-    """The ceiling of a verified load: ``raw_read``, each MiB hashed (xxh3-64) as it lands."""
+def raw_read(cfg: Config, threads: int, *, hashed: bool = False) -> tuple[Operation, Operation]:
+    """Read the file into memory; ``hashed``: each MiB hashed (xxh3-64) as it lands, the
+    ceiling of a verified load (1 MiB is statevault's verified-read chunk, still in L2)."""
     import xxhash
 
     path = cfg.files["safetensors"]
@@ -102,7 +88,7 @@ def raw_read_hashed(cfg: Config, threads: int) -> tuple[Operation, Operation]:
     dst = torch.zeros(size, dtype=torch.uint8)
     view = memoryview((ctypes.c_ubyte * size).from_address(_address(dst))).cast("B")
     fd = os.open(path, os.O_RDONLY)
-    step = 1 << 20  # statevault's verified-read chunk: still in L2 when it is hashed
+    step = (1 << 20) if hashed else CHUNK
 
     def work(start: int, end: int) -> None:
         assert dst.numel() == size  # the closure keeps dst (the memory behind view) alive
@@ -110,7 +96,8 @@ def raw_read_hashed(cfg: Config, threads: int) -> tuple[Operation, Operation]:
         for s in range(start, end, step):
             chunk = view[s : min(s + step, end)]
             os.preadv(fd, [chunk], s)
-            hasher.update(chunk)
+            if hashed:
+                hasher.update(chunk)
 
     return lambda: _parallel(threads, work, size), _noop
 
@@ -274,7 +261,7 @@ CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "raw page-cache read, 2 threads": lambda c: raw_read(c, 2),
     "raw os.write": lambda c: raw_write(c, False),
     "raw os.write + fsync": lambda c: raw_write(c, True),
-    "raw page-cache read + xxh3, 2 threads": lambda c: raw_read_hashed(c, 2),
+    "raw page-cache read + xxh3, 2 threads": lambda c: raw_read(c, 2, hashed=True),
     "torch.load + load_state_dict": lambda c: torch_load_into(c, False),
     "torch.load(mmap) + load_state_dict": lambda c: torch_load_into(c, True),
     "safetensors load_file + load_state_dict": safetensors_load_file_into,

@@ -22,7 +22,7 @@ from torch import nn
 from statevault._diagnose import Cause, diagnose
 from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
-from statevault._modelstate import ModelState, model_state, submodules
+from statevault._modelstate import ModelState, any_module, model_state
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._sources import FileSource, MemorySource, Source, open_source
 from statevault._ties import any_repeated, identity_groups, start_addresses
@@ -46,22 +46,14 @@ def _class_loads_its_way(cls: type[nn.Module]) -> bool:
 
 
 def has_custom_loading(module: nn.Module) -> bool:
-    """True when some submodule changes how state is loaded, so torch must do it.
-
-    Each class is checked once, and ``submodules`` keeps no table of modules seen: for
-    10,000 modules 6 ms -> 2 ms.
-    """
-    classes: dict[type[nn.Module], bool] = {}
-    for sub in submodules(module):
-        if sub._load_state_dict_pre_hooks or sub._load_state_dict_post_hooks:
-            return True
-        cls = type(sub)
-        custom = classes.get(cls)
-        if custom is None:
-            custom = classes[cls] = _class_loads_its_way(cls)
-        if custom:
-            return True
-    return False
+    """True when some submodule changes how state is loaded, so torch must do it."""
+    return any_module(
+        module,
+        instance=lambda sub: bool(
+            sub._load_state_dict_pre_hooks or sub._load_state_dict_post_hooks
+        ),
+        by_class=_class_loads_its_way,
+    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -10,7 +10,7 @@ itself is asked, as before.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Protocol
 
 import torch
@@ -53,31 +53,52 @@ def _class_changes_state_dict(cls: type[nn.Module]) -> bool:
     )
 
 
+def any_module(
+    root: nn.Module,
+    *,
+    instance: Callable[[nn.Module], bool],
+    by_class: Callable[[type[nn.Module]], bool],
+) -> bool:
+    """True when some module under ``root`` passes ``instance``, or its class ``by_class``.
+
+    Each class is asked once: this runs over every module of every load (10,000 modules:
+    ~2 ms, against ~6 ms asking per module through ``module.modules()``).
+    """
+    classes: dict[type[nn.Module], bool] = {}
+    for module in submodules(root):
+        if instance(module):
+            return True
+        cls = type(module)
+        found = classes.get(cls)
+        if found is None:
+            found = classes[cls] = by_class(cls)
+        if found:
+            return True
+    return False
+
+
+def _instance_changes_state_dict(module: nn.Module) -> bool:
+    own = vars(module)
+    return bool(
+        module._state_dict_hooks
+        or module._state_dict_pre_hooks
+        or "state_dict" in own  # replaced on the instance
+        or "_save_to_state_dict" in own
+        or (module._modules and "." in "".join(module._modules))
+    )
+
+
 def walkable(root: nn.Module) -> bool:
     """True when ``Walk(root)`` lists exactly what ``root.state_dict(keep_vars=True)`` does.
 
     That is, no module has state_dict hooks or overrides (on its class or on itself), and
     no module name has a dot: torch checks parameter and buffer names when they are
     registered, but ``setattr(module, "a.b", child)`` stores a dotted module name, whose keys
-    could equal other keys that state_dict() would then merge. Classes are checked once each:
-    this runs over every module of every load (10,000 modules: ~2.5 ms).
+    could equal other keys that state_dict() would then merge.
     """
-    classes: dict[type[nn.Module], bool] = {}
-    for module in submodules(root):
-        if module._state_dict_hooks or module._state_dict_pre_hooks:
-            return False
-        own = vars(module)
-        if "state_dict" in own or "_save_to_state_dict" in own:  # replaced on the instance
-            return False
-        cls = type(module)
-        changes = classes.get(cls)
-        if changes is None:
-            changes = classes[cls] = _class_changes_state_dict(cls)
-        if changes:
-            return False
-        if module._modules and "." in "".join(module._modules):
-            return False
-    return True
+    return not any_module(
+        root, instance=_instance_changes_state_dict, by_class=_class_changes_state_dict
+    )
 
 
 def _walk(root: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
