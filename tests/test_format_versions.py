@@ -165,3 +165,13 @@ def test_any_header_byte_changed_after_saving_is_caught(tmp_path: Path) -> None:
         damaged.write_bytes(bytes(changed))
         with pytest.raises(StateVaultError):  # whitespace too: the digest covers raw bytes
             statevault.load(damaged)
+
+
+def test_format1_user_key_that_format2_reserves_still_loads() -> None:
+    # format 1 reserved only "statevault": "statevault.tree" was an ordinary user key there.
+    # Written at commit 1b3b556 by save({"w": torch.arange(3.0)}, path, metadata=...).
+    path = FORMAT1.parent / "format1_user_keys.safetensors"
+    with statevault.Checkpoint(path) as checkpoint:
+        assert checkpoint.format_version == 1
+        assert dict(checkpoint.metadata) == {"format": "pt", "statevault.tree": "mine", "run": "r"}
+        assert torch.equal(checkpoint.load()["w"], torch.arange(3.0))

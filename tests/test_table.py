@@ -124,6 +124,23 @@ def test_fast_parser_declines_anything_unusual(text: str) -> None:
         fast(text)
 
 
+@pytest.mark.parametrize("dims", ["[2,true]", "[2,1.0]", "[2.0,1]", "[2,1e0]", "[2,-0.0,3]"])
+def test_a_shape_equal_to_a_valid_one_is_still_checked(dims: str) -> None:
+    # Python holds (2, True) == (2, 1): a cache of checked shapes must not wave it through
+    valid = "[2,0,3]" if "-0.0" in dims else "[2,1]"
+    size = 0 if "-0.0" in dims else 8
+
+    def tensor(shape: str, start: int, end: int) -> str:
+        return f'{{"dtype":"F32","shape":{shape},"data_offsets":[{start},{end}]}}'
+
+    text = f'{{"a":{tensor(valid, 0, size)},"b":{tensor(dims, size, 2 * size)}}}'
+    with pytest.raises(NotSimple):
+        fast(text)
+    raw = text.encode()
+    with pytest.raises(HeaderError, match="tensor 'b'"):
+        parse_header(raw, file_size=8 + len(raw) + 2 * size, source="f")
+
+
 def test_declined_headers_still_parse_or_fail_by_name() -> None:
     ordered = json.dumps({"a": {"shape": [2], "dtype": "F32", "data_offsets": [0, 8]}}).encode()
     header = parse_header(ordered, file_size=8 + len(ordered) + 8, source="f")

@@ -83,7 +83,7 @@ class Checkpoint:
             self.vault: VaultInfo = decode(
                 header, source=str(self.path), signed=self._reader.signed_digest
             )
-            self.metadata: Mapping[str, str] = user_metadata(header.metadata)
+            self.metadata: Mapping[str, str] = user_metadata(header.metadata, self.vault.version)
             # our metadata lives on decoded in ``vault``; the raw texts (the tree's is
             # megabytes for 20,000 tensors) need not stay alive twice
             self._reader.header = replace(header, metadata=self.metadata)

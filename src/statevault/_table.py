@@ -137,13 +137,13 @@ class _Columns:
 
     def _shape(self, shape: list[Any]) -> tuple[tuple[int, ...], int]:
         """The shared tuple and element count of a valid shape."""
-        try:
-            key = tuple(shape)
-            known = self._known.get(key)
-        except TypeError:  # an unhashable member: not a list of ints
-            raise NotSimple from None
+        key = tuple(shape)
+        # every time, not only when caching: (2, True) and (2, 1.0) are equal to (2, 1)
+        if not all(type(d) is int for d in key):
+            raise NotSimple
+        known = self._known.get(key)
         if known is None:
-            if not all(type(d) is int and d >= 0 for d in key):
+            if not all(d >= 0 for d in key):
                 raise NotSimple
             if math.prod(max(d, 1) for d in key) > self.max_elements:
                 raise NotSimple

@@ -66,9 +66,14 @@ class VaultInfo:
         return bool(self.checksums)
 
 
-def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """The caller's metadata, i.e. everything but statevault's reserved keys."""
-    return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+def user_metadata(metadata: Mapping[str, str], version: int | None = None) -> dict[str, str]:
+    """The caller's metadata, i.e. everything but statevault's reserved keys.
+
+    Format 1 reserved only ``"statevault"``: in its files ``"statevault.tree"`` is the
+    user's own key (and part of what its header digest covers).
+    """
+    reserved = (VAULT_KEY,) if version == 1 else RESERVED_KEYS
+    return {k: v for k, v in metadata.items() if k not in reserved}
 
 
 def _escaped(text: str) -> str:
@@ -275,7 +280,7 @@ def _decode_format1(
 ) -> VaultInfo:
     entries = list(header.entries.values())
     try:
-        actual = _format1.header_digest(entries, user_metadata(header.metadata), stored)
+        actual = _format1.header_digest(entries, user_metadata(header.metadata, 1), stored)
     except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
         raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
     if actual != recorded:
