@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 
 import statevault
@@ -175,3 +176,12 @@ def test_format1_user_key_that_format2_reserves_still_loads() -> None:
         assert checkpoint.format_version == 1
         assert dict(checkpoint.metadata) == {"format": "pt", "statevault.tree": "mine", "run": "r"}
         assert torch.equal(checkpoint.load()["w"], torch.arange(3.0))
+
+
+def test_plain_safetensors_file_keeps_every_user_key(tmp_path: Path) -> None:
+    path = tmp_path / "plain.safetensors"
+    metadata = {"statevault.tree": "mine", "k": "v"}
+    safetensors.torch.save_file({"w": torch.ones(2)}, str(path), metadata=metadata)
+    with statevault.Checkpoint(path) as checkpoint:
+        assert checkpoint.format_version is None
+        assert dict(checkpoint.metadata) == metadata

@@ -108,6 +108,14 @@ def _hooked(register: str, hook: Any) -> Callable[[], nn.Module]:
     return make
 
 
+def _dotted_parameter() -> nn.Module:
+    # only possible by writing torch's private table; state_dict() then merges the two keys
+    model = nn.Sequential()
+    model.sub = nn.Linear(2, 2)
+    model._parameters["sub.weight"] = nn.Parameter(torch.zeros(2, 2))
+    return model
+
+
 def _changed_models() -> dict[str, Callable[[], nn.Module]]:
     return {
         "post hook": _hooked("register_state_dict_post_hook", _drop_bias),
@@ -117,6 +125,7 @@ def _changed_models() -> dict[str, Callable[[], nn.Module]]:
         "extra state": lambda: nn.Sequential(WithExtraState(2, 2)),
         "instance method": _instance_override,
         "dotted name": _dotted_child,
+        "dotted parameter": _dotted_parameter,
         "spectral_norm": lambda: nn.Sequential(spectral_norm(nn.Linear(3, 3))),
     }
 
@@ -209,3 +218,25 @@ def test_the_fill_spells_out_the_direct_devices() -> None:
     # FileSource.fill tests dest.is_cpu or dest.is_cuda for speed; a device added to
     # DIRECT_DEVICES would still load (through a copy) but should be added there too
     assert DIRECT_DEVICES == ("cpu", "cuda")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")  # still used in the wild
+@pytest.mark.parametrize("kind", ["script", "trace", "scripted child"])
+def test_torchscript_modules_load(kind: str, tmp_path: Path) -> None:
+    def make() -> nn.Module:
+        plain = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        if kind == "script":
+            return torch.jit.script(plain)
+        if kind == "trace":
+            return torch.jit.trace(plain.eval(), torch.ones(3, 2))
+        return nn.Sequential(torch.jit.script(plain), nn.Linear(2, 1))
+
+    torch.manual_seed(1)
+    reference = make()
+    path = tmp_path / "scripted.safetensors"
+    statevault.save(reference.state_dict(), path)
+    torch.manual_seed(2)
+    model = make()
+    assert statevault.load_into(model, path).ok
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

@@ -84,7 +84,11 @@ def _instance_changes_state_dict(module: nn.Module) -> bool:
         or module._state_dict_pre_hooks
         or "state_dict" in own  # replaced on the instance
         or "_save_to_state_dict" in own
-        or (module._modules and "." in "".join(module._modules))
+        # .keys(): a TorchScript module's _modules cannot be iterated directly
+        or any(
+            table and "." in "".join(table.keys())
+            for table in (module._modules, module._parameters, module._buffers)
+        )
     )
 
 

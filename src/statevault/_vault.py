@@ -69,10 +69,10 @@ class VaultInfo:
 def user_metadata(metadata: Mapping[str, str], version: int | None = None) -> dict[str, str]:
     """The caller's metadata, i.e. everything but statevault's reserved keys.
 
-    Format 1 reserved only ``"statevault"``: in its files ``"statevault.tree"`` is the
-    user's own key (and part of what its header digest covers).
+    Format 1 reserved only ``"statevault"``: in its files, and in plain safetensors files,
+    ``"statevault.tree"`` is the user's own key (in format 1, covered by its digest).
     """
-    reserved = (VAULT_KEY,) if version == 1 else RESERVED_KEYS
+    reserved = RESERVED_KEYS if version is not None and version >= 2 else (VAULT_KEY,)
     return {k: v for k, v in metadata.items() if k not in reserved}
 
 
