@@ -108,14 +108,6 @@ def _hooked(register: str, hook: Any) -> Callable[[], nn.Module]:
     return make
 
 
-def _dotted_parameter() -> nn.Module:
-    # only possible by writing torch's private table; state_dict() then merges the two keys
-    model = nn.Sequential()
-    model.sub = nn.Linear(2, 2)
-    model._parameters["sub.weight"] = nn.Parameter(torch.zeros(2, 2))
-    return model
-
-
 def _changed_models() -> dict[str, Callable[[], nn.Module]]:
     return {
         "post hook": _hooked("register_state_dict_post_hook", _drop_bias),
@@ -125,7 +117,6 @@ def _changed_models() -> dict[str, Callable[[], nn.Module]]:
         "extra state": lambda: nn.Sequential(WithExtraState(2, 2)),
         "instance method": _instance_override,
         "dotted name": _dotted_child,
-        "dotted parameter": _dotted_parameter,
         "spectral_norm": lambda: nn.Sequential(spectral_norm(nn.Linear(3, 3))),
     }
 
