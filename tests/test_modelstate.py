@@ -149,13 +149,18 @@ def test_extra_state_is_matched_as_state_dict_lists_it(tmp_path: Path) -> None:
     assert report.ok and "0._extra_state" in report.matched
 
 
-def test_non_persistent_buffers_and_shared_modules_load(tmp_path: Path) -> None:
+def saved_and_fresh(make: Callable[[], nn.Module], path: Path) -> tuple[nn.Module, nn.Module]:
+    """A model saved to ``path`` and a fresh one built with other random weights."""
     torch.manual_seed(1)
-    reference = Holder()
-    path = tmp_path / "holder.safetensors"
+    reference = make()
     statevault.save(reference.state_dict(), path)
     torch.manual_seed(2)
-    model = Holder()
+    return reference, make()
+
+
+def test_non_persistent_buffers_and_shared_modules_load(tmp_path: Path) -> None:
+    path = tmp_path / "holder.safetensors"
+    reference, model = saved_and_fresh(Holder, path)
     model.scratch.fill_(5.0)
     report = statevault.load_into(model, path)
     assert report.ok and report.matched == tuple(reference.state_dict())
@@ -192,12 +197,8 @@ class SharedTable(nn.Module):
 
 
 def test_ties_that_dtype_undoes_are_filled_one_by_one(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    reference = SharedTable()
     path = tmp_path / "shared.safetensors"
-    statevault.save(reference.state_dict(), path)
-    torch.manual_seed(2)
-    model = SharedTable()
+    reference, model = saved_and_fresh(SharedTable, path)
     report = statevault.load_into(model, path, dtype=torch.bfloat16)
     assert [(t.key, t.how) for t in report.tied] == [("b.table", "shared")]
     assert model.a.table is not model.b.table  # .to() gave each module its own copy
@@ -222,12 +223,8 @@ def test_torchscript_modules_load(kind: str, tmp_path: Path) -> None:
             return torch.jit.trace(plain.eval(), torch.ones(3, 2))
         return nn.Sequential(torch.jit.script(plain), nn.Linear(2, 1))
 
-    torch.manual_seed(1)
-    reference = make()
     path = tmp_path / "scripted.safetensors"
-    statevault.save(reference.state_dict(), path)
-    torch.manual_seed(2)
-    model = make()
+    reference, model = saved_and_fresh(make, path)
     assert statevault.load_into(model, path).ok
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
