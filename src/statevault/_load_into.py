@@ -255,7 +255,8 @@ def _fill_fast(
     can only untie) and the matched tensors stream straight from the model to the reads.
     """
     if not planned.maybe_tied:
-        source.fill(planned.reads(model), verify=verify)
+        # no casts planned: every destination has its stored dtype (dtype= included)
+        source.fill(planned.reads(model), verify=verify, dtypes_match=not planned.report.casts)
         return
     model_state = {key: tensor for key, _, tensor in planned.sources(model)}
     sources = {key: name for key, name, _ in planned.sources(model)}

@@ -43,9 +43,20 @@ class FileSource:
         # not resolve(): it builds a TensorInfo, and this runs once per model key
         return self.checkpoint.signature(name)
 
-    def fill(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool) -> None:
-        """Copy each named tensor into its destination (which has the same shape)."""
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        """Copy each named tensor into its destination (which has the same shape).
+
+        ``dtypes_match``: the caller has checked that every destination has its tensor's
+        stored dtype, so that is not looked up again per tensor (~10 ms for 20,000).
+        """
         staged: list[tuple[str, torch.Tensor]] = []
+        signature = self.checkpoint.signature
 
         def direct() -> Iterator[tuple[str, torch.Tensor]]:
             # a generator, not a list: one tuple per tensor is 1 MiB for 20,000 tensors
@@ -56,7 +67,7 @@ class FileSource:
                     # and asking its type (240 -> 40 ns, for each of 20,000 tensors)
                     (dest.is_cpu or dest.is_cuda)
                     and dest.is_contiguous()
-                    and dest.dtype == self.checkpoint.signature(stored)[1]
+                    and (dtypes_match or dest.dtype == signature(stored)[1])
                 ):
                     yield stored, dest
                 else:
@@ -139,7 +150,13 @@ class MemorySource:
         tensor = self.state[name]
         return tuple(tensor.shape), tensor.dtype
 
-    def fill(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool) -> None:
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
         with torch.no_grad():
             for name, dest in pairs:
                 dest.copy_(self.state[name])
