@@ -98,7 +98,7 @@ class Checkpoint:
         """True (shape, dtype) of the few tensors stored under another dtype code."""
         signatures = {}
         for name, recorded in self.vault.dtypes.items():
-            code, shape = self._table.codes[self._table.row(name)], self._table[name].shape
+            _, code, shape, _, _ = self._table[name]
             dtype = dtype_from_name(recorded)
             spec = spec_for(dtype) if dtype is not None else None
             if dtype is None or spec is None:  # already rejected by decode(); keeps mypy honest

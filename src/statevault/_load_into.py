@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -86,12 +87,8 @@ class _Plan:
                 yield key, name, tensor
 
     def reads(self, model: ModelState) -> Iterator[tuple[str, torch.Tensor]]:
-        """``sources`` without the keys: what the fill reads, one generator fewer a tensor."""
-        pairs, skipped = self.pairs, self.skipped
-        for key, tensor in model.items():
-            name = pairs.get(key)
-            if name is not None and not (skipped and key in skipped):
-                yield name, tensor
+        """``sources`` without the keys: (checkpoint name, tensor), what the fill reads."""
+        return map(itemgetter(1, 2), self.sources(model))
 
 
 def _ties(

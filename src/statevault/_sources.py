@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from statevault._checkpoint import Checkpoint
-from statevault._tree import unflatten
+from statevault._tree import Skeleton, unflatten
 from statevault.errors import HeaderError, UnsupportedObjectError
 
 EXTRA_STATE = "_extra_state"  # torch's state_dict key for get_extra_state()
@@ -31,6 +31,7 @@ class FileSource:
         self.label = str(checkpoint.path)
         self.aliases: Mapping[str, str] = checkpoint.aliases
         self._owned = owned
+        self._objects: dict[str, Skeleton] | None = None  # see stored_object
 
     def close(self) -> None:
         if self._owned:
@@ -88,30 +89,40 @@ class FileSource:
         """``(True, value)`` when the saved state dict has a non-tensor value at ``key``.
 
         That is a module's extra state (``get_extra_state``), kept in the nested-state tree.
-        A file opened only to read tensors by name dropped its tree, so it is opened again,
-        which costs a header parse only for models that have extra state.
+        The tree is looked at once per load, however many modules have extra state.
+        """
+        if self._objects is None:
+            self._objects = self._top_level_objects()
+        node = self._objects.get(key)
+        if node is None:
+            return False, None
+        try:
+            return True, unflatten(node, lambda name: self.checkpoint.read([name])[name])
+        except HeaderError as exc:
+            raise HeaderError(f"{self.checkpoint.path}: {exc}") from None
+
+    def _top_level_objects(self) -> dict[str, Skeleton]:
+        """The tree nodes of the saved state dict's values that are not lone tensors.
+
+        A file opened only to read tensors by name dropped its tree, so it is opened again:
+        a header parse paid only by models that have extra state.
         """
         if self.checkpoint.vault.has_tree:
-            return _top_level_object(self.checkpoint, key)
-        if not self._owned:  # a Checkpoint the caller opened and kept its tree: none saved
-            return False, None
-        with Checkpoint(self.checkpoint.path) as again:
-            return _top_level_object(again, key)
-
-
-def _top_level_object(checkpoint: Checkpoint, key: str) -> tuple[bool, Any]:
-    """The value saved under ``key`` of a saved state dict, if that is not a lone tensor."""
-    tree = checkpoint.tree
-    pairs = tree.get("dict") if isinstance(tree, dict) else None
-    for pair in pairs if isinstance(pairs, list) else ():
-        if isinstance(pair, list) and len(pair) == 2 and pair[0] == key:
-            if isinstance(pair[1], dict) and "tensor" in pair[1]:
-                return False, None  # a tensor: matched by name like any other
-            try:
-                return True, unflatten(pair[1], lambda name: checkpoint.read([name])[name])
-            except HeaderError as exc:
-                raise HeaderError(f"{checkpoint.path}: {exc}") from None
-    return False, None
+            tree = self.checkpoint.tree
+        elif self._owned:
+            with Checkpoint(self.checkpoint.path) as again:
+                tree = again.tree
+        else:  # a Checkpoint the caller opened, with no tree: nothing but tensors was saved
+            return {}
+        pairs = tree.get("dict") if isinstance(tree, dict) else None
+        return {
+            pair[0]: pair[1]
+            for pair in (pairs if isinstance(pairs, list) else ())
+            if isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and not (isinstance(pair[1], dict) and "tensor" in pair[1])
+        }
 
 
 def _is_extra_state(key: object) -> bool:
