@@ -23,7 +23,10 @@ def test_wrapper_prefix_from_ddp_and_compile() -> None:
     )
     assert cause.kind == "wrapper_prefix"
     assert "'module._orig_mod.'" in cause.summary
-    assert cause.fix.startswith('pass strip_prefix="module._orig_mod."')
+    assert cause.fix.startswith(
+        'statevault.load_into(model, source, strip_prefix="module._orig_mod.") (auto_fix=True'
+    )
+    assert cause.options == {"strip_prefix": "module._orig_mod."}
 
 
 def test_larger_and_smaller_checkpoints() -> None:
@@ -36,7 +39,8 @@ def test_larger_and_smaller_checkpoints() -> None:
         unexpected=dict.fromkeys(big, W),
     )
     assert larger[0].kind == "larger_checkpoint"
-    assert larger[0].fix.startswith('pass prefix="backbone."')
+    assert larger[0].fix.startswith('statevault.load_into(model, source, prefix="backbone.")')
+    assert larger[0].options == {"prefix": "backbone."}
     smaller = diagnose(
         model_keys=["blocks.3.a.weight", "blocks.3.b.weight", "head.weight"],
         checkpoint_keys=small,
@@ -44,7 +48,8 @@ def test_larger_and_smaller_checkpoints() -> None:
         unexpected=dict.fromkeys(small, W),
     )
     assert smaller[0].kind == "smaller_checkpoint"
-    assert smaller[0].fix == "load it into that submodule: load_into(model.blocks[3], source)"
+    assert smaller[0].fix == "statevault.load_into(model.blocks[3], source)"
+    assert smaller[0].submodule == "blocks[3]"
 
 
 def test_rename_needs_equal_shapes_and_one_differing_name() -> None:
@@ -54,7 +59,8 @@ def test_rename_needs_equal_shapes_and_one_differing_name() -> None:
         missing={"classifier.weight": W},
         unexpected={"fc.weight": W},
     )
-    assert same[0].fix == 'pass rename=[(r"^fc\\.", r"classifier.")]'
+    assert same[0].fix == 'statevault.load_into(model, source, rename=[(r"^fc\\.", "classifier.")])'
+    assert same[0].options == {"rename": [("^fc\\.", "classifier.")]}
     assert (
         _kinds(
             model_keys=["classifier.weight"],
