@@ -117,8 +117,8 @@ def _first_cause(error: StateDictMismatchError) -> Cause:
 
 
 def _factory_name(factory: Callable[[], nn.Module]) -> str:
-    name = getattr(factory, "__qualname__", "")
-    return name if name.isidentifier() else "factory"
+    name = getattr(factory, "__name__", "")
+    return name if name.isidentifier() and name != "<lambda>" else "factory"
 
 
 def _namespace(case: Scenario, source: Any, model: nn.Module | None) -> dict[str, Any]:
@@ -194,3 +194,25 @@ def test_fixes_keep_the_callers_options_and_render_callables_by_name(tmp_path: P
     fix = caught.value.report.causes[0].code
     assert "auto_fix=False" in fix and "rename=rename" in fix and "dtype=torch.float64" in fix
     assert 'strip_prefix="module."' in fix
+
+
+@pytest.mark.parametrize("entry", ["load_into", "build_model"])
+def test_a_wrapped_model_and_a_plain_checkpoint_fix(entry: str, tmp_path: Path) -> None:
+    path = tmp_path / "plain.safetensors"
+    statevault.save(_seeded(Net, 1), path)
+
+    def wrapped() -> nn.Module:
+        return nn.DataParallel(_seeded(Net, 2))
+
+    model = wrapped()
+    with pytest.raises(StateDictMismatchError) as caught:
+        if entry == "load_into":
+            statevault.load_into(model, path, auto_fix=False)
+        else:
+            statevault.build_model(wrapped, path, auto_fix=False)
+    cause = _first_cause(caught.value)
+    assert cause.kind == "model_wrapped"
+    result = run_fix(cause.code, {"statevault": statevault, "model": model, "wrapped": wrapped})
+    loaded = model if entry == "load_into" else result
+    assert "strict" not in cause.options  # the whole checkpoint maps: nothing left out
+    _assert_loaded(loaded, {f"module.{k}": v for k, v in _state(Net).items()})

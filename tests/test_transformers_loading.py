@@ -72,7 +72,10 @@ def test_new_classification_head_is_initialised_by_the_models_init_weights(
     weight, bias = model.classifier.weight, model.classifier.bias
     assert torch.isfinite(weight).all() and torch.equal(bias, torch.zeros(5))  # HF: bias zeros
     assert 0.3 < float(weight.detach().std()) < 0.7  # HF: normal(0, initializer_range=0.5)
-    assert "initialised by BertForSequenceClassification._init_weights(): " in caplog.text
+    assert (
+        "initialised by reset_parameters() then BertForSequenceClassification._init_weights(): "
+        in caplog.text
+    )
     for key, value in source.state_dict().items():
         if not key.startswith("classifier."):
             assert torch.equal(model.state_dict()[key], value), key

@@ -174,26 +174,30 @@ def _takes_one_module(method: Callable[..., Any]) -> bool:
     )
 
 
-def _initialiser(
+def _initialisers(
     modules: Mapping[str, nn.Module], prefix: str
-) -> tuple[str, Callable[[], Any]] | None:
-    """How the module at ``prefix`` initialises its own tensors when the model is built.
+) -> list[tuple[str, Callable[[], Any]]]:
+    """How the module at ``prefix`` gets its tensors' values when the model is constructed.
 
-    transformers models (and others with the same convention) initialise every submodule
-    with the nearest enclosing model's ``_init_weights(module)``, which overrides the
-    submodule's own ``reset_parameters()``; plain torch modules run ``reset_parameters()``.
+    Its own ``reset_parameters()`` (what torch modules call in ``__init__``), then the
+    nearest enclosing model's ``_init_weights(module)`` where there is one: transformers
+    models (and others with that convention) run it over every submodule after building
+    them, overriding the submodule's own initialisation. Empty when neither exists.
     """
     owner = modules[prefix]
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    reset = getattr(owner, "reset_parameters", None)
+    if callable(reset):
+        steps.append(("reset_parameters()", reset))
     parts = prefix.split(".") if prefix else []
     for depth in range(len(parts), -1, -1):
         outer = modules[".".join(parts[:depth])]
         init_weights = getattr(outer, "_init_weights", None)
         if callable(init_weights) and _takes_one_module(init_weights):
-            return f"{type(outer).__name__}._init_weights()", functools.partial(init_weights, owner)
-    reset = getattr(owner, "reset_parameters", None)
-    if callable(reset):
-        return "reset_parameters()", reset
-    return None
+            name = f"{type(outer).__name__}._init_weights()"
+            steps.append((name, functools.partial(init_weights, owner)))
+            break
+    return steps
 
 
 def _initialise(
@@ -213,13 +217,12 @@ def _initialise(
     runs = []
     unfixable = []
     for prefix, owned in by_owner.items():
-        found = _initialiser(modules, prefix)
-        if found is None:
+        steps = _initialisers(modules, prefix)
+        if not steps:
             unfixable += owned
             continue
-        how, run = found
-        plans.setdefault(how, []).extend(owned)
-        runs.append(run)
+        plans.setdefault(" then ".join(how for how, _ in steps), []).extend(owned)
+        runs += [run for _, run in steps]
     if unfixable:
         raise StateVaultError(
             f"{source}: not filled from the checkpoint, and their module has neither "
@@ -366,8 +369,12 @@ def materialize(
 
 
 def _factory_name(factory: object) -> str:
-    name = getattr(factory, "__qualname__", "")
-    return name if isinstance(name, str) and name.isidentifier() else "factory"
+    """How a printed fix names the factory: its (qualified) name, or ``factory`` for lambdas."""
+    for attribute in ("__qualname__", "__name__"):
+        name = getattr(factory, attribute, "")
+        if isinstance(name, str) and name and all(p.isidentifier() for p in name.split(".")):
+            return name
+    return "factory"
 
 
 def build_model(

@@ -127,12 +127,18 @@ def _option_fix(
     return Cause(kind, summary, code + (f" ({why})" if why else ""), dict(options), code=code)
 
 
-def _submodule_fix(kind: str, summary: str, call: Call, prefix: str, why: str = "") -> Cause:
-    """A cause fixed by loading into the submodule at ``prefix`` (or, when building, mapping
-    the checkpoint's keys under it and letting the rest keep its initialisation)."""
+def _submodule_fix(
+    kind: str, summary: str, call: Call, prefix: str, why: str = "", *, whole: bool = False
+) -> Cause:
+    """A cause fixed by loading into the submodule at ``prefix``; when building (there is no
+    submodule to load into yet), by mapping the checkpoint's keys under it instead. ``whole``:
+    that sub-tree is the whole model, so nothing is left to initialise."""
     if call.builds:
-        options = {"rename": [("^", prefix)], "strict": False}
-        note = "the checkpoint's keys go under that sub-tree; the rest keeps its initialisation"
+        options: dict[str, object] = {"rename": [("^", prefix)]}
+        note = "the checkpoint's keys go under that sub-tree"
+        if not whole:
+            options["strict"] = False
+            note += f"; the rest is not in it and its tensors {_unfilled(call)}"
         return _option_fix(kind, summary, call, options, why or note)
     path = attribute_path(prefix)
     code = call.render(target=f"{call.target}.{path}")
@@ -188,6 +194,7 @@ def _wrapper_causes(
                 call,
                 model_run,
                 "auto_fix=True, the default, maps the names for you",
+                whole=True,
             )
         )
     inner = [
@@ -482,7 +489,15 @@ def _non_persistent_causes(
 
 
 # Names that task heads have: a model built for a new task lacks only these.
-_HEAD_HINTS = ("classif", "head", "score", "fc", "qa_outputs", "logit", "pooler", "output")
+_HEAD_HINTS = ("classif", "head", "score", "qa_outputs", "logit", "pooler")
+
+
+def _is_head(module: str) -> bool:
+    """A task head's name, outside any numbered block ('layers.3.mlp.fc1' is not a head)."""
+    parts = module.split(".")
+    return not any(p.isdigit() for p in parts) and any(
+        p == "fc" or any(hint in p.lower() for hint in _HEAD_HINTS) for p in parts
+    )
 
 
 def _new_head_causes(
@@ -495,7 +510,7 @@ def _new_head_causes(
     if not missing or len(missing) * 2 > len(model_keys):
         return []
     modules = {k.rpartition(".")[0] for k in missing}
-    if "" in modules or not all(any(h in m.lower() for h in _HEAD_HINTS) for m in modules):
+    if "" in modules or not all(_is_head(m) for m in modules):
         return []
     whole = Counter(k.rpartition(".")[0] for k in model_keys)
     if any(whole[m] != sum(1 for k in missing if k.rpartition(".")[0] == m) for m in modules):
