@@ -104,7 +104,7 @@ class Cause:
     kind: str  # wrapper_prefix, model_wrapped, larger_checkpoint, smaller_checkpoint, ...
     summary: str
     fix: str
-    options: Mapping[str, object] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict, hash=False)  # keeps it hashable
     submodule: str = ""
     code: str = ""
 
