@@ -66,7 +66,7 @@ BUILD = (
     "Model() + torch.load + load_state_dict",
     "Model() + safetensors load_model",
     "meta Model + torch.load(mmap) + assign",
-    "statevault load_model",
+    "statevault build_model",
 )
 RAW = (
     "raw memcpy, 1 thread",

@@ -209,7 +209,7 @@ def build_statevault(cfg: Config) -> tuple[Operation, Operation]:
     import statevault
 
     def run() -> nn.Module:
-        return statevault.load_model(lambda: build(cfg.kind, cfg.model), cfg.files["statevault"])
+        return statevault.build_model(lambda: build(cfg.kind, cfg.model), cfg.files["statevault"])
 
     return run, _noop
 
@@ -271,7 +271,7 @@ CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "Model() + torch.load + load_state_dict": build_torch,
     "Model() + safetensors load_model": build_safetensors,
     "meta Model + torch.load(mmap) + assign": build_torch_meta_assign,
-    "statevault load_model": build_statevault,
+    "statevault build_model": build_statevault,
     "torch.save": lambda c: torch_save(c, False),
     "torch.save + fsync": lambda c: torch_save(c, True),
     "safetensors save_file": lambda c: safetensors_save(c, False),

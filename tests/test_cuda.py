@@ -41,13 +41,13 @@ def test_load_to_cuda_matches_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert torch.equal(on_gpu[name].cpu(), tensor), name
 
 
-def test_load_into_and_load_model_on_cuda(tmp_path: Path) -> None:
+def test_load_into_and_build_model_on_cuda(tmp_path: Path) -> None:
     source = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32))
     path = tmp_path / "m.safetensors"
     statevault.save(source, path)
     target = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32)).cuda()
     statevault.load_into(target, path)
-    built = statevault.load_model(
+    built = statevault.build_model(
         lambda: nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32)), path, device="cuda"
     )
     for model in (target, built):

@@ -17,6 +17,7 @@ def test_demo_command_succeeds_and_writes_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "parameters identical to the uninterrupted run: yes" in result.output
     assert "predictions of the fresh model identical: yes" in result.output
+    assert "build_model: predictions of the built model identical: yes" in result.output
     assert (tmp_path / "model.safetensors").is_file()
     restored = statevault.load(tmp_path / "checkpoint.safetensors")
     assert restored["epoch"] == 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statevault._diagnose import attribute_path, diagnose
+from statevault._diagnose import Call, Cause, attribute_path, diagnose
 
 W = (4, 4)
 B = (4,)
@@ -23,7 +23,10 @@ def test_wrapper_prefix_from_ddp_and_compile() -> None:
     )
     assert cause.kind == "wrapper_prefix"
     assert "'module._orig_mod.'" in cause.summary
-    assert cause.fix.startswith('pass strip_prefix="module._orig_mod."')
+    assert cause.fix.startswith(
+        'statevault.load_into(model, source, strip_prefix="module._orig_mod.") (auto_fix=True'
+    )
+    assert cause.options == {"strip_prefix": "module._orig_mod."}
 
 
 def test_larger_and_smaller_checkpoints() -> None:
@@ -36,7 +39,8 @@ def test_larger_and_smaller_checkpoints() -> None:
         unexpected=dict.fromkeys(big, W),
     )
     assert larger[0].kind == "larger_checkpoint"
-    assert larger[0].fix.startswith('pass prefix="backbone."')
+    assert larger[0].fix.startswith('statevault.load_into(model, source, prefix="backbone.")')
+    assert larger[0].options == {"prefix": "backbone."}
     smaller = diagnose(
         model_keys=["blocks.3.a.weight", "blocks.3.b.weight", "head.weight"],
         checkpoint_keys=small,
@@ -44,7 +48,8 @@ def test_larger_and_smaller_checkpoints() -> None:
         unexpected=dict.fromkeys(small, W),
     )
     assert smaller[0].kind == "smaller_checkpoint"
-    assert smaller[0].fix == "load it into that submodule: load_into(model.blocks[3], source)"
+    assert smaller[0].fix == "statevault.load_into(model.blocks[3], source)"
+    assert smaller[0].submodule == "blocks[3]"
 
 
 def test_rename_needs_equal_shapes_and_one_differing_name() -> None:
@@ -54,7 +59,8 @@ def test_rename_needs_equal_shapes_and_one_differing_name() -> None:
         missing={"classifier.weight": W},
         unexpected={"fc.weight": W},
     )
-    assert same[0].fix == 'pass rename=[(r"^fc\\.", r"classifier.")]'
+    assert same[0].fix == 'statevault.load_into(model, source, rename=[(r"^fc\\.", "classifier.")])'
+    assert same[0].options == {"rename": [("^fc\\.", "classifier.")]}
     assert (
         _kinds(
             model_keys=["classifier.weight"],
@@ -107,3 +113,66 @@ def test_many_unrelated_keys_give_no_false_rename() -> None:
 
 def test_attribute_path() -> None:
     assert attribute_path("encoder.layers.3.attn.") == "encoder.layers[3].attn"
+
+
+def test_new_head_only_for_whole_head_modules_outside_numbered_blocks() -> None:
+    body = [f"layers.{i}.mlp.fc1.weight" for i in range(4)]
+    model = [*body, "classifier.weight", "classifier.bias"]
+    head = diagnose(
+        model_keys=model,
+        checkpoint_keys=[*body, "cls.predictions.weight"],
+        missing={"classifier.weight": W, "classifier.bias": B},
+        unexpected={"cls.predictions.weight": W},
+    )
+    assert [c.kind for c in head] == ["new_head"]
+    assert head[0].options == {"strict": False}
+    assert "'classifier'" in head[0].summary and "(cls)" in head[0].summary
+    block = diagnose(  # a whole MLP layer missing inside a block is not a new head
+        model_keys=model,
+        checkpoint_keys=[*body[1:], "classifier.weight", "classifier.bias"],
+        missing={body[0]: W},
+        unexpected={},
+    )
+    assert "new_head" not in [c.kind for c in block]
+
+
+def test_non_persistent_buffers_and_optimizer_state_are_named() -> None:
+    (buffer,) = diagnose(
+        model_keys=["embeddings.weight"],
+        checkpoint_keys=["embeddings.weight", "embeddings.position_ids"],
+        missing={},
+        unexpected={"embeddings.position_ids": (1, 16)},
+        non_persistent={"embeddings.position_ids"},
+    )
+    assert buffer.kind == "non_persistent_buffer" and buffer.options == {"strict": False}
+    causes = diagnose(
+        model_keys=["weight", "bias"],
+        checkpoint_keys=[],
+        missing={"weight": W, "bias": B},
+        unexpected={},
+        optimizer=True,
+    )
+    assert causes[0].kind == "optimizer_state"
+    assert causes[0].code == "optimizer.load_state_dict(statevault.load(source))"
+
+
+def test_fixes_are_printed_for_the_entry_point_in_use() -> None:
+    def smaller(call: Call) -> Cause:
+        return diagnose(
+            model_keys=["backbone.a.weight", "head.weight"],
+            checkpoint_keys=["a.weight"],
+            missing={"backbone.a.weight": W, "head.weight": W},
+            unexpected={"a.weight": W},
+            call=call,
+        )[0]
+
+    assert smaller(Call("load_into", "model", '"x.st"')).code == (
+        'statevault.load_into(model.backbone, "x.st")'
+    )
+    built = smaller(Call("build_model", "Net", '"x.st"', (("args", "(3,)"),)))
+    assert built.code == (
+        'statevault.build_model(Net, "x.st", args=(3,), rename=[("^", "backbone.")], strict=False)'
+    )
+    assert (
+        smaller(Call("check", "model", "state")).code == "statevault.check(model.backbone, state)"
+    )

@@ -122,7 +122,11 @@ def test_prefix_that_selects_nothing_says_which_exist() -> None:
     state = {f"encoder.{k}": v for k, v in _net(1).state_dict().items()}
     report = statevault.check(_net(2), state, prefix="backbone.")
     assert report.causes[0].kind == "empty_selection"
-    assert report.causes[0].fix == 'pick one of the checkpoint\'s top-level prefixes: "encoder."'
+    assert report.causes[0].fix == (
+        'statevault.check(model, state, prefix="encoder.") '
+        '(the checkpoint\'s top-level prefixes are "encoder.")'
+    )
+    assert report.causes[0].options == {"prefix": "encoder."}
 
 
 def test_rename_callable_and_collisions() -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 import statevault
 from statevault import StateDictMismatchError
+from statevault._load_into import source_code
 
 
 class Net(nn.Module):
@@ -166,8 +167,9 @@ SCENARIOS = [
         "wrapper_prefix",
         "Likely cause: every checkpoint key starts with 'module.': it was saved from a model "
         "wrapped in DataParallel/DistributedDataParallel",
-        'Fix: pass strip_prefix="module." (auto_fix=True, the default, does this for you); '
-        "when saving, save model.module.state_dict() instead",
+        'Fix: statevault.load_into(model, {source}, auto_fix=False, strip_prefix="module.") '
+        "(auto_fix=True, the default, does this for you; when saving, save "
+        "model.module.state_dict() instead)",
         options={"auto_fix": False},
         fixed_with={"strip_prefix": "module."},
     ),
@@ -178,8 +180,9 @@ SCENARIOS = [
         "wrapper_prefix",
         "Likely cause: every checkpoint key starts with '_orig_mod.': it was saved from a model "
         "compiled with torch.compile",
-        'Fix: pass strip_prefix="_orig_mod." (auto_fix=True, the default, does this for you); '
-        "when saving, save model._orig_mod.state_dict() instead",
+        'Fix: statevault.load_into(model, {source}, auto_fix=False, strip_prefix="_orig_mod.") '
+        "(auto_fix=True, the default, does this for you; when saving, save "
+        "model._orig_mod.state_dict() instead)",
         options={"auto_fix": False},
         fixed_with={"strip_prefix": "_orig_mod."},
     ),
@@ -190,8 +193,9 @@ SCENARIOS = [
         "wrapper_prefix",
         "Likely cause: every checkpoint key starts with 'module._orig_mod.': it was saved from a "
         "model wrapped in DataParallel/DistributedDataParallel and compiled with torch.compile",
-        'Fix: pass strip_prefix="module._orig_mod." (auto_fix=True, the default, does this for '
-        "you); when saving, save model.module._orig_mod.state_dict() instead",
+        "Fix: statevault.load_into(model, {source}, auto_fix=False, "
+        'strip_prefix="module._orig_mod.") (auto_fix=True, the default, does this for you; '
+        "when saving, save model.module._orig_mod.state_dict() instead)",
         options={"auto_fix": False},
         fixed_with={"strip_prefix": "module._orig_mod."},
     ),
@@ -203,7 +207,7 @@ SCENARIOS = [
         "Likely cause: renamed layer(s): 2 missing key(s) match unexpected checkpoint keys with "
         "the same shape under another name ('fc' -> 'classifier'; e.g. checkpoint 'fc.weight' "
         "is model 'classifier.weight')",
-        'Fix: pass rename=[(r"^fc\\.", r"classifier.")]',
+        'Fix: statevault.load_into(model, {source}, rename=[(r"^fc\\.", "classifier.")])',
         fixed_with={"rename": [(r"^fc\.", r"classifier.")]},
     ),
     Scenario(
@@ -214,7 +218,8 @@ SCENARIOS = [
         "Likely cause: renamed layer(s): 2 missing key(s) match unexpected checkpoint keys with "
         "the same shape under another name ('gamma' -> 'weight', 'beta' -> 'bias'; e.g. "
         "checkpoint 'norm.gamma' is model 'norm.weight')",
-        'Fix: pass rename=[(r"\\.gamma$", r".weight"), (r"\\.beta$", r".bias")]',
+        'Fix: statevault.load_into(model, {source}, rename=[(r"\\.gamma$", ".weight"), '
+        '(r"\\.beta$", ".bias")])',
         fixed_with={"rename": [(r"\.gamma$", r".weight"), (r"\.beta$", r".bias")]},
     ),
     Scenario(
@@ -225,8 +230,8 @@ SCENARIOS = [
         "Likely cause: 1 weight(s) are transposed: e.g. 'fc.weight' is [8, 10] in the checkpoint "
         "and [10, 8] in the model (saved from a layer that stores in x out, such as GPT-2's "
         "Conv1D, or converted from another framework)",
-        "Fix: transpose them, then load the dict: state = statevault.load(path); "
-        "state[key] = state[key].t().contiguous() for those keys; "
+        "Fix: transpose them and load the dict: state = statevault.load({source}); "
+        'state.update({{"fc.weight": state["fc.weight"].t().contiguous()}}); '
         "statevault.load_into(model, state)",
     ),
     Scenario(
@@ -236,8 +241,9 @@ SCENARIOS = [
         "first_dim",
         "Likely cause: the number of classes / output size differs: 'fc' has 1000 in the "
         "checkpoint and 10 in the model (first dimension of 2 tensor(s))",
-        "Fix: to fine-tune with a new number of classes, load with strict=False: everything "
-        "else loads and these keep their fresh initialisation (the report lists them as skipped)",
+        "Fix: statevault.load_into(model, {source}, strict=False) (to fine-tune with a new "
+        "number of classes: everything else loads and these keep their current values (a fresh "
+        "model's initialisation); the report lists them as skipped)",
     ),
     Scenario(
         "backbone from a full classifier",
@@ -246,8 +252,8 @@ SCENARIOS = [
         "larger_checkpoint",
         "Likely cause: the checkpoint holds a bigger model: all 9 missing model keys are in it "
         "under 'backbone.'",
-        'Fix: pass prefix="backbone." to load just that part (the other checkpoint keys are '
-        "ignored and listed in the report)",
+        'Fix: statevault.load_into(model, {source}, prefix="backbone.") (loads just that part; '
+        "the other checkpoint keys are ignored and listed in the report)",
         fixed_with={"prefix": "backbone."},
     ),
     Scenario(
@@ -257,7 +263,7 @@ SCENARIOS = [
         "smaller_checkpoint",
         "Likely cause: the checkpoint holds part of your model: all 9 unexpected checkpoint "
         "keys are your model's 'backbone.' sub-tree",
-        "Fix: load it into that submodule: load_into(model.backbone, source)",
+        "Fix: statevault.load_into(model.backbone, {source})",
         fixed_into=lambda model: model.backbone,
     ),
     Scenario(
@@ -268,8 +274,8 @@ SCENARIOS = [
         "Likely cause: only BatchNorm 'num_batches_tracked' counters are missing (1): the "
         "checkpoint was saved by an old PyTorch or a converter that drops them; they are only "
         "used when BatchNorm has momentum=None",
-        "Fix: load with strict=False: every other tensor loads and the counters keep their "
-        "current values",
+        "Fix: statevault.load_into(model, {source}, strict=False) (every other tensor loads "
+        "and the counters keep their current values)",
     ),
 ]
 
@@ -284,7 +290,7 @@ def test_strict_names_cause_and_fix_and_touches_nothing(case: Scenario, tmp_path
     message = str(caught.value)
     lines = message.splitlines()
     assert lines[1] == case.cause, message
-    assert lines[2] == "  " + case.fix, message
+    assert lines[2] == "  " + case.fix.format(source=source_code(source)), message
     assert caught.value.report.causes[0].kind == case.kind
     assert not caught.value.report.ok
     _assert_unchanged(model, before)
@@ -347,7 +353,8 @@ def test_a_wrapped_model_loads_a_plain_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(StateDictMismatchError) as caught:
         statevault.load_into(wrapped, path, auto_fix=False)
     assert caught.value.report.causes[0].kind == "model_wrapped"
-    assert "load_into(model.module, source)" in str(caught.value)
+    fix = f"statevault.load_into(model.module, {source_code(path)}, auto_fix=False)"
+    assert fix in str(caught.value)
     report = statevault.load_into(wrapped, path)
     assert report.ok
     assert report.mappings[0].rule == "add 'module.' wrapper names"

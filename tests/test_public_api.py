@@ -53,6 +53,7 @@ LEAVES = [
     (statevault.StateDictMismatchError, RuntimeError),
     (statevault.KeyMappingError, ValueError),
     (statevault.DeviceUnavailableError, RuntimeError),
+    (statevault.MetaDeviceError, RuntimeError),
 ]
 
 
@@ -89,6 +90,10 @@ def test_keyword_only_options() -> None:
         (statevault.save, ["obj", "path"]),
         (statevault.load, ["path"]),
         (statevault.load_into, ["module", "source"]),
+        (statevault.load_model, ["model", "source"]),
+        (statevault.check, ["module", "source"]),
+        (statevault.build_model, ["factory", "source"]),
+        (statevault.materialize, ["module", "source"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional

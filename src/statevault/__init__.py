@@ -6,7 +6,7 @@ dtypes and checksums are kept as JSON in the header's metadata.
 
 from __future__ import annotations
 
-from statevault._build import load_model, materialize, skip_init
+from statevault._build import build_model, materialize, skip_init
 from statevault._checkpoint import Checkpoint, TensorInfo
 from statevault._convert import ConvertReport, convert
 from statevault._diagnose import Cause
@@ -14,7 +14,7 @@ from statevault._diff import DiffReport, TensorDelta, diff
 from statevault._inspect import CheckpointSummary, inspect
 from statevault._keymap import AppliedMapping
 from statevault._load import load
-from statevault._load_into import check, load_into
+from statevault._load_into import check, load_into, load_model
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._save import save
 from statevault._verify import BadTensor, VerifyReport, verify
@@ -25,6 +25,7 @@ from statevault.errors import (
     DeviceUnavailableError,
     HeaderError,
     KeyMappingError,
+    MetaDeviceError,
     StateDictMismatchError,
     StateVaultError,
     TruncatedFileError,
@@ -49,6 +50,7 @@ __all__ = [
     "HeaderError",
     "KeyMappingError",
     "LoadReport",
+    "MetaDeviceError",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
@@ -59,6 +61,7 @@ __all__ = [
     "UnsupportedObjectError",
     "VerifyReport",
     "__version__",
+    "build_model",
     "check",
     "convert",
     "diff",

@@ -8,14 +8,17 @@ straight from the file into it: ~1x memory, no wasted init.
 
 Only *parameters* go to meta. Buffers are built for real, so tables computed in ``__init__``
 and not saved (rotary/positional tables, masks) keep their correct values. Anything still on
-meta after loading is an error, never silently left behind.
+meta after loading is an error, never silently left behind. Uninitialised memory is never
+handed out either: a tensor the file does not fill (``strict=False``: missing, or skipped for
+its shape) is initialised the way the module itself initialises it, as ``Model()`` would have.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -25,11 +28,14 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
-from statevault._checkpoint import Checkpoint, usable_device
+from statevault._checkpoint import usable_device
+from statevault._diagnose import Call
 from statevault._io import advise_huge_pages
-from statevault._load_into import load_into
+from statevault._keymap import Rename
+from statevault._load_into import describe_call, load_with, require_instance
 from statevault._report import LoadReport, capped
-from statevault.errors import StateVaultError
+from statevault._sources import Source
+from statevault.errors import StateVaultError, UnsupportedObjectError
 
 logger = logging.getLogger("statevault")
 M = TypeVar("M", bound=nn.Module)
@@ -95,16 +101,28 @@ def skip_init() -> Iterator[None]:
         handle.remove()
 
 
-def _meta_slots(module: nn.Module) -> list[tuple[str, nn.Module, str, nn.Parameter]]:
-    """Every (qualified name, owner, attribute, parameter) whose parameter is on meta.
+# (qualified name, owner module, attribute, the meta tensor, is a parameter)
+_Slot = tuple[str, nn.Module, str, torch.Tensor, bool]
 
-    Tied parameters appear once per owner, so each owner's slot can be refilled.
+
+def _meta_slots(module: nn.Module) -> list[_Slot]:
+    """Every parameter and persistent buffer on meta, once per owner (ties appear per owner).
+
+    Non-persistent buffers are left out: no checkpoint holds them, so nothing could fill them.
     """
-    slots = []
+    slots: list[_Slot] = []
     for prefix, owner in module.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
         for attr, param in owner._parameters.items():
             if param is not None and param.is_meta:
-                slots.append((f"{prefix}.{attr}" if prefix else attr, owner, attr, param))
+                slots.append((dot + attr, owner, attr, param, True))
+        for attr, buffer in owner._buffers.items():
+            if (
+                buffer is not None
+                and buffer.is_meta
+                and attr not in owner._non_persistent_buffers_set
+            ):
+                slots.append((dot + attr, owner, attr, buffer, False))
     return slots
 
 
@@ -113,116 +131,328 @@ def _still_on_meta(module: nn.Module) -> list[str]:
     return names + [n for n, b in module.named_buffers(remove_duplicate=False) if b.is_meta]
 
 
-def _allocate(module: nn.Module, device: torch.device) -> list[str]:
-    """Give every meta parameter uninitialised memory; ties stay ties. Returns their names."""
-    fresh: dict[int, nn.Parameter] = {}
-    names = []
-    slots = _meta_slots(module)  # holds the meta parameters, so their ids stay unique
-    for name, owner, attr, param in slots:
-        if id(param) not in fresh:
-            data = torch.empty(param.shape, dtype=param.dtype, device=device)
+def _allocate(slots: Sequence[_Slot], device: torch.device) -> dict[str, torch.Tensor]:
+    """Give every meta slot uninitialised memory; ties stay ties. Returns name -> tensor.
+
+    The memory is garbage until the load (or ``_initialise``) writes it; ``materialize``
+    makes sure one of them does for every tensor, or puts the meta tensors back.
+    """
+    fresh: dict[int, torch.Tensor] = {}
+    named = {}
+    for name, owner, attr, meta, is_param in slots:  # slots hold the meta tensors: ids unique
+        if id(meta) not in fresh:
+            data = torch.empty(meta.shape, dtype=meta.dtype, device=device)
             advise_huge_pages(data)  # fresh memory about to be filled: 512x fewer page faults
-            fresh[id(param)] = type(param)(data, requires_grad=param.requires_grad)
-        owner._parameters[attr] = fresh[id(param)]
-        names.append(name)
-    return names
+            if isinstance(meta, nn.Parameter):
+                data = type(meta)(data, requires_grad=meta.requires_grad)
+            fresh[id(meta)] = data
+        if is_param:
+            owner._parameters[attr] = fresh[id(meta)]  # type: ignore[assignment]
+        else:
+            owner._buffers[attr] = fresh[id(meta)]
+        named[name] = fresh[id(meta)]
+    return named
 
 
-def _initialise_missing(module: nn.Module, missing: set[str], source: str) -> list[str]:
-    """Run ``reset_parameters()`` of modules owning parameters the checkpoint lacks."""
-    owners: dict[int, tuple[str, nn.Module]] = {}
+def _restore(slots: Sequence[_Slot]) -> None:
+    """Put the meta tensors back: a failed materialize leaves no uninitialised memory behind."""
+    for _, owner, attr, meta, is_param in slots:
+        if is_param:
+            owner._parameters[attr] = meta  # type: ignore[assignment]
+        else:
+            owner._buffers[attr] = meta
+
+
+def _takes_one_module(method: Callable[..., Any]) -> bool:
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(parameters) == 1 and parameters[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def _initialisers(
+    modules: Mapping[str, nn.Module], prefix: str
+) -> list[tuple[str, Callable[[], Any]]]:
+    """How the module at ``prefix`` gets its tensors' values when the model is constructed.
+
+    Its own ``reset_parameters()`` (what torch modules call in ``__init__``), then the
+    nearest enclosing model's ``_init_weights(module)`` where there is one: transformers
+    models (and others with that convention) run it over every submodule after building
+    them, overriding the submodule's own initialisation. Empty when neither exists.
+    """
+    owner = modules[prefix]
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    reset = getattr(owner, "reset_parameters", None)
+    if callable(reset):
+        steps.append(("reset_parameters()", reset))
+    parts = prefix.split(".") if prefix else []
+    for depth in range(len(parts), -1, -1):
+        outer = modules[".".join(parts[:depth])]
+        init_weights = getattr(outer, "_init_weights", None)
+        if callable(init_weights) and _takes_one_module(init_weights):
+            name = f"{type(outer).__name__}._init_weights()"
+            steps.append((name, functools.partial(init_weights, owner)))
+            break
+    return steps
+
+
+def _initialise(
+    module: nn.Module, keys: Collection[str], fresh: Mapping[str, torch.Tensor], source: str
+) -> tuple[list[str], list[str]]:
+    """Initialise freshly allocated tensors the checkpoint will not fill, as the module would.
+
+    Each is first filled with NaN (zeros if not floating point), so that one the module's own
+    initialisation does not write is caught instead of handed out. Returns the report notes
+    and the keys initialised.
+    """
+    modules = dict(module.named_modules(remove_duplicate=False))
+    by_owner: dict[str, list[str]] = {}
+    for key in keys:
+        by_owner.setdefault(key.rpartition(".")[0], []).append(key)
+    plans: dict[str, list[str]] = {}  # how -> keys
+    runs = []
     unfixable = []
-    for prefix, owner in module.named_modules(remove_duplicate=False):
-        for attr in owner._parameters:
-            name = f"{prefix}.{attr}" if prefix else attr
-            if name not in missing:
-                continue
-            if callable(getattr(owner, "reset_parameters", None)):
-                owners[id(owner)] = (prefix, owner)
-            else:
-                unfixable.append(name)
+    for prefix, owned in by_owner.items():
+        steps = _initialisers(modules, prefix)
+        if not steps:
+            unfixable += owned
+            continue
+        plans.setdefault(" then ".join(how for how, _ in steps), []).extend(owned)
+        runs += [run for _, run in steps]
     if unfixable:
         raise StateVaultError(
-            f"{source}: parameter(s) missing from the checkpoint and their module has no "
-            f"reset_parameters() to initialise them: {', '.join(capped(unfixable))}. Build the "
-            "model normally and use statevault.load_into(model, path, strict=False) instead"
+            f"{source}: not filled from the checkpoint, and their module has neither "
+            f"reset_parameters() nor an enclosing _init_weights(module) to initialise them: "
+            f"{', '.join(capped(unfixable))}. Build the model normally and use "
+            "statevault.load_into(model, path, strict=False) instead"
         )
     with torch.no_grad():
-        for _, owner in owners.values():
-            owner.reset_parameters()  # type: ignore[operator]
-    return sorted(prefix or "<root>" for prefix, _ in owners.values())
+        for key in keys:
+            tensor = fresh[key]
+            tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor.zero_()
+        for run in runs:
+            run()
+    unwritten = [k for k in keys if fresh[k].is_floating_point() and fresh[k].isnan().any()]
+    if unwritten:
+        raise StateVaultError(
+            f"{source}: not filled from the checkpoint, and their module's initialisation did "
+            f"not write them: {', '.join(capped(unwritten))}. Build the model normally and use "
+            "statevault.load_into(model, path, strict=False) instead"
+        )
+    notes = [
+        f"not loaded, initialised by {how}: {', '.join(capped(sorted(names)))}"
+        for how, names in plans.items()
+    ]
+    return notes, sorted(keys)
+
+
+def _materialize(
+    module: nn.Module,
+    source: Source,
+    *,
+    call: Call,
+    strict: bool,
+    verify: bool,
+    device: str | torch.device,
+    prefix: str | None,
+    strip_prefix: str | None,
+    rename: Rename | None,
+    auto_fix: bool,
+    dtype: torch.dtype | None,
+) -> LoadReport:
+    require_instance(module, call)
+    target = usable_device(device)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        module.to(dtype)  # on meta parameters: free, and each is allocated once in that dtype
+    slots = _meta_slots(module)
+    fresh = _allocate(slots, target)
+    notes: list[str] = []
+    initialised: list[str] = []
+
+    def load(*, dry_run: bool) -> LoadReport:
+        return load_with(
+            module,
+            source,
+            call=call,
+            strict=strict,
+            verify=verify,
+            prefix=prefix,
+            strip_prefix=strip_prefix,
+            rename=rename,
+            auto_fix=auto_fix,
+            dtype=dtype,
+            dry_run=dry_run,
+        )
+
+    try:
+        if not strict:  # initialise first: what the file then fills is overwritten
+            planned = load(dry_run=True)
+            todo = [k for k in (*planned.missing, *planned.skipped) if k in fresh]
+            if todo:
+                notes, initialised = _initialise(module, todo, fresh, planned.source)
+        report = load(dry_run=False)
+        unfilled = [
+            k for k in (*report.missing, *report.skipped) if k in fresh and k not in initialised
+        ]
+        if unfilled:  # a load hook changed the keys after the plan
+            raise StateVaultError(
+                f"{report.source}: a load hook left {', '.join(capped(unfilled))} unfilled. "
+                "Build the model normally and use statevault.load_into(model, path, "
+                "strict=False) instead"
+            )
+        left = _still_on_meta(module)
+        if left:
+            raise StateVaultError(
+                f"{report.source}: still on the meta device after loading: "
+                f"{', '.join(capped(left))}. A buffer computed from a parameter in __init__ "
+                "cannot be built without weights; build the model normally and use "
+                "statevault.load_into"
+            )
+    except BaseException:
+        _restore(slots)
+        raise
+    if initialised:
+        report = replace(report, notes=(*report.notes, *notes), initialised=tuple(initialised))
+    return report
 
 
 def materialize(
     module: nn.Module,
-    path: str | os.PathLike[str] | Checkpoint,
+    source: Source,
     *,
     strict: bool = True,
     verify: bool = True,
     device: str | torch.device = "cpu",
+    prefix: str | None = None,
+    strip_prefix: str | None = None,
+    rename: Rename | None = None,
+    auto_fix: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> LoadReport:
-    """Give a :func:`skip_init`-built module real parameters, read straight from ``path``.
+    """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
-    Each parameter is allocated once on ``device`` and filled in place (ties kept). With
-    ``strict=True`` missing, unexpected or mismatched keys raise
-    :class:`StateDictMismatchError`. With ``strict=False`` parameters missing from the file
-    are initialised by their module's ``reset_parameters()`` and the report says so.
+    For a module built under :func:`skip_init`, or moved with ``.to("meta")``. Each tensor is
+    allocated once on ``device`` and filled in place (ties kept); the options are
+    :func:`load_into`'s. With ``strict=True`` missing, unexpected or mismatched keys raise
+    :class:`StateDictMismatchError`. With ``strict=False`` tensors the file does not fill
+    (missing, or skipped for their shape) get the module's own initialisation (see
+    :func:`build_model`) and ``report.initialised`` lists them. On any error the module is
+    left as it was, on meta.
     """
-    checkpoint = path if isinstance(path, Checkpoint) else Checkpoint(path)
-    try:
-        target = usable_device(device)
-        allocated = _allocate(module, target)
-        in_file = set(checkpoint.keys())
-        missing = {name for name in allocated if name not in in_file}
-        notes: list[str] = []
-        if missing and not strict:
-            owners = _initialise_missing(module, missing, str(checkpoint.path))
-            notes.append(
-                "not in the checkpoint, initialised by reset_parameters(): "
-                + ", ".join(capped(sorted(missing)))
-                + f" (modules: {', '.join(capped(owners))})"
-            )
-        report = load_into(module, checkpoint, strict=strict, verify=verify)
-    finally:
-        if not isinstance(path, Checkpoint):
-            checkpoint.close()
-    left = _still_on_meta(module)
-    if left:
-        raise StateVaultError(
-            f"{checkpoint.path}: still on the meta device after loading: "
-            f"{', '.join(capped(left))}. A buffer computed from a parameter in __init__ cannot be "
-            "built without weights; build the model normally and use statevault.load_into"
-        )
-    return replace(report, notes=(*report.notes, *notes)) if notes else report
+    options = {
+        "strict": strict,
+        "verify": verify,
+        "device": device,
+        "prefix": prefix,
+        "strip_prefix": strip_prefix,
+        "rename": rename,
+        "auto_fix": auto_fix,
+        "dtype": dtype,
+    }
+    return _materialize(
+        module,
+        source,
+        call=describe_call("materialize", "model", source, options),
+        strict=strict,
+        verify=verify,
+        device=device,
+        prefix=prefix,
+        strip_prefix=strip_prefix,
+        rename=rename,
+        auto_fix=auto_fix,
+        dtype=dtype,
+    )
 
 
-def load_model(
+def _factory_name(factory: object) -> str:
+    """How a printed fix names the factory: its (qualified) name, or ``factory`` for lambdas."""
+    for attribute in ("__qualname__", "__name__"):
+        name = getattr(factory, attribute, "")
+        if isinstance(name, str) and name and all(p.isidentifier() for p in name.split(".")):
+            return name
+    return "factory"
+
+
+def build_model(
     factory: Callable[..., M],
-    path: str | os.PathLike[str],
-    /,
-    *args: Any,
+    source: Source,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
     strict: bool = True,
     verify: bool = True,
     device: str | torch.device = "cpu",
-    **kwargs: Any,
+    prefix: str | None = None,
+    strip_prefix: str | None = None,
+    rename: Rename | None = None,
+    auto_fix: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> M:
-    """Build ``factory(*args, **kwargs)`` without weight init and load ``path`` into it.
+    """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
     Several times faster than ``Model()`` followed by ``load_state_dict``, with the weights
-    in memory once. ``args``/``kwargs`` go to ``factory``; ``strict``, ``verify`` and
-    ``device`` are ours (use ``functools.partial`` if your constructor takes those names).
+    in memory once. ``factory`` is the model class or any callable returning a module;
+    constructor arguments go in ``args``/``kwargs`` so they never clash with the load options,
+    which are :func:`load_into`'s plus ``device``. With ``strict=False`` every tensor the file
+    does not fill (missing, or skipped because its shape differs, e.g. a new classification
+    head) is initialised as the model's constructor would have: by the enclosing
+    transformers-style ``_init_weights(module)`` where the model has one, otherwise by the
+    module's ``reset_parameters()``; never left as uninitialised memory. The report is logged
+    as a warning when it is not clean (use :func:`skip_init` + :func:`materialize` to get it).
 
     Example::
 
-        model = statevault.load_model(Transformer, "model.safetensors", dim=512, layers=8)
+        model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
-    with skip_init():
-        module = factory(*args, **kwargs)
-    if not isinstance(module, nn.Module):
-        raise StateVaultError(
-            f"load_model: {factory!r} returned {type(module).__name__}, not a torch.nn.Module"
+    options = {
+        "args": tuple(args) if isinstance(args, list) else args,
+        "kwargs": kwargs,
+        "strict": strict,
+        "verify": verify,
+        "device": device,
+        "prefix": prefix,
+        "strip_prefix": strip_prefix,
+        "rename": rename,
+        "auto_fix": auto_fix,
+        "dtype": dtype,
+    }
+    call = describe_call("build_model", _factory_name(factory), source, options)
+    if isinstance(factory, nn.Module):
+        name = type(factory).__qualname__
+        raise UnsupportedObjectError(
+            f"build_model builds the model itself: pass the class (or a function that returns "
+            f"the model), not an instance: statevault.build_model({name}, {call.source}, "
+            f"args=(...), kwargs={{...}}). To load into the model you already have, use "
+            f"statevault.load_into(model, {call.source})"
         )
-    report = materialize(module, path, strict=strict, verify=verify, device=device)
+    if not callable(factory):
+        raise UnsupportedObjectError(
+            f"build_model: factory must be a model class or a callable returning a module, "
+            f"got {type(factory).__name__}"
+        )
+    with skip_init():
+        module = factory(*args, **(kwargs or {}))
+    if not isinstance(module, nn.Module):
+        raise UnsupportedObjectError(
+            f"build_model: {factory!r} returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    report = _materialize(
+        module,
+        source,
+        call=call,
+        strict=strict,
+        verify=verify,
+        device=device,
+        prefix=prefix,
+        strip_prefix=strip_prefix,
+        rename=rename,
+        auto_fix=auto_fix,
+        dtype=dtype,
+    )
     if not report.ok:
         logger.warning("%s", report)
     return module

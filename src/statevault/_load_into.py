@@ -12,6 +12,8 @@ torch would run them.
 
 from __future__ import annotations
 
+import ast
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -20,14 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from statevault._diagnose import Cause, diagnose
+from statevault._checkpoint import Checkpoint
+from statevault._diagnose import Call, Cause, diagnose, literal
 from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
 from statevault._modelstate import ModelState, any_module, model_state
-from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
+from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey, capped
 from statevault._sources import FileSource, MemorySource, Source, open_source
 from statevault._ties import any_repeated, identity_groups, start_addresses
-from statevault.errors import StateDictMismatchError
+from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
 # (BatchNorm fills num_batches_tracked for version<2 files); safe for the fast path.
@@ -75,6 +78,7 @@ class _Plan:
     skipped: frozenset[str]  # model keys whose shapes differ: never read
     extra: dict[str, str]  # unexpected (mapped) key -> checkpoint name, for load hooks
     maybe_tied: bool  # two model tensors start at one address: look for ties when filling
+    on_meta: bool  # some model tensor is on the meta device: there is nothing to fill
     # model key -> the saved value of a module's non-tensor extra state (get_extra_state)
     objects: Mapping[str, Any] = field(default_factory=dict)
 
@@ -131,6 +135,7 @@ def plan(
     auto_fix: bool = True,
     dtype: torch.dtype | None = None,
     dry_run: bool = False,
+    call: Call | None = None,
 ) -> _Plan:
     """Compare model and checkpoint names, shapes and dtypes without reading any tensor data.
 
@@ -187,6 +192,9 @@ def plan(
             casts.append(DtypeCast(key, _dtype_name(stored_dtype), _dtype_name(target)))
     skipped = frozenset(m.key for m in mismatches)
     maybe_tied = any_repeated(addresses)
+    # only a meta tensor with elements has address 0 (asked of torch: ``0 in addresses``
+    # compares one Python int per tensor, 0.66 ms for 20,000; this takes ~0.02 ms)
+    on_meta = bool(addresses) and bool(torch.frombuffer(addresses, dtype=torch.int64).eq(0).any())
     del addresses
     tied: list[TiedKey] = []
     if maybe_tied:
@@ -214,8 +222,12 @@ def plan(
             unexpected={k: source.signature(n)[0] for k, n in extra.items()},
             mismatches=[(m.key, m.checkpoint_shape, m.model_shape) for m in mismatches],
             buffers=buffers,
+            non_persistent=buffers.difference(by_key),
             prefix=prefix,
             ignored=keymap.ignored,
+            optimizer=_holds_optimizer_state(source, pairs),
+            stored={m.key: pairs[m.key] for m in mismatches},
+            call=call,
         )
     notes = list(keymap.notes)
     if dtype is not None:
@@ -235,7 +247,14 @@ def plan(
         notes=tuple(notes),
         dry_run=dry_run,
     )
-    return _Plan(report, model, pairs, skipped, extra, maybe_tied, objects)
+    return _Plan(report, model, pairs, skipped, extra, maybe_tied, on_meta, objects)
+
+
+def _holds_optimizer_state(source: FileSource | MemorySource, pairs: Mapping[str, str]) -> bool:
+    """True when the saved state is an optimizer's state_dict ('state' and 'param_groups')."""
+    if pairs and not all(name.startswith("state.") for name in pairs.values()):
+        return False
+    return source.stored_object("param_groups")[0]
 
 
 def _fill_fast(
@@ -299,7 +318,168 @@ def _fill_with_torch(
     )
 
 
+# Option defaults of every entry point: an option the caller left at its default is not
+# repeated in a printed fix.
+_DEFAULTS: dict[str, object] = {
+    "strict": True,
+    "verify": True,
+    "prefix": None,
+    "strip_prefix": None,
+    "rename": None,
+    "auto_fix": True,
+    "dtype": None,
+    "dry_run": False,
+    "device": "cpu",
+    "args": (),
+    "kwargs": None,
+}
+
+
+def _as_code(name: str, value: object) -> str:
+    """An option's value as code; values with no literal form print as the option's name."""
+    if isinstance(value, torch.dtype):
+        return f"torch.{_dtype_name(value)}"
+    if isinstance(value, torch.device):
+        value = str(value)
+    try:
+        code = literal(value) if not isinstance(value, dict) else repr(value)
+        if ast.literal_eval(code) == value:
+            return code
+    except (TypeError, ValueError, SyntaxError):
+        pass
+    return name  # e.g. rename=rename for a callable, args=args for a config object
+
+
+def source_code(source: Source) -> str:
+    """How a printed fix names the source: the path itself, or ``state`` for a dict."""
+    if isinstance(source, Checkpoint):
+        return literal(str(source.path))
+    if isinstance(source, (str, os.PathLike)):
+        return literal(os.fspath(source))
+    return "state"
+
+
+def describe_call(entry: str, target: str, source: Source, given: Mapping[str, object]) -> Call:
+    """The call being made, for fixes printed as that call corrected (defaults left out)."""
+    options = tuple(
+        (name, _as_code(name, value))
+        for name, value in given.items()
+        if not (
+            value is _DEFAULTS.get(name)
+            or (type(value) is type(_DEFAULTS.get(name)) and value == _DEFAULTS.get(name))
+        )
+    )
+    return Call(entry, target, source_code(source), options)
+
+
+def require_instance(module: object, call: Call) -> None:
+    """Refuse a class (or anything else) where a model instance belongs, saying what to pass."""
+    if isinstance(module, type):
+        name = module.__qualname__
+        raise UnsupportedObjectError(
+            f"{call.entry}: got the class {name}, not a model: pass an instance, e.g. "
+            f"model = {name}(...); {call.render()}; or build and load in one step with "
+            f"statevault.build_model({name}, {call.source}, args=(...), kwargs={{...}})"
+        )
+    if not isinstance(module, nn.Module):
+        raise UnsupportedObjectError(
+            f"{call.entry}: expected a torch.nn.Module to load into, got {type(module).__name__}"
+        )
+
+
+def _refuse_optimizer_state(source: Source, call: Call) -> None:
+    if isinstance(source, Mapping) and "param_groups" in source and "state" in source:
+        raise UnsupportedObjectError(
+            f"{call.entry}: this state dict is an optimizer's state_dict ('state' and "
+            "'param_groups'), not a model's: load it with optimizer.load_state_dict(state), "
+            "and the model from model.state_dict()"
+        )
+
+
+def _refuse_meta(module: nn.Module, planned: _Plan, call: Call) -> None:
+    """No success that loaded nothing: meta tensors have no memory to load into."""
+    report = planned.report
+    on_meta = [k for k, t in planned.model.items() if isinstance(t, torch.Tensor) and t.is_meta]
+    persistent = set(planned.model.keys())
+    lost = [n for n, b in module.named_buffers() if b.is_meta and n not in persistent]
+    fix = replace(call, entry="materialize").render()
+    message = (
+        f"Cannot load {report.source} into {report.target}: {len(on_meta)} tensor(s) are on "
+        f"the meta device (e.g. '{on_meta[0]}'), which has no memory to load into, so nothing "
+        f'would be loaded.\n  Fix: {fix} (allocates them once on device="cpu" and fills '
+        "them from the checkpoint; with strict=False what it lacks gets its module's own "
+        "initialisation)"
+    )
+    if lost:
+        message += (
+            f"\nNon-persistent buffers are on meta too ({', '.join(capped(lost, 5))}): no "
+            "checkpoint holds them, so materialize cannot restore them. Build the model again "
+            "instead: statevault.build_model(ModelClass, "
+            f"{call.source}) or ModelClass() followed by {replace(call, entry='load_into').render()}"
+        )
+    raise MetaDeviceError(message)
+
+
 @gc_paused  # many-small-tensor loads: see _gcpause
+def load_with(
+    module: nn.Module,
+    source: Source,
+    *,
+    call: Call,
+    strict: bool = True,
+    verify: bool = True,
+    prefix: str | None = None,
+    strip_prefix: str | None = None,
+    rename: Rename | None = None,
+    auto_fix: bool = True,
+    dtype: torch.dtype | None = None,
+    dry_run: bool = False,
+) -> LoadReport:
+    """What every entry point runs; ``call`` says which one, for the fixes it prints."""
+    require_instance(module, call)
+    _refuse_optimizer_state(source, call)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype= must be a floating-point torch.dtype, got {dtype!r}")
+    opened = open_source(source)
+    try:
+        planned = plan(
+            module,
+            opened,
+            prefix=prefix,
+            strip_prefix=strip_prefix,
+            rename=rename,
+            auto_fix=auto_fix,
+            dtype=dtype,
+            dry_run=dry_run,
+            call=call,
+        )
+        report = planned.report
+        if strict and not report.ok:
+            raise StateDictMismatchError(report.error_message(), report)
+        custom = has_custom_loading(module)
+        if dry_run:
+            if custom:
+                note = "dry run: custom load hooks were not run; they may change the outcome"
+                return replace(report, notes=(*report.notes, note))
+            return report
+        if planned.on_meta:
+            _refuse_meta(module, planned, call)
+        if dtype is not None:
+            module.to(dtype)  # floating-point tensors only; ties survive (same Parameter)
+        if custom:
+            report = _fill_with_torch(module, planned, opened, verify)
+            if strict and not report.ok:  # a hook changed the keys: torch would raise too
+                raise StateDictMismatchError(report.error_message(), report)
+            return report
+        # module.to(dtype) replaces buffer objects, so only then is a planned state_dict()
+        # stale (a walk lists the module as it is); otherwise it would be built a second time.
+        model = planned.model if dtype is None else model_state(module)
+        _fill_fast(model, planned, opened, verify)
+        return report
+    finally:
+        opened.close()
+
+
 def load_into(
     module: nn.Module,
     source: Source,
@@ -317,8 +497,10 @@ def load_into(
 
     Returns a :class:`LoadReport`. With ``strict=True`` any missing, unexpected or
     shape-mismatched key raises one :class:`StateDictMismatchError` naming the likely cause and
-    the fix, *before* any weight is touched. With ``strict=False`` everything that fits is
-    loaded, tensors whose shapes differ are skipped, and the report lists both.
+    the fix (this very call, corrected), *before* any weight is touched. With ``strict=False``
+    everything that fits is loaded; tensors the file lacks or whose shapes differ keep the
+    values the module has, and the report lists them. A module whose tensors are on the meta
+    device is refused with :class:`MetaDeviceError` (use :func:`materialize`).
 
     Names: ``auto_fix`` removes wrapper prefixes (``module.``, ``_orig_mod.``, ...) when that is
     unambiguous; ``prefix="backbone."`` loads only that sub-tree of the checkpoint (the other
@@ -332,43 +514,74 @@ def load_into(
         report = statevault.load_into(model, "model.safetensors")
         print(report)  # Loaded 2 of 2 model tensor(s) from ...: all keys matched successfully
     """
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype= must be a floating-point torch.dtype, got {dtype!r}")
-    opened = open_source(source)
-    try:
-        planned = plan(
-            module,
-            opened,
-            prefix=prefix,
-            strip_prefix=strip_prefix,
-            rename=rename,
-            auto_fix=auto_fix,
-            dtype=dtype,
-            dry_run=dry_run,
-        )
-        report = planned.report
-        if strict and not report.ok:
-            raise StateDictMismatchError(report.error_message(), report)
-        custom = has_custom_loading(module)
-        if dry_run:
-            if custom:
-                note = "dry run: custom load hooks were not run; they may change the outcome"
-                return replace(report, notes=(*report.notes, note))
-            return report
-        if dtype is not None:
-            module.to(dtype)  # floating-point tensors only; ties survive (same Parameter)
-        if custom:
-            report = _fill_with_torch(module, planned, opened, verify)
-            if strict and not report.ok:  # a hook changed the keys: torch would raise too
-                raise StateDictMismatchError(report.error_message(), report)
-            return report
-        # module.to(dtype) replaces buffer objects, so only then is a planned state_dict()
-        # stale (a walk lists the module as it is); otherwise it would be built a second time.
-        model = planned.model if dtype is None else model_state(module)
-        _fill_fast(model, planned, opened, verify)
-        return report
-    finally:
-        opened.close()
+    options = {
+        "strict": strict,
+        "verify": verify,
+        "prefix": prefix,
+        "strip_prefix": strip_prefix,
+        "rename": rename,
+        "auto_fix": auto_fix,
+        "dtype": dtype,
+        "dry_run": dry_run,
+    }
+    return load_with(
+        module,
+        source,
+        call=describe_call("load_into", "model", source, options),
+        strict=strict,
+        verify=verify,
+        prefix=prefix,
+        strip_prefix=strip_prefix,
+        rename=rename,
+        auto_fix=auto_fix,
+        dtype=dtype,
+        dry_run=dry_run,
+    )
+
+
+def load_model(
+    model: nn.Module,
+    source: Source,
+    *,
+    strict: bool = True,
+    verify: bool = True,
+    prefix: str | None = None,
+    strip_prefix: str | None = None,
+    rename: Rename | None = None,
+    auto_fix: bool = True,
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """Load ``source`` into the existing ``model``, as ``safetensors.torch.load_model`` does.
+
+    The same as :func:`load_into` (same options, same report, same errors), under the name
+    safetensors users know. To build the model and load it in one step, use
+    :func:`build_model`.
+
+    Example::
+
+        report = statevault.load_model(model, "model.safetensors")
+    """
+    options = {
+        "strict": strict,
+        "verify": verify,
+        "prefix": prefix,
+        "strip_prefix": strip_prefix,
+        "rename": rename,
+        "auto_fix": auto_fix,
+        "dtype": dtype,
+    }
+    return load_with(
+        model,
+        source,
+        call=describe_call("load_model", "model", source, options),
+        strict=strict,
+        verify=verify,
+        prefix=prefix,
+        strip_prefix=strip_prefix,
+        rename=rename,
+        auto_fix=auto_fix,
+        dtype=dtype,
+    )
 
 
 def check(
@@ -384,6 +597,7 @@ def check(
     """What :func:`load_into` would do, without touching the module or reading tensor data.
 
     Never raises on a mismatch: the report's ``ok``, ``causes`` and ``str()`` say what differs.
+    Works on a module whose parameters are on the meta device (only shapes are compared).
 
     Example::
 
@@ -391,9 +605,17 @@ def check(
         if not report.ok:
             print(report)
     """
-    return load_into(
+    options = {
+        "prefix": prefix,
+        "strip_prefix": strip_prefix,
+        "rename": rename,
+        "auto_fix": auto_fix,
+        "dtype": dtype,
+    }
+    return load_with(
         module,
         source,
+        call=describe_call("check", "model", source, options),
         strict=False,
         prefix=prefix,
         strip_prefix=strip_prefix,

@@ -130,6 +130,8 @@ class LoadReport:
     causes: tuple[Cause, ...] = ()
     notes: tuple[str, ...] = ()
     dry_run: bool = False
+    # build path (strict=False): keys not filled from the file, given the module's own init
+    initialised: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -189,6 +191,7 @@ class LoadReport:
             "tied": [record(t) for t in cap("tied", self.tied)],
             "mappings": [record(m) for m in self.mappings],
             "ignored": cap("ignored", self.ignored),
+            "initialised": cap("initialised", self.initialised),
             "notes": list(self.notes),
         }
         if limit is not None:

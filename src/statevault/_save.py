@@ -171,5 +171,10 @@ def save(
         raise UnsupportedObjectError(
             "statevault writes little-endian files; big-endian hosts are not supported"
         )
+    if isinstance(obj, type):  # save(Model, path): the class, where a model belongs
+        raise UnsupportedObjectError(
+            f"save: got the class {obj.__qualname__}, not a model: pass an instance, e.g. "
+            f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
+        )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
     write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync)

@@ -9,6 +9,7 @@ leaf also subclasses the builtin a caller would naturally catch::
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
     ├── DeviceUnavailableError       (RuntimeError)       device= names a device torch cannot use
+    ├── MetaDeviceError              (RuntimeError)       load_into met tensors on the meta device
     ├── CorruptFileError             (ValueError)         the file is not what it claims to be
     │   ├── HeaderError                                   malformed or inconsistent header
     │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
@@ -31,6 +32,7 @@ __all__ = [
     "DeviceUnavailableError",
     "HeaderError",
     "KeyMappingError",
+    "MetaDeviceError",
     "StateDictMismatchError",
     "StateVaultError",
     "TruncatedFileError",
@@ -48,6 +50,10 @@ class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):
     """``device=`` asks for a device this torch build or machine does not have."""
+
+
+class MetaDeviceError(StateVaultError, RuntimeError):
+    """The module's tensors are on the meta device: no memory to load into (use materialize)."""
 
 
 class UnsupportedObjectError(StateVaultError, TypeError):

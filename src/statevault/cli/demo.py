@@ -1,7 +1,8 @@
 """``statevault demo``: the PyTorch tutorial flow, for real, with statevault.
 
 Define a tiny logistic-regression model, train it, save it, build a fresh instance, load the
-state back and check the predictions are identical; then save a full training checkpoint
+state back (and build one straight from the file with build_model) and check the predictions
+are identical; then save a full training checkpoint
 (model + optimizer + epoch + RNG state), resume from it and check the result is bit-identical
 to a run that was never interrupted.
 """
@@ -102,6 +103,14 @@ def run_demo(directory: Path, echo: Callable[[str], None]) -> bool:
     echo(f"  first predictions, trained model: {[round(p, 4) for p in before[:4, 0].tolist()]}")
     echo(f"  first predictions, fresh model:   {[round(p, 4) for p in after[:4, 0].tolist()]}")
     echo(f"  predictions of the fresh model identical: {'yes' if same_predictions else 'NO'}")
+    # the same model built straight from the file: no random init, weights in memory once
+    built = statevault.build_model(Model, model_path, kwargs={"input_feat": FEATURES})
+    with torch.no_grad():
+        same_built = torch.equal(before, built(data[0]))
+    echo(
+        f"  build_model: predictions of the built model identical: {'yes' if same_built else 'NO'}"
+    )
+    same_predictions = same_predictions and same_built
 
     echo("2. Save a full training checkpoint, resume, compare with an uninterrupted run")
     checkpoint_path = directory / "checkpoint.safetensors"
