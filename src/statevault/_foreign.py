@@ -31,6 +31,7 @@ from statevault._format import PREFIX_BYTES
 from statevault._progress import Progress
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten
+from statevault._weights_only import numpy_arrays_allowed
 from statevault.errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -211,7 +212,8 @@ def _refusal(path: Path, exc: Exception) -> UnsupportedObjectError:
 def _load_torch(path: Path, *, legacy: bool) -> Any:
     try:
         # mmap keeps a zip checkpoint's tensors on disk until touched; legacy files lack it
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+        with numpy_arrays_allowed():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise _refusal(path, exc) from None
