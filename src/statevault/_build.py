@@ -14,7 +14,6 @@ meta after loading is an error, never silently left behind.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,9 +24,10 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
-from statevault._checkpoint import Checkpoint, usable_device
+from statevault._checkpoint import usable_device
 from statevault._io import advise_huge_pages
 from statevault._load_into import load_into
+from statevault._open import Source, open_source
 from statevault._report import LoadReport, capped
 from statevault.errors import StateVaultError
 
@@ -155,7 +155,7 @@ def _initialise_missing(module: nn.Module, missing: set[str], source: str) -> li
 
 def materialize(
     module: nn.Module,
-    path: str | os.PathLike[str] | Checkpoint,
+    path: Source,
     *,
     strict: bool = True,
     verify: bool = True,
@@ -168,7 +168,7 @@ def materialize(
     :class:`StateDictMismatchError`. With ``strict=False`` parameters missing from the file
     are initialised by their module's ``reset_parameters()`` and the report says so.
     """
-    checkpoint = path if isinstance(path, Checkpoint) else Checkpoint(path)
+    checkpoint, owned = open_source(path)
     try:
         target = usable_device(device)
         allocated = _allocate(module, target)
@@ -176,7 +176,7 @@ def materialize(
         missing = {name for name in allocated if name not in in_file}
         notes: list[str] = []
         if missing and not strict:
-            owners = _initialise_missing(module, missing, str(checkpoint.path))
+            owners = _initialise_missing(module, missing, checkpoint.label)
             notes.append(
                 "not in the checkpoint, initialised by reset_parameters(): "
                 + ", ".join(capped(sorted(missing)))
@@ -184,12 +184,12 @@ def materialize(
             )
         report = load_into(module, checkpoint, strict=strict, verify=verify)
     finally:
-        if not isinstance(path, Checkpoint):
+        if owned:
             checkpoint.close()
     left = _still_on_meta(module)
     if left:
         raise StateVaultError(
-            f"{checkpoint.path}: still on the meta device after loading: "
+            f"{checkpoint.label}: still on the meta device after loading: "
             f"{', '.join(capped(left))}. A buffer computed from a parameter in __init__ cannot be "
             "built without weights; build the model normally and use statevault.load_into"
         )
@@ -198,7 +198,7 @@ def materialize(
 
 def load_model(
     factory: Callable[..., M],
-    path: str | os.PathLike[str],
+    path: Source,
     /,
     *args: Any,
     strict: bool = True,

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
+from statevault._foreign import Input, SafetensorsInput, ShardedInput
+from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
 from statevault._save import save
@@ -175,7 +176,7 @@ def convert(
     src_path, dst_path = Path(src), Path(dst)
     if _same_file(src_path, dst_path) or (src_path.is_dir() and dst_path.is_dir()):
         raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
-    with open_input(src_path) as source:
+    with open_checkpoint(src_path) as source:
         flattened = keys is not None or bool(strip_prefix)
         dropped: list[str] = []
         renamed = 0

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from statevault._foreign import Input, TensorMeta, open_input
+from statevault._foreign import Input, TensorMeta
+from statevault._open import open_checkpoint
 from statevault._tree import Skeleton
 
 
@@ -230,5 +231,5 @@ def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
         summary = statevault.inspect("ckpt.safetensors")
         print(summary.numel, summary.state["epoch"])
     """
-    with open_input(path) as source:
+    with open_checkpoint(path) as source:
         return summarize(source)

@@ -24,8 +24,9 @@ from statevault._diagnose import Cause, diagnose
 from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
 from statevault._modelstate import ModelState, any_module, model_state
+from statevault._open import Source, open_source
+from statevault._reader import Reader
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
-from statevault._sources import FileSource, MemorySource, Source, open_source
 from statevault._ties import any_repeated, identity_groups, start_addresses
 from statevault.errors import StateDictMismatchError
 
@@ -123,7 +124,7 @@ def _ties(
 
 def plan(
     module: nn.Module,
-    source: FileSource | MemorySource,
+    source: Reader,
     *,
     prefix: str | None = None,
     strip_prefix: str | None = None,
@@ -241,7 +242,7 @@ def plan(
 def _fill_fast(
     model: ModelState,
     planned: _Plan,
-    source: FileSource | MemorySource,
+    source: Reader,
     verify: bool,
 ) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once.
@@ -272,16 +273,14 @@ def _fill_fast(
     source.fill(later, verify=verify)
 
 
-def _fill_with_torch(
-    module: nn.Module, planned: _Plan, source: FileSource | MemorySource, verify: bool
-) -> LoadReport:
+def _fill_with_torch(module: nn.Module, planned: _Plan, source: Reader, verify: bool) -> LoadReport:
     """Let torch load (so custom hooks run), then report in the same terms as the fast path."""
     report = planned.report
     wanted = {
         **{key: name for key, name, _ in planned.sources(planned.model)},
         **planned.extra,
     }  # mismatched shapes are left out, as on the fast path
-    read = source.tensors(list(dict.fromkeys(wanted.values())), verify=verify)
+    read = source.read(list(dict.fromkeys(wanted.values())), verify=verify)
     state = {key: read[name] for key, name in wanted.items()}
     state.update(planned.objects)
     result = module.load_state_dict(state, strict=False)
@@ -313,7 +312,8 @@ def load_into(
     dtype: torch.dtype | None = None,
     dry_run: bool = False,
 ) -> LoadReport:
-    """Load a checkpoint (a statevault or safetensors file, or a state dict) into ``module``.
+    """Load a checkpoint (any file or folder :func:`open_checkpoint` takes, or a state dict)
+    into ``module``; a training folder gives its model weights.
 
     Returns a :class:`LoadReport`. With ``strict=True`` any missing, unexpected or
     shape-mismatched key raises one :class:`StateDictMismatchError` naming the likely cause and
@@ -334,7 +334,7 @@ def load_into(
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype= must be a floating-point torch.dtype, got {dtype!r}")
-    opened = open_source(source)
+    opened, owned = open_source(source)
     try:
         planned = plan(
             module,
@@ -368,7 +368,8 @@ def load_into(
         _fill_fast(model, planned, opened, verify)
         return report
     finally:
-        opened.close()
+        if owned:
+            opened.close()
 
 
 def check(

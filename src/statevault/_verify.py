@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from statevault._checksum import ALGORITHM, new_hasher
-from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
+from statevault._foreign import Input, SafetensorsInput
+from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
 from statevault.errors import CorruptFileError
@@ -134,15 +135,12 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
             print(report)  # names each damaged tensor
     """
     try:
-        source = open_input(path)
+        source = open_checkpoint(path)
     except CorruptFileError as exc:
         return VerifyReport(path=str(path), header_error=str(exc))
     with source:
-        if isinstance(source, ShardedInput):
-            files = source.shards()
-        elif isinstance(source, SafetensorsInput):
-            files = [source]
-        else:
+        files = [f for f in source.safetensors_parts() if isinstance(f, SafetensorsInput)]
+        if not files:
             raise CorruptFileError(
                 f"{path}: is a {source.kind} pickle file, which records no checksums to verify; "
                 "convert it with `statevault convert` and verify the result"
