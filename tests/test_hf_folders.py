@@ -238,3 +238,29 @@ def test_accelerate_save_state_folder(tmp_path: Path) -> None:
     fresh = nn.Linear(4, 2)
     statevault.load_into(fresh, folder)
     assert torch.equal(fresh.weight, accelerator.unwrap_model(model).weight)
+
+
+def test_verify_hashes_the_safetensors_files_and_names_the_pickles(
+    trainer_checkpoint: Path,
+) -> None:
+    report = statevault.verify(trainer_checkpoint)
+    assert report.ok and report.kind == "folder"
+    unverified = [n for n in report.notes if "torch pickle" in n]
+    assert sorted(Path(n.split(":")[0]).name for n in unverified) == [
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+    ]
+
+
+def test_a_folder_without_model_weights_names_what_it_holds(tmp_path: Path) -> None:
+    torch.save({"state": {}, "param_groups": []}, tmp_path / "optimizer.pt")
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 3}')
+    assert statevault.load(tmp_path) == {
+        "optimizer": {"state": {}, "param_groups": []},
+        "trainer_state": {"global_step": 3},
+    }
+    with pytest.raises(
+        statevault.CheckpointNotFoundError, match=r"no model weights.*optimizer\.pt"
+    ):
+        statevault.load_into(nn.Linear(1, 1), tmp_path)

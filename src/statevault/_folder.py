@@ -268,8 +268,8 @@ class FolderInput(Reader):
             )
         return model
 
-    def safetensors_parts(self) -> list[Reader]:
-        return [p for part in self._parts.values() for p in part.safetensors_parts()]
+    def leaves(self) -> list[Reader]:
+        return [leaf for part in self._parts.values() for leaf in part.leaves()]
 
     def _split(self, name: str) -> tuple[Reader, str]:
         key, _, rest = name.partition(".")

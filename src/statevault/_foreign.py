@@ -113,9 +113,6 @@ class SafetensorsInput(Reader):
         # not resolve(): it builds a TensorInfo, and this runs once per model key
         return self._checkpoint.signature(name)
 
-    def safetensors_parts(self) -> list[Reader]:
-        return [self]
-
     def close(self) -> None:
         if self._owned:
             self._checkpoint.close()
@@ -431,8 +428,8 @@ class ShardedInput(Reader):
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         return self._owner[name].signature(name)
 
-    def safetensors_parts(self) -> list[Reader]:
-        return [part for shard in self._shards.values() for part in shard.safetensors_parts()]
+    def leaves(self) -> list[Reader]:
+        return [leaf for shard in self._shards.values() for leaf in shard.leaves()]
 
     def fill(
         self,

@@ -116,9 +116,9 @@ class Reader:
         """The model weights in this checkpoint (itself, except for a training folder)."""
         return self
 
-    def safetensors_parts(self) -> list[Reader]:
-        """The safetensors files this checkpoint is made of (what ``verify`` can hash)."""
-        return []
+    def leaves(self) -> list[Reader]:
+        """The single-file readers this checkpoint is made of (shards, a folder's files)."""
+        return [self]
 
     def read(
         self,

@@ -139,11 +139,17 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
     except CorruptFileError as exc:
         return VerifyReport(path=str(path), header_error=str(exc))
     with source:
-        files = [f for f in source.safetensors_parts() if isinstance(f, SafetensorsInput)]
+        files = [f for f in source.leaves() if isinstance(f, SafetensorsInput)]
+        pickles = [f.label for f in source.leaves() if not isinstance(f, SafetensorsInput)]
         if not files:
+            what = (
+                "is a torch pickle file, which records"
+                if source.leaves() == [source]
+                else f"holds only torch pickle files ({', '.join(pickles)}), which record"
+            )
             raise CorruptFileError(
-                f"{path}: is a {source.kind} pickle file, which records no checksums to verify; "
-                "convert it with `statevault convert` and verify the result"
+                f"{path}: {what} no checksums to verify; convert it with `statevault convert` "
+                "and verify the result"
             )
         threads = max(1, min(4, os.cpu_count() or 1))
         if progress is not None:
@@ -152,7 +158,11 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
             )
         bad: list[BadTensor] = []
         count = nbytes = 0
-        notes: list[str] = []
+        notes: list[str] = [
+            f"{label}: a torch pickle, read with the weights-only loader; it records no "
+            "checksums, so it was not verified"
+            for label in pickles
+        ]
         for file in files:
             found, checked, size = _check_file(file, progress, threads)
             bad += found

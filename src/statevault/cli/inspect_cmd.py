@@ -46,9 +46,11 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
     if summary.format_version is not None:
         kind = f"statevault format {summary.format_version}"
     else:
-        kind = {"safetensors": "plain safetensors", "sharded": "sharded safetensors"}.get(
-            summary.kind, f"{summary.kind} (weights-only loader)"
-        )
+        kind = {
+            "safetensors": "plain safetensors",
+            "sharded": "sharded checkpoint",
+            "folder": "checkpoint folder",
+        }.get(summary.kind, f"{summary.kind} (weights-only loader)")
     checks = "xxh3-64 checksums" if summary.has_checksums else "no checksums"
     tied = f" (+{len(summary.aliases)} tied)" if summary.aliases else ""
     console.print(f"[bold]{escape(summary.path)}[/]  {kind} · {checks}")
