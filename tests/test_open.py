@@ -213,3 +213,14 @@ def test_nested_torch_checkpoint_loads_as_saved(tmp_path: Path) -> None:
     assert loaded["model"]["w"] is loaded["model"]["tied"]
     with statevault.open_checkpoint(tmp_path / "train.pt") as reader:
         assert reader.aliases == {"model.tied": "model.w"}
+
+
+def test_a_torch_file_holding_what_statevault_cannot_hold_names_the_file_and_path(
+    tmp_path: Path,
+) -> None:
+    torch.save({"opt": {"ids": {1, 2}}}, tmp_path / "x.pt")
+    with pytest.raises(statevault.UnsupportedObjectError) as info:
+        statevault.load(tmp_path / "x.pt")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'x.pt'}: the weights-only loader read it")
+    assert "opt.ids: cannot store <class 'set'>" in message

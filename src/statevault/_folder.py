@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import ShardedInput, check_shard_name, open_file
+from statevault._foreign import ShardedInput, WeightsOnlyRefusal, check_shard_name, open_file
 from statevault._progress import Progress
 from statevault._reader import FolderEntry, Reader, TensorMeta
 from statevault._sniff import TORCH_SUFFIXES
@@ -38,7 +38,6 @@ from statevault._tree import Skeleton, flatten
 from statevault.errors import (
     CheckpointNotFoundError,
     HeaderError,
-    UnsupportedObjectError,
 )
 
 MODEL_KEY = "model"
@@ -210,7 +209,7 @@ class FolderInput(Reader):
                     continue
                 try:
                     part = _open_candidate(candidate, tree=tree)
-                except UnsupportedObjectError as exc:  # the weights-only loader said no
+                except WeightsOnlyRefusal as exc:  # e.g. a pickled TrainingArguments
                     listing.append(FolderEntry(name, None, candidate.kind, REFUSED, str(exc)))
                     continue
                 self._parts[key] = part

@@ -1,4 +1,4 @@
-"""Read-only access to every checkpoint the CLI accepts, behind one small interface.
+"""The single-file and sharded readers behind :func:`statevault.open_checkpoint`.
 
 * statevault and plain safetensors files: only the header is read on open; tensor bytes are
   streamed in bounded chunks (checksums verified as they pass) when asked for.
@@ -6,11 +6,13 @@
   ``torch.load(..., weights_only=True)``. A file that loader refuses is never unpickled,
   because unpickling can run arbitrary code. Zip files are memory-mapped, so their tensors
   are paged in only when read.
-* Hugging Face-style sharded directories: ``model.safetensors.index.json`` plus shards. Shard
-  names come from a file we did not write, so each one must be a plain file name inside the
-  directory (no ``/``, ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
+* Hugging Face-style shard indexes: ``model.safetensors.index.json`` or
+  ``pytorch_model.bin.index.json`` plus shards. Shard names come from a file we did not
+  write, so each one must be a plain file name inside the index's directory (no ``/``,
+  ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
 
-``inspect``, ``verify``, ``diff`` and ``convert`` all work on an :class:`Input`.
+Each is a :class:`~statevault._reader.Reader`; folders are in ``_folder``, the dispatch in
+``_open``.
 """
 
 from __future__ import annotations
@@ -224,12 +226,16 @@ class SafetensorsInput(Reader):
 # -- torch pickles, weights-only ---------------------------------------------------------
 
 
+class WeightsOnlyRefusal(UnsupportedObjectError):
+    """torch's weights-only loader refused the file (it needs more than tensors to rebuild)."""
+
+
 def _refusal(path: Path, exc: Exception) -> UnsupportedObjectError:
     # torch's message is long; keep its one informative clause (which global or opcode)
     _, _, after = str(exc).partition("WeightsUnpickler error:")
     detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
     detail = detail.split(" was not an allowed global")[0]
-    return UnsupportedObjectError(
+    return WeightsOnlyRefusal(
         f"{path}: torch's weights-only loader refused this file"
         + (f" ({detail})" if detail else "")
         + ". statevault does not unpickle it: unpickling can run arbitrary code hidden in the "
@@ -269,7 +275,13 @@ class TorchInput(Reader):
         self.file_size = path.stat().st_size
         self._object = _load_torch(path, legacy=legacy)
         self.metadata = {}
-        skeleton, flat = flatten(self._object)
+        try:
+            skeleton, flat = flatten(self._object)
+        except UnsupportedObjectError as exc:
+            raise UnsupportedObjectError(
+                f"{path}: the weights-only loader read it, but part of it cannot be held "
+                f"without pickle: {exc}"
+            ) from None
         self.tree = skeleton
         self._flat: dict[str, torch.Tensor] = {}
         aliases: dict[str, str] = {}
