@@ -92,3 +92,14 @@ def test_other_readers_see_a_plain_tensor(tmp_path: Path) -> None:
     assert plain["a"].dtype == torch.uint32 and plain["a"].tolist() == [0, 1, 2, 3]
     summary = statevault.inspect(tmp_path / "n.safetensors")
     assert [t.name for t in summary.tensors] == ["a"]
+
+
+def test_convert_dtype_leaves_numpy_values_as_they_are(tmp_path: Path) -> None:
+    state = {"w": torch.ones(2, dtype=torch.float64), "gauss": np.float64(0.25),
+             "noise": [np.arange(3, dtype=np.float32)]}  # fmt: skip
+    statevault.save(state, tmp_path / "a.safetensors")
+    statevault.convert(tmp_path / "a.safetensors", tmp_path / "b.safetensors", dtype="bf16")
+    back = statevault.load(tmp_path / "b.safetensors")
+    assert back["w"].dtype == torch.bfloat16
+    assert type(back["gauss"]) is np.float64 and back["gauss"] == 0.25
+    assert back["noise"][0].dtype == np.float32 and np.array_equal(back["noise"][0], np.arange(3))

@@ -24,7 +24,7 @@ from statevault._progress import Progress
 from statevault._report import capped
 from statevault._save import save
 from statevault._ties import memory_identity
-from statevault._tree import flatten, unflatten
+from statevault._tree import flatten, numpy_names, unflatten
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -118,13 +118,17 @@ def select(
 
 
 def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
-    """``obj`` with every floating-point tensor cast to ``dtype`` (tied ones stay tied)."""
+    """``obj`` with every floating-point tensor cast to ``dtype`` (tied ones stay tied).
+
+    numpy values keep their numpy dtype (numpy has no bfloat16, and RNG state must not change).
+    """
     skeleton, tensors = flatten(obj)
+    keep = numpy_names(skeleton)
     done: dict[tuple[Any, ...], torch.Tensor] = {}
     cast = 0
     result: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or tensor.dtype == dtype:
+        if not tensor.is_floating_point() or tensor.dtype == dtype or name in keep:
             result[name] = tensor
             continue
         key = memory_identity(tensor) or (id(tensor),)

@@ -156,6 +156,24 @@ def _numpy_value(tensor: torch.Tensor, kind: str) -> Any:
     return array
 
 
+def numpy_names(skeleton: Skeleton) -> set[str]:
+    """Names of the tensors that hold numpy values (they keep their numpy dtype on casts)."""
+    found: set[str] = set()
+    stack = [skeleton]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or not node:
+            continue
+        kind, body = next(iter(node.items()))
+        if kind == "tensor" and "type" in node and isinstance(body, str):
+            found.add(body)
+        elif kind == "dict" and isinstance(body, list):
+            stack.extend(pair[1] for pair in body if isinstance(pair, list) and len(pair) == 2)
+        elif kind in ("list", "tuple") and isinstance(body, list):
+            stack.extend(body)
+    return found
+
+
 def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
     """torch's state_dict version table, kept only where it is plain JSON."""
     return {
