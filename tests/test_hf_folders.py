@@ -264,3 +264,21 @@ def test_a_folder_without_model_weights_names_what_it_holds(tmp_path: Path) -> N
         statevault.CheckpointNotFoundError, match=r"no model weights.*optimizer\.pt"
     ):
         statevault.load_into(nn.Linear(1, 1), tmp_path)
+
+
+def test_a_save_model_folder_with_refused_training_args_is_its_model(
+    trainer_checkpoint: Path, tmp_path: Path
+) -> None:
+    # what trainer.save_model() leaves: weights, config.json and the pickled training_args.bin
+    folder = tmp_path / "final"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "training_args.bin"):
+        (folder / name).write_bytes((trainer_checkpoint / name).read_bytes())
+    same(reference(folder / "model.safetensors"), statevault.load(folder))
+    with statevault.open_checkpoint(folder) as reader:
+        statuses = {e.file: e.status for e in reader.contents}
+    assert statuses == {
+        "model.safetensors": "loaded",
+        "config.json": "ignored",
+        "training_args.bin": "not loadable without pickle",
+    }

@@ -8,9 +8,10 @@ Rules (docs/opening.md has the user's version):
 * Shards named by an index belong to the index. When two files give one key, the preferred
   format wins: safetensors index, safetensors file, ``.bin`` index, torch file, JSON. The
   other is listed as superseded, never read.
-* A folder whose only state is the model's weights (``save_pretrained``, a sharded
-  directory) **is** the model: it reads as that weights file or index, and its JSON files
-  (config.json) are listed but not read.
+* A folder whose only loadable state is the model's weights (``save_pretrained``, a
+  sharded directory, a ``trainer.save_model()`` folder whose ``training_args.bin`` the
+  weights-only loader refuses) **is** the model: it reads as that weights file or index,
+  and its JSON files (config.json) are listed but not read.
 * Any other folder (a Trainer ``checkpoint-N/``, accelerate ``save_state``) reads as a whole:
   ``load`` returns ``{key: state}``, JSON files included as plain data, tensor names are
   ``key.name``. A torch file the weights-only loader refuses (``training_args.bin``, a
@@ -166,7 +167,12 @@ def open_folder(directory: Path, *, tree: bool = True, weights: bool = False) ->
             *skipped,
         )
         return reader
-    return FolderInput(directory, chosen, skipped, tree=tree)
+    folder = FolderInput(directory, chosen, skipped, tree=tree)
+    if set(folder.parts()) == {MODEL_KEY}:
+        # the rest was refused by the weights-only loader (a trainer.save_model() output
+        # folder: weights, config.json, training_args.bin): the folder is its model
+        return folder.as_model()
+    return folder
 
 
 def _prefixed(node: Skeleton, prefix: str) -> Skeleton:
@@ -257,6 +263,21 @@ class FolderInput(Reader):
     def parts(self) -> dict[str, Reader]:
         """The opened state files by key (JSON data excluded)."""
         return dict(self._parts)
+
+    def as_model(self) -> Reader:
+        """The model part alone, listing this folder's files (JSON data is then not read)."""
+        model = self.weights()
+        if isinstance(model, ShardedInput):
+            model.label = self.label
+        model.folder_contents = tuple(
+            dataclasses.replace(
+                e, key=None, status="ignored", note="only the model weights were read"
+            )
+            if e.kind == "json" and e.status == "loaded"
+            else e
+            for e in self.contents
+        )
+        return model
 
     def weights(self) -> Reader:
         model = self._parts.get(MODEL_KEY)
