@@ -224,3 +224,17 @@ def test_a_torch_file_holding_what_statevault_cannot_hold_names_the_file_and_pat
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'x.pt'}: the weights-only loader read it")
     assert "opt.ids: cannot store <class 'set'>" in message
+
+
+def test_bin_shards_may_hold_tied_weights(tmp_path: Path) -> None:
+    weight = torch.arange(6.0).reshape(2, 3)
+    torch.save({"emb": weight, "head": weight}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({"bias": torch.ones(2)}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    weight_map = {"emb": "pytorch_model-00001-of-00002.bin", "head": "pytorch_model-00001-of-00002.bin",
+                  "bias": "pytorch_model-00002-of-00002.bin"}  # fmt: skip
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with statevault.open_checkpoint(tmp_path) as reader:
+        assert reader.aliases == {"head": "emb"}
+        assert sorted(reader.keys()) == ["bias", "emb", "head"]
+    loaded = statevault.load(tmp_path)
+    assert loaded["head"] is loaded["emb"] and torch.equal(loaded["emb"], weight)

@@ -421,9 +421,15 @@ class ShardedInput(Reader):
         self.file_size = sum(s.file_size for s in self._shards.values())
         self.format_version = None
         self.tree = None
-        self.aliases = {}
+        self.aliases = {
+            name: shard.aliases[name]
+            for name, shard in self._owner.items()
+            if name in shard.aliases
+        }
         self._tensors = {
-            name: self._owner[name].tensors[name] for name in sorted(self._owner, key=_natural)
+            name: self._owner[name].tensors[name]
+            for name in sorted(self._owner, key=_natural)
+            if name not in self.aliases
         }
 
     @property
@@ -433,9 +439,6 @@ class ShardedInput(Reader):
     @property
     def header_digest(self) -> bool:  # type: ignore[override]
         return all(shard.header_digest for shard in self._shards.values())
-
-    def names(self) -> list[str]:
-        return list(self._tensors)
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         return self._owner[name].signature(name)
@@ -462,10 +465,10 @@ class ShardedInput(Reader):
         problems = []
         for name, shard_name in weight_map.items():
             shard = self._shards[shard_name]
-            if name not in shard.tensors:
-                problems.append(f"{name!r} is mapped to {shard_name} but is not in it")
-            else:
+            if name in shard.tensors or name in shard.aliases:  # torch shards may hold ties
                 self._owner[name] = shard
+            else:
+                problems.append(f"{name!r} is mapped to {shard_name} but is not in it")
         for shard_name, shard in self._shards.items():
             if shard.aliases and shard.kind not in ("torch", "torch-legacy"):
                 problems.append(f"{shard_name} has tied aliases, which sharded indexes lack")
@@ -490,7 +493,7 @@ class ShardedInput(Reader):
         verify: bool = True,
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
-        wanted = list(self.tensors) if names is None else list(names)
+        wanted = self.keys() if names is None else list(names)
         unknown = [n for n in wanted if n not in self._owner]
         if unknown:
             raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
