@@ -238,3 +238,21 @@ def test_bin_shards_may_hold_tied_weights(tmp_path: Path) -> None:
         assert sorted(reader.keys()) == ["bias", "emb", "head"]
     loaded = statevault.load(tmp_path)
     assert loaded["head"] is loaded["emb"] and torch.equal(loaded["emb"], weight)
+
+
+def test_a_plain_pickle_is_named_and_never_unpickled(tmp_path: Path) -> None:
+    import pickle
+
+    (tmp_path / "state.pkl").write_bytes(pickle.dumps({"w": [1.0]}))
+    with pytest.raises(statevault.UnsupportedObjectError, match="is a plain Python pickle"):
+        statevault.load(tmp_path / "state.pkl")
+    with pytest.raises(CheckpointKindError, match="is a plain Python pickle"):
+        statevault.Checkpoint(tmp_path / "state.pkl")
+    # in a folder it is listed, and the rest still loads
+    statevault.save({"w": torch.ones(1)}, tmp_path / "model.safetensors")
+    torch.save({"step": 3}, tmp_path / "scheduler.pt")
+    state = statevault.load(tmp_path)
+    assert set(state) == {"model", "scheduler"}
+    with statevault.open_checkpoint(tmp_path) as reader:
+        entry = next(e for e in reader.contents if e.file == "state.pkl")
+    assert entry.status == "not loadable without pickle"

@@ -37,7 +37,7 @@ def _write_raw_pickle(path: Path, obj: Any) -> None:
 
 
 EVIL: dict[str, Any] = {
-    "os.system": RunsCode(os.system, "echo pwned"),
+    "os.system": RunsCode(os.system, "exit 3"),
     "eval": RunsCode(eval, "1 + 1"),
     "exec": RunsCode(exec, "import os"),
     "getattr": RunsCode(getattr, "text", "upper"),
@@ -67,6 +67,20 @@ def test_evil_pickles_are_refused_everywhere(name: str, legacy: bool, tmp_path: 
         with pytest.raises(UnsupportedObjectError, match="weights-only loader refused"):
             attempt()
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_raw_pickle_never_runs(tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"x": RunsCode(os.system, f"touch {canary}")}))
+    for attempt in (
+        lambda: statevault.load(path),
+        lambda: statevault.inspect(path),
+        lambda: statevault.load_into(torch.nn.Linear(1, 1), path),
+    ):
+        with pytest.raises(UnsupportedObjectError, match="never unpickles"):
+            attempt()
+    assert not canary.exists()
 
 
 def test_numpy_rng_state_loads_and_converts(tmp_path: Path) -> None:

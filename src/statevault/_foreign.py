@@ -32,7 +32,7 @@ from statevault._dtypes import spec_for
 from statevault._progress import Progress
 from statevault._reader import Reader, top_level_objects
 from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
-from statevault._sniff import sniff
+from statevault._sniff import DESCRIPTIONS, sniff
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten, unflatten
 from statevault._weights_only import numpy_arrays_allowed
@@ -530,6 +530,12 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
         return ShardedInput(path, tree=tree)
     if kind in ("torch", "torch-legacy"):
         return TorchInput(path, legacy=kind == "torch-legacy")
+    if kind == "pickle":
+        raise WeightsOnlyRefusal(
+            f"{path}: is {DESCRIPTIONS['pickle']}: unpickling can run arbitrary code hidden in "
+            "the file. If you trust where it came from, load it yourself with pickle, keep only "
+            "tensors, numpy arrays, dicts, lists and numbers, and statevault.save() that"
+        )
     if kind == "json":
         raise CheckpointKindError(
             f"{path}: is a JSON file, not a checkpoint (a shard index is named "

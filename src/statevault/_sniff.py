@@ -11,29 +11,37 @@ from pathlib import Path
 from statevault._format import PREFIX_BYTES
 
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl"})
+# what torch.save wrote first before 1.6: its magic number, pickled (protocol 2)
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 DESCRIPTIONS = {
     "torch": "a torch pickle (zip format), read with the weights-only loader",
     "torch-legacy": "a torch pickle (legacy pre-1.6 format), read with the weights-only loader",
+    "pickle": "a plain Python pickle, not a torch file (statevault never unpickles those)",
     "index": "an index file of a sharded checkpoint",
     "json": "a JSON file, not a checkpoint",
 }
 
 
 def sniff(path: Path) -> str:
-    """``"safetensors"``, ``"torch"`` (zip), ``"torch-legacy"`` (a pickle, as torch wrote
-    before 1.6), ``"index"`` (``*.index.json``), ``"json"`` or ``"unknown"``.
+    """``"safetensors"``, ``"torch"`` (zip), ``"torch-legacy"`` (as torch wrote before 1.6),
+    ``"pickle"`` (any other pickle), ``"index"`` (``*.index.json``), ``"json"`` or
+    ``"unknown"``.
 
     Raises OSError when the file cannot be read.
     """
     with path.open("rb") as handle:
-        head = handle.read(PREFIX_BYTES + 1)
-    if head[PREFIX_BYTES:] == b"{":
+        head = handle.read(max(PREFIX_BYTES + 1, len(LEGACY_TORCH_MAGIC)))
+    if head[PREFIX_BYTES : PREFIX_BYTES + 1] == b"{":
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "torch"
-    if head.startswith(b"\x80") or path.suffix.lower() in TORCH_SUFFIXES:
-        return "torch-legacy"  # pickle protocol 2 opcode, as written before torch 1.6
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        return "torch-legacy"
+    if head.startswith(b"\x80"):  # a pickle protocol opcode, without torch's magic number
+        return "pickle"
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return "torch-legacy"  # let torch's loader say what is wrong
     if path.name.lower().endswith(".index.json"):
         return "index"
     if path.suffix.lower() == ".json":
