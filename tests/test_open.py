@@ -240,6 +240,16 @@ def test_bin_shards_may_hold_tied_weights(tmp_path: Path) -> None:
     assert loaded["head"] is loaded["emb"] and torch.equal(loaded["emb"], weight)
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_legacy_torch_files_of_every_pickle_protocol(protocol: int, tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False,
+               pickle_protocol=protocol)  # fmt: skip
+    assert torch.equal(statevault.load(path)["w"], torch.ones(2))
+    with statevault.open_checkpoint(path) as reader:
+        assert reader.kind == "torch-legacy"
+
+
 def test_a_plain_pickle_is_named_and_never_unpickled(tmp_path: Path) -> None:
     import pickle
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from statevault._format import PREFIX_BYTES
 
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl"})
-# what torch.save wrote first before 1.6: its magic number, pickled (protocol 2)
-LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+# what torch.save wrote first before 1.6: its magic number, pickled. After the protocol
+# opcode (and, from protocol 4, a FRAME opcode with its 8-byte length) comes this LONG1.
+LEGACY_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+HEAD_BYTES = 32
 
 DESCRIPTIONS = {
     "torch": "a torch pickle (zip format), read with the weights-only loader",
@@ -31,12 +33,12 @@ def sniff(path: Path) -> str:
     Raises OSError when the file cannot be read.
     """
     with path.open("rb") as handle:
-        head = handle.read(max(PREFIX_BYTES + 1, len(LEGACY_TORCH_MAGIC)))
+        head = handle.read(HEAD_BYTES)
     if head[PREFIX_BYTES : PREFIX_BYTES + 1] == b"{":
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "torch"
-    if head.startswith(LEGACY_TORCH_MAGIC):
+    if head.startswith(b"\x80") and LEGACY_TORCH_MAGIC in head[2:HEAD_BYTES]:
         return "torch-legacy"
     if head.startswith(b"\x80"):  # a pickle protocol opcode, without torch's magic number
         return "pickle"
