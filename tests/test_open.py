@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -245,9 +246,18 @@ def test_legacy_torch_files_of_every_pickle_protocol(protocol: int, tmp_path: Pa
     path = tmp_path / "old.pt"
     torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False,
                pickle_protocol=protocol)  # fmt: skip
-    assert torch.equal(statevault.load(path)["w"], torch.ones(2))
-    with statevault.open_checkpoint(path) as reader:
-        assert reader.kind == "torch-legacy"
+    with contextlib.ExitStack() as stack:
+        if protocol > 2:  # torch's own notice that its weights-only loader expects 2
+            stack.enter_context(pytest.warns(UserWarning, match="pickle protocol"))
+        if protocol >= 4:
+            # recognised as a torch file (not a plain pickle), but torch's weights-only
+            # unpickler has no FRAME opcode (149): its refusal is what the user sees
+            with pytest.raises(statevault.UnsupportedObjectError, match="operand 149"):
+                statevault.load(path)
+            return
+        assert torch.equal(statevault.load(path)["w"], torch.ones(2))
+        with statevault.open_checkpoint(path) as reader:
+            assert reader.kind == "torch-legacy"
 
 
 def test_a_plain_pickle_is_named_and_never_unpickled(tmp_path: Path) -> None:
