@@ -231,10 +231,14 @@ def test_accelerate_save_state_folder(tmp_path: Path) -> None:
     converted = statevault.load(out)
     same(state, converted)
     original = reference(folder / "random_states_0.pkl")
-    np.random.set_state(converted["random_states_0"]["numpy_random_seed"])
-    resumed = np.random.random_sample(5)
-    np.random.set_state(original["numpy_random_seed"])
-    assert np.array_equal(resumed, np.random.random_sample(5))
+
+    def draws(rng: dict[str, Any]) -> tuple[Any, ...]:
+        random.setstate(rng["random_state"])
+        np.random.set_state(rng["numpy_random_seed"])
+        torch.set_rng_state(rng["torch_manual_seed"])
+        return random.random(), np.random.random_sample(5).tolist(), torch.rand(5).tolist()
+
+    assert draws(converted["random_states_0"]) == draws(original)
     fresh = nn.Linear(4, 2)
     statevault.load_into(fresh, folder)
     assert torch.equal(fresh.weight, accelerator.unwrap_model(model).weight)

@@ -98,8 +98,9 @@ def _join(path: str, key: str) -> str:
 def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
     """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
 
-    PATH is a statevault or safetensors file, a sharded Hugging Face directory, or a
-    .pt/.pth file (read through torch's weights-only loader). Only headers are read.
+    PATH is a statevault or safetensors file, a .pt/.pth/.bin file (read through torch's
+    weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
+    checkpoint-N, accelerate save_state). Only headers are read.
     """
     summary = inspect(path)
     if as_json:
