@@ -281,3 +281,14 @@ def test_a_plain_pickle_is_named_and_never_unpickled(tmp_path: Path) -> None:
     with statevault.open_checkpoint(tmp_path) as reader:
         entry = next(e for e in reader.contents if e.file == "state.pkl")
     assert entry.status == "not loadable without pickle"
+
+
+def test_a_folder_with_one_weights_file_of_any_name_is_its_model(
+    model: nn.Module, tmp_path: Path
+) -> None:
+    statevault.save(model, tmp_path / "diffusion_pytorch_model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    assert set(statevault.load(tmp_path)) == set(model.state_dict())
+    fresh = make_model()
+    assert statevault.load_into(fresh, tmp_path).ok
+    assert torch.equal(fresh.state_dict()["0.weight"], model.state_dict()["0.weight"])

@@ -8,6 +8,8 @@ Rules (docs/opening.md has the user's version):
 * Shards named by an index belong to the index. When two files give one key, the preferred
   format wins: safetensors index, safetensors file, ``.bin`` index, torch file, JSON. The
   other is listed as superseded, never read.
+* The model's weights are the ``model`` key; else the one key ending in ``_model``
+  (``diffusion_pytorch_model``, ``adapter_model``) or read from a shard index.
 * A folder whose only loadable state is the model's weights (``save_pretrained``, a
   sharded directory, a ``trainer.save_model()`` folder whose ``training_args.bin`` the
   weights-only loader refuses) **is** the model: it reads as that weights file or index,
@@ -17,6 +19,7 @@ Rules (docs/opening.md has the user's version):
   ``key.name``. A torch file the weights-only loader refuses (``training_args.bin``, a
   pickled ``TrainingArguments``) is listed as not loadable without pickle and left out.
 * ``weights=True`` (what ``load_into`` and ``materialize`` ask for) opens only the model.
+  A folder with several kinds of state and no ``model`` has no weights to give.
 """
 
 from __future__ import annotations
@@ -128,9 +131,28 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
 def _no_checkpoint(directory: Path, listing: list[FolderEntry], what: str) -> Exception:
     present = ", ".join(e.file for e in listing) or "nothing"
     return CheckpointNotFoundError(
-        f"{directory}: is a directory with no {what} (no *.safetensors, *.pt/.pth/.bin/.ckpt/"
-        f".pkl or *.index.json file; it holds: {present})"
+        f"{directory}: is a directory with no {what}; it holds: {present}"
     )
+
+
+NO_CHECKPOINT = (
+    "checkpoint (no readable *.safetensors, *.pt/.pth/.bin/.ckpt/.pkl or *.index.json file)"
+)
+NO_WEIGHTS = "model weights (model.safetensors, pytorch_model.bin or their index)"
+
+
+def weights_key(kinds: Mapping[str, str]) -> str | None:
+    """Which state (key -> kind) is the model's weights: ``model``; else the one state whose
+    key ends in ``_model`` (``diffusion_pytorch_model``, ``adapter_model``) or that is a
+    shard index; else none."""
+    if MODEL_KEY in kinds:
+        return MODEL_KEY
+    found = [
+        key
+        for key, kind in kinds.items()
+        if key.endswith("_model") or kind in ("safetensors index", "index", "sharded")
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 def _open_candidate(candidate: _Candidate, *, tree: bool, label: str | None = None) -> Reader:
@@ -143,32 +165,29 @@ def open_folder(directory: Path, *, tree: bool = True, weights: bool = False) ->
     """Open a checkpoint folder by the rules in the module docstring."""
     chosen, skipped = _scan(directory)
     if not chosen:
-        raise _no_checkpoint(directory, skipped, "checkpoint")
+        raise _no_checkpoint(directory, skipped, NO_CHECKPOINT)
     state = {k: c for k, c in chosen.items() if c.kind != "json"}
-    model_only = set(state) == {MODEL_KEY}
-    if weights or model_only:
-        model = state.get(MODEL_KEY)
-        if model is None:
-            raise _no_checkpoint(
-                directory,
-                [*(FolderEntry(c.path.name, k, c.kind, "") for k, c in chosen.items()), *skipped],
-                "model weights (model.safetensors, pytorch_model.bin or their index)",
-            )
+    key = weights_key({k: c.kind for k, c in state.items()})
+    if weights or (key is not None and len(state) == 1):
+        if key is None:
+            listed = [FolderEntry(c.path.name, k, c.kind, "") for k, c in chosen.items()]
+            raise _no_checkpoint(directory, [*listed, *skipped], NO_WEIGHTS)
+        model = state[key]
         label = str(directory) if model.kind.endswith("index") else None
         reader = _open_candidate(model, tree=tree, label=label)
         unread = [
             FolderEntry(c.path.name, None, c.kind, "ignored", "only the model weights were read")
             for k, c in chosen.items()
-            if k != MODEL_KEY
+            if k != key
         ]
         reader.folder_contents = (
-            FolderEntry(model.path.name, MODEL_KEY, reader.kind, "loaded"),
+            FolderEntry(model.path.name, key, reader.kind, "loaded"),
             *unread,
             *skipped,
         )
         return reader
     folder = FolderInput(directory, chosen, skipped, tree=tree)
-    if set(folder.parts()) == {MODEL_KEY}:
+    if len(folder.parts()) == 1 and folder.has_weights():
         # the rest was refused by the weights-only loader (a trainer.save_model() output
         # folder: weights, config.json, training_args.bin): the folder is its model
         return folder.as_model()
@@ -225,7 +244,7 @@ class FolderInput(Reader):
             raise
         if not self._parts:
             self.close()
-            raise _no_checkpoint(directory, [*listing, *skipped], "loadable checkpoint")
+            raise _no_checkpoint(directory, [*listing, *skipped], NO_CHECKPOINT)
         self.folder_contents = (*listing, *skipped)
         model = self._parts.get(MODEL_KEY)
         self.metadata = dict(model.metadata) if model is not None else {}
@@ -279,14 +298,14 @@ class FolderInput(Reader):
         )
         return model
 
+    def has_weights(self) -> bool:
+        return weights_key({k: p.kind for k, p in self._parts.items()}) is not None
+
     def weights(self) -> Reader:
-        model = self._parts.get(MODEL_KEY)
-        if model is None:
-            raise CheckpointNotFoundError(
-                f"{self.label}: holds no model weights (model.safetensors, pytorch_model.bin "
-                f"or their index); it holds: {', '.join(sorted(self._parts))}"
-            )
-        return model
+        key = weights_key({k: p.kind for k, p in self._parts.items()})
+        if key is None:
+            raise _no_checkpoint(self.directory, list(self.contents), NO_WEIGHTS)
+        return self._parts[key]
 
     def leaves(self) -> list[Reader]:
         return [leaf for part in self._parts.values() for leaf in part.leaves()]
