@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from statevault._checkpoint import usable_device
 from statevault._progress import Progress
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, unflatten
@@ -160,8 +161,6 @@ class Reader:
 
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         """The whole saved object: nested state as saved, or a flat name -> tensor dict."""
-        from statevault._checkpoint import usable_device
-
         target = usable_device(device)
         tensors = self.read(verify=verify)
         if target.type != "cpu":
