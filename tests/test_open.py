@@ -292,3 +292,13 @@ def test_a_folder_with_one_weights_file_of_any_name_is_its_model(
     fresh = make_model()
     assert statevault.load_into(fresh, tmp_path).ok
     assert torch.equal(fresh.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_a_damaged_pt_file_is_not_called_a_torch_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(statevault.CorruptFileError) as info:
+        statevault.Checkpoint(path)
+    assert not isinstance(info.value, CheckpointKindError)
+    with pytest.raises(statevault.CorruptFileError, match="named like a torch file but is neither"):
+        statevault.load(path)

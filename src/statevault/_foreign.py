@@ -32,7 +32,7 @@ from statevault._dtypes import spec_for
 from statevault._progress import Progress
 from statevault._reader import Reader, top_level_objects
 from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
-from statevault._sniff import DESCRIPTIONS, sniff
+from statevault._sniff import DESCRIPTIONS, TORCH_SUFFIXES, sniff
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten, unflatten
 from statevault._weights_only import numpy_arrays_allowed
@@ -530,6 +530,12 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
         return ShardedInput(path, tree=tree)
     if kind in ("torch", "torch-legacy"):
         return TorchInput(path, legacy=kind == "torch-legacy")
+    if kind == "unknown" and path.suffix.lower() in TORCH_SUFFIXES:
+        raise CorruptFileError(
+            f"{path}: is named like a torch file but is neither a torch zip archive nor a "
+            "legacy torch file (no magic number at its start); it is damaged, truncated or "
+            "in another format"
+        )
     if kind == "pickle":
         raise WeightsOnlyRefusal(
             f"{path}: is {DESCRIPTIONS['pickle']}: unpickling can run arbitrary code hidden in "

@@ -1,4 +1,4 @@
-"""What kind of file a path is, from its first bytes (the name only breaks ties).
+"""What kind of file a path is, from its first bytes.
 
 Used to open each file with the reader it needs, and to say what a file *is* when an
 entry point cannot read it, instead of calling a healthy file damaged.
@@ -30,6 +30,8 @@ def sniff(path: Path) -> str:
     ``"pickle"`` (any other pickle), ``"index"`` (``*.index.json``), ``"json"`` or
     ``"unknown"``.
 
+    The bytes decide; a name alone never makes a torch file (a damaged ``.pt`` is
+    ``"unknown"``). JSON needs a ``.json`` name and a JSON start.
     Raises OSError when the file cannot be read.
     """
     with path.open("rb") as handle:
@@ -42,12 +44,8 @@ def sniff(path: Path) -> str:
         return "torch-legacy"
     if head.startswith(b"\x80"):  # a pickle protocol opcode, without torch's magic number
         return "pickle"
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        return "torch-legacy"  # let torch's loader say what is wrong
-    if path.name.lower().endswith(".index.json"):
-        return "index"
-    if path.suffix.lower() == ".json":
-        return "json"
+    if head.lstrip()[:1] in (b"{", b"[") and path.suffix.lower() == ".json":
+        return "index" if path.name.lower().endswith(".index.json") else "json"
     return "unknown"
 
 
