@@ -286,3 +286,21 @@ def test_a_save_model_folder_with_refused_training_args_is_its_model(
         "config.json": "ignored",
         "training_args.bin": "not loadable without pickle",
     }
+
+
+def test_load_into_opens_only_the_weights_of_a_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    statevault.save(model, tmp_path / "model.safetensors")
+    (tmp_path / "optimizer.pt").write_bytes(b"PK\x03\x04 not really a zip")  # damaged
+    fresh = nn.Linear(3, 2)
+    assert statevault.load_into(fresh, tmp_path).ok  # the optimizer is never opened
+    assert torch.equal(fresh.weight, model.weight)
+    with statevault.open_checkpoint(tmp_path, weights=True) as reader:
+        assert reader.kind == "statevault"
+        assert {e.file: e.status for e in reader.contents} == {
+            "model.safetensors": "loaded",
+            "optimizer.pt": "ignored",
+        }
+    with pytest.raises(statevault.CorruptFileError, match=r"optimizer\.pt"):
+        statevault.load(tmp_path)  # reading all of it meets the damage, and says where
