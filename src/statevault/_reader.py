@@ -10,6 +10,7 @@ facts (names, shapes, dtypes) without reading tensor data; data is read when ask
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class FolderEntry:
     note: str = ""
 
 
-class Reader:
+class Reader(abc.ABC):
     """An opened checkpoint: header facts now, tensor data on demand. Close when done.
 
     Subclasses set ``kind``, ``label``, ``metadata``, ``aliases``, ``tree`` and ``file_size``
@@ -82,9 +83,9 @@ class Reader:
     folder_contents: tuple[FolderEntry, ...] | None = None  # set when opened from a folder
 
     @property
+    @abc.abstractmethod
     def tensors(self) -> Mapping[str, TensorMeta]:
         """Stored tensors (aliases excluded): name -> :class:`TensorMeta`."""
-        raise NotImplementedError
 
     @property
     def contents(self) -> tuple[FolderEntry, ...]:
@@ -121,6 +122,7 @@ class Reader:
         """The single-file readers this checkpoint is made of (shards, a folder's files)."""
         return [self]
 
+    @abc.abstractmethod
     def read(
         self,
         names: Sequence[str] | None = None,
@@ -129,7 +131,6 @@ class Reader:
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
         """The named keys (all by default) as a flat name -> tensor dict, tied ones shared."""
-        raise NotImplementedError
 
     def read_flat(
         self,
@@ -155,9 +156,9 @@ class Reader:
             for name, dest in todo:
                 dest.copy_(read[name])
 
+    @abc.abstractmethod
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
         """The tensor's elements, flattened, in 1-D pieces of at most ``elements`` each."""
-        raise NotImplementedError
 
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         """The whole saved object: nested state as saved, or a flat name -> tensor dict."""
@@ -191,6 +192,7 @@ class Reader:
             return False, None
         return True, unflatten(node, lambda name: self.read([name])[name])
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release file handles (idempotent)."""
 

@@ -95,6 +95,9 @@ class MemoryInput(Reader):
         wanted = self.names() if names is None else list(names)
         return {n: self.state[n] for n in wanted}
 
+    def close(self) -> None:
+        pass  # the caller's dict: nothing of ours to release
+
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
         flat = self.state[name].detach().reshape(-1)
         step = max(1, elements)
