@@ -215,9 +215,9 @@ def unflatten(skeleton: Skeleton, tensor: Callable[[str], torch.Tensor]) -> Any:
     kind = next(iter(skeleton))
     body = skeleton[kind]
     if kind == "tensor" and isinstance(body, str):
-        typed = skeleton.get("type")
-        if typed is None:
+        if "type" not in skeleton:  # an operator, not a call: this runs once per tensor
             return tensor(body)
+        typed = skeleton["type"]
         if not isinstance(typed, str):
             raise _bad(f"unexpected node {skeleton!r}")
         return _numpy_value(tensor(body), typed)
