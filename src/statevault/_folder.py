@@ -235,7 +235,7 @@ class FolderInput(Reader):
                 try:
                     part = _open_candidate(candidate, tree=tree)
                 except WeightsOnlyRefusal as exc:  # e.g. a pickled TrainingArguments
-                    listing.append(FolderEntry(name, None, candidate.kind, REFUSED, str(exc)))
+                    listing.append(FolderEntry(name, None, candidate.kind, REFUSED, exc.reason))
                     continue
                 self._parts[key] = part
                 listing.append(FolderEntry(name, key, part.kind, "loaded"))

@@ -227,7 +227,14 @@ class SafetensorsInput(Reader):
 
 
 class WeightsOnlyRefusal(UnsupportedObjectError):
-    """torch's weights-only loader refused the file (it needs more than tensors to rebuild)."""
+    """The file needs a real unpickler (more than tensors and numpy arrays) to be read.
+
+    ``reason`` is the short form a folder listing shows.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _refusal(path: Path, exc: Exception) -> UnsupportedObjectError:
@@ -235,13 +242,15 @@ def _refusal(path: Path, exc: Exception) -> UnsupportedObjectError:
     _, _, after = str(exc).partition("WeightsUnpickler error:")
     detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
     detail = detail.split(" was not an allowed global")[0]
+    reason = "torch's weights-only loader refused it" + (f" ({detail})" if detail else "")
     return WeightsOnlyRefusal(
         f"{path}: torch's weights-only loader refused this file"
         + (f" ({detail})" if detail else "")
         + ". statevault does not unpickle it: unpickling can run arbitrary code hidden in the "
         "file. If you trust where it came from, load it yourself with torch.load(path, "
         "weights_only=False), keep only tensors, dicts, lists and numbers, and "
-        "statevault.save() that; or allow its classes with torch.serialization.add_safe_globals"
+        "statevault.save() that; or allow its classes with torch.serialization.add_safe_globals",
+        reason=reason,
     )
 
 
@@ -540,7 +549,8 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
         raise WeightsOnlyRefusal(
             f"{path}: is {DESCRIPTIONS['pickle']}: unpickling can run arbitrary code hidden in "
             "the file. If you trust where it came from, load it yourself with pickle, keep only "
-            "tensors, numpy arrays, dicts, lists and numbers, and statevault.save() that"
+            "tensors, numpy arrays, dicts, lists and numbers, and statevault.save() that",
+            reason=DESCRIPTIONS["pickle"],
         )
     if kind == "json":
         raise CheckpointKindError(

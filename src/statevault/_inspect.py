@@ -8,6 +8,7 @@ tensor I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from statevault._foreign import Input, TensorMeta
 from statevault._open import open_checkpoint
+from statevault._reader import FolderEntry
 from statevault._tree import Skeleton
 
 
@@ -46,6 +48,7 @@ class CheckpointSummary:
     metadata: Mapping[str, str]
     state: Any  # non-tensor nested state as JSON, None when there is none
     root: ModuleNode = field(repr=False)
+    files: tuple[FolderEntry, ...] = ()  # a folder's files and what each became
 
     @property
     def numel(self) -> int:
@@ -83,6 +86,7 @@ class CheckpointSummary:
             "state": self.state,
             "aliases": dict(self.aliases),
             "modules": modules,
+            **({"files": [dataclasses.asdict(e) for e in self.files]} if self.files else {}),
             "tensors": [
                 {
                     "name": t.name,
@@ -216,6 +220,7 @@ def summarize(source: Input) -> CheckpointSummary:
         metadata=dict(source.metadata),
         state=plain_state(source.tree),
         root=module_tree(source.tensors, source.aliases),
+        files=source.folder_contents or (),
     )
 
 

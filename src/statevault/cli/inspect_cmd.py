@@ -61,6 +61,12 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
     tree = Tree("[bold]tensors[/]")
     _add(tree, summary.root, depth)
     console.print(tree)
+    if summary.files:
+        console.print("[bold]files[/]")
+        for entry in summary.files:
+            key = f" -> {entry.key}" if entry.key is not None and entry.status == "loaded" else ""
+            note = f" ({entry.note})" if entry.note and entry.status != "loaded" else ""
+            console.print(f"  {escape(entry.file)}{escape(key)}: {escape(entry.status + note)}")
     if summary.metadata:
         console.print("[bold]metadata[/]")
         for key, value in summary.metadata.items():
