@@ -186,8 +186,9 @@ def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
 def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     """Split ``obj`` into a JSON skeleton and a name->tensor table (names unique).
 
-    ``nn.Module`` arguments are replaced by their ``state_dict()``. Nothing is copied or
-    mutated; the table holds the caller's own tensor objects.
+    ``nn.Module`` arguments are replaced by their ``state_dict()``. Nothing is mutated; the
+    table holds the caller's own tensor objects, and numpy values as tensors sharing their
+    memory (copied only when torch cannot wrap them: see ``_numpy_tensor``).
     """
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
