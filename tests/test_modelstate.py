@@ -207,7 +207,7 @@ def test_ties_that_dtype_undoes_are_filled_one_by_one(tmp_path: Path) -> None:
 
 
 def test_the_fill_spells_out_the_direct_devices() -> None:
-    # FileSource.fill tests dest.is_cpu or dest.is_cuda for speed; a device added to
+    # SafetensorsInput.fill tests dest.is_cpu or dest.is_cuda for speed; a device added to
     # DIRECT_DEVICES would still load (through a copy) but should be added there too
     assert DIRECT_DEVICES == ("cpu", "cuda")
 

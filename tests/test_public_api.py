@@ -45,6 +45,7 @@ def test_errors_module_exports_the_same_exceptions() -> None:
 
 LEAVES = [
     (statevault.CheckpointNotFoundError, FileNotFoundError),
+    (statevault.CheckpointKindError, ValueError),
     (statevault.UnsupportedObjectError, TypeError),
     (statevault.CorruptFileError, ValueError),
     (statevault.HeaderError, ValueError),
@@ -94,6 +95,7 @@ def test_keyword_only_options() -> None:
         (statevault.check, ["module", "source"]),
         (statevault.build_model, ["factory", "source"]),
         (statevault.materialize, ["module", "source"]),
+        (statevault.open_checkpoint, ["source"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional

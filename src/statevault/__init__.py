@@ -15,10 +15,13 @@ from statevault._inspect import CheckpointSummary, inspect
 from statevault._keymap import AppliedMapping
 from statevault._load import load
 from statevault._load_into import check, load_into, load_model
+from statevault._open import open_checkpoint
+from statevault._reader import FolderEntry, Reader, TensorMeta
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault._save import save
 from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
+    CheckpointKindError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
     CorruptFileError,
@@ -39,6 +42,7 @@ __all__ = [
     "BadTensor",
     "Cause",
     "Checkpoint",
+    "CheckpointKindError",
     "CheckpointNotFoundError",
     "CheckpointSummary",
     "ChecksumMismatchError",
@@ -47,15 +51,18 @@ __all__ = [
     "DeviceUnavailableError",
     "DiffReport",
     "DtypeCast",
+    "FolderEntry",
     "HeaderError",
     "KeyMappingError",
     "LoadReport",
     "MetaDeviceError",
+    "Reader",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
     "TensorDelta",
     "TensorInfo",
+    "TensorMeta",
     "TiedKey",
     "TruncatedFileError",
     "UnsupportedObjectError",
@@ -70,6 +77,7 @@ __all__ = [
     "load_into",
     "load_model",
     "materialize",
+    "open_checkpoint",
     "save",
     "skip_init",
     "verify",

@@ -33,8 +33,8 @@ from statevault._diagnose import Call
 from statevault._io import advise_huge_pages
 from statevault._keymap import Rename
 from statevault._load_into import describe_call, load_with, require_instance
+from statevault._open import Source
 from statevault._report import LoadReport, capped
-from statevault._sources import Source
 from statevault.errors import StateVaultError, UnsupportedObjectError
 
 logger = logging.getLogger("statevault")

@@ -15,10 +15,18 @@ import torch
 from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._gcpause import gc_paused
 from statevault._io import FileReader, advise_huge_pages
+from statevault._sniff import describe
 from statevault._table import TensorEntry, TensorTable
 from statevault._tree import Skeleton, unflatten
 from statevault._vault import VaultInfo, decode, reject_constant, user_metadata
-from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError
+from statevault.errors import (
+    CheckpointKindError,
+    CheckpointNotFoundError,
+    CorruptFileError,
+    DeviceUnavailableError,
+    HeaderError,
+    StateVaultError,
+)
 
 DIRECT_DEVICES = ("cpu", "cuda")  # devices read_into fills without a full CPU copy
 
@@ -76,7 +84,17 @@ class Checkpoint:
 
     @gc_paused  # parsing a 20,000-tensor header: see _gcpause
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._reader = FileReader(path)
+        try:
+            self._reader = FileReader(path)
+        except (CorruptFileError, CheckpointNotFoundError) as exc:
+            what = describe(Path(path)) if Path(path).exists() else None
+            if what is None:
+                raise
+            raise CheckpointKindError(
+                f"{path}: is {what}. Checkpoint reads one safetensors file; open this with "
+                "statevault.open_checkpoint(path) (load, load_into, check, load_model and the "
+                "CLI accept it too)"
+            ) from exc
         try:
             self.path: Path = self._reader.path
             header = self._reader.header

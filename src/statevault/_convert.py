@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
+from statevault._foreign import Input, SafetensorsInput, ShardedInput
+from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
 from statevault._save import save
 from statevault._ties import memory_identity
-from statevault._tree import flatten, unflatten
+from statevault._tree import flatten, numpy_names, unflatten
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -117,13 +118,17 @@ def select(
 
 
 def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
-    """``obj`` with every floating-point tensor cast to ``dtype`` (tied ones stay tied)."""
+    """``obj`` with every floating-point tensor cast to ``dtype`` (tied ones stay tied).
+
+    numpy values keep their numpy dtype (numpy has no bfloat16, and RNG state must not change).
+    """
     skeleton, tensors = flatten(obj)
+    keep = numpy_names(skeleton)
     done: dict[tuple[Any, ...], torch.Tensor] = {}
     cast = 0
     result: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or tensor.dtype == dtype:
+        if not tensor.is_floating_point() or tensor.dtype == dtype or name in keep:
             result[name] = tensor
             continue
         key = memory_identity(tensor) or (id(tensor),)
@@ -175,7 +180,7 @@ def convert(
     src_path, dst_path = Path(src), Path(dst)
     if _same_file(src_path, dst_path) or (src_path.is_dir() and dst_path.is_dir()):
         raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
-    with open_input(src_path) as source:
+    with open_checkpoint(src_path) as source:
         flattened = keys is not None or bool(strip_prefix)
         dropped: list[str] = []
         renamed = 0

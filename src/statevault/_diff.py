@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import Input, open_input
+from statevault._foreign import Input
 from statevault._inspect import state_leaves
+from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
 
@@ -298,5 +299,5 @@ def diff(
     """
     if atol < 0 or rtol < 0:
         raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-    with open_input(a) as left, open_input(b) as right:
+    with open_checkpoint(a) as left, open_checkpoint(b) as right:
         return compare(left, right, atol=atol, rtol=rtol, progress=progress)

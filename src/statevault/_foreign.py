@@ -1,4 +1,4 @@
-"""Read-only access to every checkpoint the CLI accepts, behind one small interface.
+"""The single-file and sharded readers behind :func:`statevault.open_checkpoint`.
 
 * statevault and plain safetensors files: only the header is read on open; tensor bytes are
   streamed in bounded chunks (checksums verified as they pass) when asked for.
@@ -6,32 +6,38 @@
   ``torch.load(..., weights_only=True)``. A file that loader refuses is never unpickled,
   because unpickling can run arbitrary code. Zip files are memory-mapped, so their tensors
   are paged in only when read.
-* Hugging Face-style sharded directories: ``model.safetensors.index.json`` plus shards. Shard
-  names come from a file we did not write, so each one must be a plain file name inside the
-  directory (no ``/``, ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
+* Hugging Face-style shard indexes: ``model.safetensors.index.json`` or
+  ``pytorch_model.bin.index.json`` plus shards. Shard names come from a file we did not
+  write, so each one must be a plain file name inside the index's directory (no ``/``,
+  ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
 
-``inspect``, ``verify``, ``diff`` and ``convert`` all work on an :class:`Input`.
+Each is a :class:`~statevault._reader.Reader`; folders are in ``_folder``, the dispatch in
+``_open``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
 
-from statevault._checkpoint import Checkpoint
+from statevault._checkpoint import Checkpoint, usable_device
 from statevault._dtypes import spec_for
-from statevault._format import PREFIX_BYTES
 from statevault._progress import Progress
+from statevault._reader import Reader, top_level_objects
+from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
+from statevault._sniff import DESCRIPTIONS, TORCH_SUFFIXES, sniff
 from statevault._ties import memory_identity
-from statevault._tree import Skeleton, flatten
+from statevault._tree import Skeleton, flatten, unflatten
+from statevault._weights_only import numpy_arrays_allowed
 from statevault.errors import (
+    CheckpointKindError,
     CheckpointNotFoundError,
     CorruptFileError,
     HeaderError,
@@ -40,112 +46,139 @@ from statevault.errors import (
 
 CHUNK_BYTES = 16 << 20  # working-set size for streamed reads: bounded, yet few syscalls
 READ_BATCH_BYTES = 256 << 20  # whole-tensor reads between two progress ticks
-TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt"})
 INDEX_NAME = "model.safetensors.index.json"
 
 
-@dataclass(frozen=True)
-class TensorMeta:
-    """Header-level facts about one stored tensor, whatever file it lives in."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    nbytes: int
-    code: str | None  # safetensors dtype code; None when statevault cannot store the dtype
-    checksum: str | None  # recorded xxh3-64 digest, if the file has one
-    file: str  # the file holding the bytes (differs per shard)
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for dim in self.shape:
-            n *= dim
-        return n
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
-
-class Input:
-    """An opened checkpoint: header facts now, tensor bytes on demand. Close when done."""
-
-    kind: str  # "statevault", "safetensors", "torch", "torch-legacy" or "sharded"
-    label: str
-    format_version: int | None = None
-    metadata: Mapping[str, str]
-    tensors: Mapping[str, TensorMeta]
-    aliases: Mapping[str, str]
-    tree: Skeleton | None
-    file_size: int
-
-    @property
-    def has_checksums(self) -> bool:
-        return any(meta.checksum is not None for meta in self.tensors.values())
-
-    def keys(self) -> list[str]:
-        return [*self.tensors, *self.aliases]
-
-    def resolve(self, name: str) -> TensorMeta:
-        return self.tensors[self.aliases.get(name, name)]
-
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        """The tensor's elements, flattened, in 1-D pieces of at most ``elements`` each."""
-        raise NotImplementedError
-
-    def load(self, *, verify: bool = True) -> Any:
-        """The whole saved object: nested state as saved, or a flat name -> tensor dict."""
-        raise NotImplementedError
-
-    def read_flat(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The named keys (all by default) as a flat name -> tensor dict, tied ones shared."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release file handles (idempotent)."""
-
-    def __enter__(self) -> Input:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+Input = Reader  # the name the CLI tools use for the reader type
 
 
 # -- safetensors files (ours or anyone's) ------------------------------------------------
 
 
-class SafetensorsInput(Input):
-    """A safetensors file; statevault metadata is used when present."""
+class SafetensorsInput(Reader):
+    """A safetensors file; statevault metadata is used when present.
 
-    def __init__(self, path: Path) -> None:
-        self._checkpoint = Checkpoint(path)
+    Reads go straight into destination memory on the parallel path of :class:`Checkpoint`.
+    ``tree=False`` drops the nested-state tree on open (``load_into`` reads tensors by name,
+    and for 20,000 tensors the tree's text is megabytes that would stay alive otherwise).
+    """
+
+    def __init__(self, path: Path | Checkpoint, *, tree: bool = True) -> None:
+        self._owned = not isinstance(path, Checkpoint)
+        self._checkpoint = path if isinstance(path, Checkpoint) else Checkpoint(path)
         try:
-            self.path = path
-            self.label = str(path)
-            self.file_size = path.stat().st_size
+            self.path = self._checkpoint.path
+            self.label = str(self.path)
+            self.file_size = self.path.stat().st_size
             self.format_version = self._checkpoint.format_version
             self.kind = "statevault" if self.format_version is not None else "safetensors"
-            self.metadata = dict(self._checkpoint.metadata)
-            self.aliases = dict(self._checkpoint.aliases)
-            self.tree = self._checkpoint.tree
+            self.metadata = self._checkpoint.metadata
+            self.aliases = self._checkpoint.aliases
             self.header_digest = self._checkpoint.vault.header_digest is not None
-            self.tensors = {
-                n: TensorMeta(n, i.dtype, i.shape, i.nbytes, i.code, i.checksum, self.label)
-                for n, i in self._checkpoint.tensors.items()
-            }
+            self._dropped_tree = False
+            if not tree and self._owned and self._checkpoint.vault.has_tree:
+                vault = self._checkpoint.vault
+                self._checkpoint.vault = replace(vault, tree=None, tree_text=None, has_tree=False)
+                self._dropped_tree = True
         except BaseException:
             self.close()
             raise
+        self._objects: dict[str, Skeleton] | None = None  # see stored_object
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    @property
+    def tree(self) -> Skeleton | None:  # type: ignore[override]
+        return self._checkpoint.tree
+
+    @functools.cached_property
+    def tensors(self) -> Mapping[str, TensorMeta]:
+        # built on first use: load_into never needs 20,000 of these objects
+        return {
+            n: TensorMeta(n, i.dtype, i.shape, i.nbytes, i.code, i.checksum, self.label)
+            for n, i in self._checkpoint.tensors.items()
+        }
+
+    @property
+    def has_checksums(self) -> bool:
+        return self._checkpoint.has_checksums
+
+    def keys(self) -> list[str]:
+        return self._checkpoint.keys()
+
+    def names(self) -> list[str]:
+        return self._checkpoint.keys()
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        # not resolve(): it builds a TensorInfo, and this runs once per model key
+        return self._checkpoint.signature(name)
 
     def close(self) -> None:
-        self._checkpoint.close()
+        if self._owned:
+            self._checkpoint.close()
+
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        """Copy each named tensor into its destination (which has the same shape).
+
+        Contiguous CPU/CUDA destinations of the stored dtype are read into directly;
+        others through a temporary. ``dtypes_match``: the caller has checked that every
+        destination has its tensor's stored dtype, so that is not looked up again per
+        tensor (~10 ms for 20,000).
+        """
+        staged: list[tuple[str, torch.Tensor]] = []
+        aliases = self.aliases
+        signature = self._checkpoint.signature
+
+        def direct() -> Iterator[tuple[str, torch.Tensor]]:
+            # a generator, not a list: one tuple per tensor is 1 MiB for 20,000 tensors
+            for name, dest in pairs:
+                stored = aliases.get(name, name)
+                if (
+                    # dest.device.type in DIRECT_DEVICES, without building a torch.device
+                    # and asking its type (240 -> 40 ns, for each of 20,000 tensors)
+                    (dest.is_cpu or dest.is_cuda)
+                    and dest.is_contiguous()
+                    and (dtypes_match or dest.dtype == signature(stored)[1])
+                ):
+                    yield stored, dest
+                else:
+                    staged.append((stored, dest))
+
+        self._checkpoint.read_into(direct(), verify=verify)
+        if staged:
+            # Other dtype or device: read into a temporary, then copy (and cast) across.
+            fresh = self._checkpoint.read({n for n, _ in staged}, verify=verify)
+            with torch.no_grad():
+                for name, dest in staged:
+                    dest.copy_(fresh[name])
+
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        """A module's non-tensor extra state at ``key`` (see :meth:`Reader.stored_object`).
+
+        The tree is looked at once per load, however many modules have extra state; a tree
+        dropped on open is parsed again from the file, paid only by models with extra state.
+        """
+        if self._objects is None:
+            if self._dropped_tree:
+                with Checkpoint(self.path) as again:
+                    self._objects = top_level_objects(again.tree)
+            else:
+                self._objects = top_level_objects(self._checkpoint.tree)
+        node = self._objects.get(key)
+        if node is None:
+            return False, None
+        try:
+            return True, unflatten(node, lambda name: self._checkpoint.read([name])[name])
+        except HeaderError as exc:
+            raise HeaderError(f"{self.path}: {exc}") from None
 
     def raw_chunks(
         self, name: str, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = False
@@ -160,10 +193,10 @@ class SafetensorsInput(Input):
         ):
             yield torch.frombuffer(buffer, dtype=torch.uint8).view(dtype)
 
-    def load(self, *, verify: bool = True) -> Any:
-        return self._checkpoint.load(verify=verify)
+    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+        return self._checkpoint.load(device=device, verify=verify)
 
-    def read_flat(
+    def read(
         self,
         names: Sequence[str] | None = None,
         *,
@@ -193,25 +226,39 @@ class SafetensorsInput(Input):
 # -- torch pickles, weights-only ---------------------------------------------------------
 
 
+class WeightsOnlyRefusal(UnsupportedObjectError):
+    """The file needs a real unpickler (more than tensors and numpy arrays) to be read.
+
+    ``reason`` is the short form a folder listing shows.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _refusal(path: Path, exc: Exception) -> UnsupportedObjectError:
     # torch's message is long; keep its one informative clause (which global or opcode)
     _, _, after = str(exc).partition("WeightsUnpickler error:")
     detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
     detail = detail.split(" was not an allowed global")[0]
-    return UnsupportedObjectError(
+    reason = "torch's weights-only loader refused it" + (f" ({detail})" if detail else "")
+    return WeightsOnlyRefusal(
         f"{path}: torch's weights-only loader refused this file"
         + (f" ({detail})" if detail else "")
         + ". statevault does not unpickle it: unpickling can run arbitrary code hidden in the "
         "file. If you trust where it came from, load it yourself with torch.load(path, "
         "weights_only=False), keep only tensors, dicts, lists and numbers, and "
-        "statevault.save() that; or allow its classes with torch.serialization.add_safe_globals"
+        "statevault.save() that; or allow its classes with torch.serialization.add_safe_globals",
+        reason=reason,
     )
 
 
 def _load_torch(path: Path, *, legacy: bool) -> Any:
     try:
         # mmap keeps a zip checkpoint's tensors on disk until touched; legacy files lack it
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+        with numpy_arrays_allowed():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise _refusal(path, exc) from None
@@ -228,7 +275,7 @@ def _load_torch(path: Path, *, legacy: bool) -> Any:
         ) from None
 
 
-class TorchInput(Input):
+class TorchInput(Reader):
     """A ``torch.save`` file read through the weights-only loader (never plain pickle)."""
 
     def __init__(self, path: Path, *, legacy: bool) -> None:
@@ -237,7 +284,13 @@ class TorchInput(Input):
         self.file_size = path.stat().st_size
         self._object = _load_torch(path, legacy=legacy)
         self.metadata = {}
-        skeleton, flat = flatten(self._object)
+        try:
+            skeleton, flat = flatten(self._object)
+        except UnsupportedObjectError as exc:
+            raise UnsupportedObjectError(
+                f"{path}: the weights-only loader read it, but part of it cannot be held "
+                f"without pickle: {exc}"
+            ) from None
         self.tree = skeleton
         self._flat: dict[str, torch.Tensor] = {}
         aliases: dict[str, str] = {}
@@ -251,7 +304,7 @@ class TorchInput(Input):
                 owners[ident] = name
             self._flat[name] = tensor
         self.aliases = aliases
-        self.tensors = {name: self._meta(name, t) for name, t in self._flat.items()}
+        self._tensors = {name: self._meta(name, t) for name, t in self._flat.items()}
 
     def _meta(self, name: str, tensor: torch.Tensor) -> TensorMeta:
         spec = spec_for(tensor.dtype)
@@ -266,10 +319,27 @@ class TorchInput(Input):
         for start in range(0, flat.numel(), step):
             yield flat[start : start + step]
 
-    def load(self, *, verify: bool = True) -> Any:
-        return self._object
+    @property
+    def tensors(self) -> Mapping[str, TensorMeta]:
+        return self._tensors
 
-    def read_flat(
+    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+        if usable_device(device).type == "cpu":
+            return self._object  # exactly what the weights-only loader built
+        return super().load(device=device, verify=verify)
+
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        with torch.no_grad():
+            for name, dest in pairs:
+                dest.copy_(self._flat[self.aliases.get(name, name)])
+
+    def read(
         self,
         names: Sequence[str] | None = None,
         *,
@@ -277,6 +347,9 @@ class TorchInput(Input):
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
         wanted = self.keys() if names is None else list(names)
+        unknown = [n for n in wanted if self.aliases.get(n, n) not in self._flat]
+        if unknown:
+            raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
         result = {n: self._flat[self.aliases.get(n, n)] for n in wanted}
         if progress is not None:
             progress.advance(sum(self.resolve(n).nbytes for n in wanted))
@@ -306,45 +379,50 @@ def check_shard_name(name: object, *, index: Path) -> str:
     return name
 
 
-def _find_index(directory: Path) -> Path:
-    preferred = directory / INDEX_NAME
-    if preferred.is_file():
-        return preferred
-    found = sorted(directory.glob("*.safetensors.index.json"))
-    if len(found) == 1:
-        return found[0]
-    what = "several index files: " + ", ".join(p.name for p in found) if found else "no index"
-    raise CheckpointNotFoundError(
-        f"{directory}: is a directory with {what}; expected a Hugging Face-style sharded "
-        f"checkpoint ({INDEX_NAME} next to its *.safetensors shards)"
-    )
+class ShardedInput(Reader):
+    """Shards (safetensors or torch files) tied together by an index's ``weight_map``.
 
+    ``index`` is the index file (``model.safetensors.index.json``,
+    ``pytorch_model.bin.index.json``); ``label`` names it in messages (its directory, when
+    the directory was what the caller gave).
+    """
 
-class ShardedInput(Input):
-    """Several safetensors shards tied together by an index's ``weight_map``."""
-
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, index: Path, *, tree: bool = True, label: str | None = None) -> None:
         self.kind = "sharded"
-        self.label = str(directory)
-        self.index = _find_index(directory)
+        self.label = label or str(index)
+        self.index = index
+        directory = index.parent
         try:
             document = json.loads(self.index.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise HeaderError(f"{self.index}: not valid JSON ({exc})") from None
+            raise HeaderError(
+                f"{self.index}: an index file that is not valid JSON ({exc})"
+            ) from None
+        except OSError as exc:
+            raise CheckpointNotFoundError(
+                f"{self.index}: cannot read the index file ({exc})"
+            ) from exc
         weight_map = document.get("weight_map") if isinstance(document, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise HeaderError(f"{self.index}: has no 'weight_map' object naming the shards")
+            raise HeaderError(
+                f"{self.index}: an index file with no 'weight_map' object naming the shards"
+            )
         extra = document.get("metadata") or {}
         self.metadata = {
             str(k): v if isinstance(v, str) else json.dumps(v)
             for k, v in (extra.items() if isinstance(extra, dict) else [])
         }
         shard_names = sorted({check_shard_name(v, index=self.index) for v in weight_map.values()})
-        self._shards: dict[str, SafetensorsInput] = {}
-        self._owner: dict[str, SafetensorsInput] = {}
+        self._shards: dict[str, Reader] = {}
+        self._owner: dict[str, Reader] = {}
         try:
             for shard_name in shard_names:
-                self._shards[shard_name] = SafetensorsInput(directory / shard_name)
+                shard_path = directory / shard_name
+                if not shard_path.is_file():
+                    raise CheckpointNotFoundError(
+                        f"{self.index}: names shard {shard_name}, which is not in {directory}"
+                    )
+                self._shards[shard_name] = open_file(shard_path, tree=tree)
             self._check_map(weight_map)
         except BaseException:
             self.close()
@@ -352,21 +430,56 @@ class ShardedInput(Input):
         self.file_size = sum(s.file_size for s in self._shards.values())
         self.format_version = None
         self.tree = None
-        self.aliases = {}
-        self.tensors = {
-            name: self._owner[name].tensors[name] for name in sorted(self._owner, key=_natural)
+        self.aliases = {
+            name: shard.aliases[name]
+            for name, shard in self._owner.items()
+            if name in shard.aliases
         }
+        self._tensors = {
+            name: self._owner[name].tensors[name]
+            for name in sorted(self._owner, key=_natural)
+            if name not in self.aliases
+        }
+
+    @property
+    def tensors(self) -> Mapping[str, TensorMeta]:
+        return self._tensors
+
+    @property
+    def header_digest(self) -> bool:  # type: ignore[override]
+        return all(shard.header_digest for shard in self._shards.values())
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._owner[name].signature(name)
+
+    def leaves(self) -> list[Reader]:
+        return [leaf for shard in self._shards.values() for leaf in shard.leaves()]
+
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        by_shard: dict[int, list[tuple[str, torch.Tensor]]] = {}
+        for name, dest in pairs:
+            by_shard.setdefault(id(self._owner[name]), []).append((name, dest))
+        for shard in self._shards.values():
+            mine = by_shard.get(id(shard))
+            if mine:
+                shard.fill(mine, verify=verify, dtypes_match=dtypes_match)
 
     def _check_map(self, weight_map: Mapping[str, str]) -> None:
         problems = []
         for name, shard_name in weight_map.items():
             shard = self._shards[shard_name]
-            if name not in shard.tensors:
-                problems.append(f"{name!r} is mapped to {shard_name} but is not in it")
-            else:
+            if name in shard.tensors or name in shard.aliases:  # torch shards may hold ties
                 self._owner[name] = shard
+            else:
+                problems.append(f"{name!r} is mapped to {shard_name} but is not in it")
         for shard_name, shard in self._shards.items():
-            if shard.aliases:
+            if shard.aliases and shard.kind not in ("torch", "torch-legacy"):
                 problems.append(f"{shard_name} has tied aliases, which sharded indexes lack")
             problems += [
                 f"{name!r} is in {shard_name} but the index maps it elsewhere"
@@ -382,25 +495,25 @@ class ShardedInput(Input):
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
         return self._owner[name].chunks(name, elements=elements, verify=verify)
 
-    def read_flat(
+    def read(
         self,
         names: Sequence[str] | None = None,
         *,
         verify: bool = True,
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
-        wanted = list(self.tensors) if names is None else list(names)
+        wanted = self.keys() if names is None else list(names)
+        unknown = [n for n in wanted if n not in self._owner]
+        if unknown:
+            raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
         flat: dict[str, torch.Tensor] = {}
         for shard in self._shards.values():
             mine = [n for n in wanted if self._owner[n] is shard]
             if mine:
-                flat.update(shard.read_flat(mine, verify=verify, progress=progress))
+                flat.update(shard.read(mine, verify=verify, progress=progress))
         return {name: flat[name] for name in wanted}
 
-    def load(self, *, verify: bool = True) -> Any:
-        return self.read_flat(verify=verify)
-
-    def shards(self) -> list[SafetensorsInput]:
+    def shards(self) -> list[Reader]:
         return list(self._shards.values())
 
     def close(self) -> None:
@@ -413,32 +526,35 @@ def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
 
 
-# -- dispatch ----------------------------------------------------------------------------
+# -- one file ---------------------------------------------------------------------------
 
 
-def detect(path: Path) -> str:
-    """Which reader ``path`` needs, from its first bytes (the suffix only breaks ties)."""
-    if path.is_dir():
-        return "sharded"
-    with path.open("rb") as handle:
-        head = handle.read(PREFIX_BYTES + 1)
-    if head[PREFIX_BYTES:] == b"{":
-        return "safetensors"
-    if head.startswith(b"PK\x03\x04"):
-        return "torch"
-    if head.startswith(b"\x80") or path.suffix.lower() in TORCH_SUFFIXES:
-        return "torch-legacy"  # pickle protocol 2 opcode, as written before torch 1.6
-    return "safetensors"  # let the safetensors parser explain what is wrong
-
-
-def open_input(path: str | os.PathLike[str]) -> Input:
-    """Open any supported checkpoint for reading (see the module docstring)."""
-    where = Path(path)
-    if not where.exists():
-        raise CheckpointNotFoundError(f"{where}: no such file or directory")
-    kind = detect(where)
-    if kind == "sharded":
-        return ShardedInput(where)
-    if kind == "safetensors":
-        return SafetensorsInput(where)
-    return TorchInput(where, legacy=kind == "torch-legacy")
+def open_file(path: Path, *, tree: bool = True) -> Reader:
+    """Open one file of any supported kind (a shard index opens its shards)."""
+    try:
+        kind = sniff(path)
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"{path}: cannot read this file ({exc})") from exc
+    if kind == "index":
+        return ShardedInput(path, tree=tree)
+    if kind in ("torch", "torch-legacy"):
+        return TorchInput(path, legacy=kind == "torch-legacy")
+    if kind == "unknown" and path.suffix.lower() in TORCH_SUFFIXES:
+        raise CorruptFileError(
+            f"{path}: is named like a torch file but is neither a torch zip archive nor a "
+            "legacy torch file (no magic number at its start); it is damaged, truncated or "
+            "in another format"
+        )
+    if kind == "pickle":
+        raise WeightsOnlyRefusal(
+            f"{path}: is {DESCRIPTIONS['pickle']}: unpickling can run arbitrary code hidden in "
+            "the file. If you trust where it came from, load it yourself with pickle, keep only "
+            "tensors, numpy arrays, dicts, lists and numbers, and statevault.save() that",
+            reason=DESCRIPTIONS["pickle"],
+        )
+    if kind == "json":
+        raise CheckpointKindError(
+            f"{path}: is a JSON file, not a checkpoint (a shard index is named "
+            f"*.index.json and has a 'weight_map', like {INDEX_NAME})"
+        )
+    return SafetensorsInput(path, tree=tree)  # the safetensors parser says what is wrong

@@ -8,12 +8,15 @@ tensor I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from statevault._foreign import Input, TensorMeta, open_input
+from statevault._foreign import Input, TensorMeta
+from statevault._open import open_checkpoint
+from statevault._reader import FolderEntry
 from statevault._tree import Skeleton
 
 
@@ -45,6 +48,7 @@ class CheckpointSummary:
     metadata: Mapping[str, str]
     state: Any  # non-tensor nested state as JSON, None when there is none
     root: ModuleNode = field(repr=False)
+    files: tuple[FolderEntry, ...] = ()  # a folder's files and what each became
 
     @property
     def numel(self) -> int:
@@ -82,6 +86,7 @@ class CheckpointSummary:
             "state": self.state,
             "aliases": dict(self.aliases),
             "modules": modules,
+            **({"files": [dataclasses.asdict(e) for e in self.files]} if self.files else {}),
             "tensors": [
                 {
                     "name": t.name,
@@ -215,6 +220,7 @@ def summarize(source: Input) -> CheckpointSummary:
         metadata=dict(source.metadata),
         state=plain_state(source.tree),
         root=module_tree(source.tensors, source.aliases),
+        files=source.folder_contents or (),
     )
 
 
@@ -230,5 +236,5 @@ def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
         summary = statevault.inspect("ckpt.safetensors")
         print(summary.numel, summary.state["epoch"])
     """
-    with open_input(path) as source:
+    with open_checkpoint(path) as source:
         return summarize(source)

@@ -7,17 +7,20 @@ from typing import Any
 
 import torch
 
-from statevault._checkpoint import Checkpoint
 from statevault._gcpause import gc_paused
+from statevault._open import open_checkpoint
 
 
 @gc_paused
 def load(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:
-    """Load what :func:`save` wrote (or any safetensors file, as a flat dict).
+    """Load what :func:`save` wrote, or any checkpoint :func:`open_checkpoint` takes.
 
-    Tuples come back as tuples, int keys as ints, tied tensors as one shared tensor.
+    Tuples come back as tuples, int keys as ints, tied tensors as one shared tensor, numpy
+    values as numpy. A plain safetensors file, sharded checkpoint or ``save_pretrained``
+    folder gives a flat name -> tensor dict; a training folder (Trainer ``checkpoint-N/``,
+    accelerate ``save_state``) gives ``{key: state}`` (see docs/opening.md).
     ``verify`` checks every tensor's checksum while reading (a few percent of load time).
 
     Example::
@@ -25,5 +28,5 @@ def load(
         state = statevault.load("ckpt.safetensors")
         optimizer.load_state_dict(state["optim"])
     """
-    with Checkpoint(path) as checkpoint:
+    with open_checkpoint(path) as checkpoint:
         return checkpoint.load(device=device, verify=verify)

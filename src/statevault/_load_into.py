@@ -27,8 +27,9 @@ from statevault._diagnose import Call, Cause, diagnose, literal
 from statevault._gcpause import gc_paused
 from statevault._keymap import Rename, map_keys
 from statevault._modelstate import ModelState, any_module, model_state
+from statevault._open import Source, open_source
+from statevault._reader import Reader
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey, capped
-from statevault._sources import FileSource, MemorySource, Source, open_source
 from statevault._ties import any_repeated, identity_groups, start_addresses
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 
@@ -127,7 +128,7 @@ def _ties(
 
 def plan(
     module: nn.Module,
-    source: FileSource | MemorySource,
+    source: Reader,
     *,
     prefix: str | None = None,
     strip_prefix: str | None = None,
@@ -250,7 +251,7 @@ def plan(
     return _Plan(report, model, pairs, skipped, extra, maybe_tied, on_meta, objects)
 
 
-def _holds_optimizer_state(source: FileSource | MemorySource, pairs: Mapping[str, str]) -> bool:
+def _holds_optimizer_state(source: Reader, pairs: Mapping[str, str]) -> bool:
     """True when the saved state is an optimizer's state_dict ('state' and 'param_groups')."""
     if pairs and not all(name.startswith("state.") for name in pairs.values()):
         return False
@@ -260,7 +261,7 @@ def _holds_optimizer_state(source: FileSource | MemorySource, pairs: Mapping[str
 def _fill_fast(
     model: ModelState,
     planned: _Plan,
-    source: FileSource | MemorySource,
+    source: Reader,
     verify: bool,
 ) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once.
@@ -291,16 +292,14 @@ def _fill_fast(
     source.fill(later, verify=verify)
 
 
-def _fill_with_torch(
-    module: nn.Module, planned: _Plan, source: FileSource | MemorySource, verify: bool
-) -> LoadReport:
+def _fill_with_torch(module: nn.Module, planned: _Plan, source: Reader, verify: bool) -> LoadReport:
     """Let torch load (so custom hooks run), then report in the same terms as the fast path."""
     report = planned.report
     wanted = {
         **{key: name for key, name, _ in planned.sources(planned.model)},
         **planned.extra,
     }  # mismatched shapes are left out, as on the fast path
-    read = source.tensors(list(dict.fromkeys(wanted.values())), verify=verify)
+    read = source.read(list(dict.fromkeys(wanted.values())), verify=verify)
     state = {key: read[name] for key, name in wanted.items()}
     state.update(planned.objects)
     result = module.load_state_dict(state, strict=False)
@@ -440,7 +439,7 @@ def load_with(
     _refuse_optimizer_state(source, call)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype= must be a floating-point torch.dtype, got {dtype!r}")
-    opened = open_source(source)
+    opened, owned = open_source(source)
     try:
         planned = plan(
             module,
@@ -477,7 +476,8 @@ def load_with(
         _fill_fast(model, planned, opened, verify)
         return report
     finally:
-        opened.close()
+        if owned:
+            opened.close()
 
 
 def load_into(
@@ -493,7 +493,8 @@ def load_into(
     dtype: torch.dtype | None = None,
     dry_run: bool = False,
 ) -> LoadReport:
-    """Load a checkpoint (a statevault or safetensors file, or a state dict) into ``module``.
+    """Load a checkpoint (any file or folder :func:`open_checkpoint` takes, or a state dict)
+    into ``module``; a training folder gives its model weights.
 
     Returns a :class:`LoadReport`. With ``strict=True`` any missing, unexpected or
     shape-mismatched key raises one :class:`StateDictMismatchError` naming the likely cause and

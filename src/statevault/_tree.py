@@ -9,6 +9,13 @@ one-key object naming the node kind::
     {"tensor": "optimizer.state.0.exp_avg"}
     {"dict": [["lr", 0.001], [0, {...}]]}         # pairs keep int keys and order
     {"list": [...]}   {"tuple": [...]}   {"float": "nan" | "inf" | "-inf"}
+    {"tensor": "rng.numpy.1", "type": "numpy.ndarray:uint32"}   # a numpy array
+    {"tensor": "rng.gauss", "type": "numpy.scalar:float64"}     # a numpy scalar (0-d tensor)
+
+numpy values are stored as tensors (shared memory, no copy when the array is contiguous and
+writable) and their numpy dtype is recorded, so they come back as numpy arrays / scalars of
+that dtype. ``"tensor"`` stays the first key in sorted order, so a reader that does not know
+``"type"`` still finds a plain tensor.
 
 A dict that came from ``state_dict()`` also keeps torch's per-module version table under
 ``"torch_metadata"`` so modules that migrate old checkpoints (BatchNorm) see what they expect.
@@ -17,6 +24,7 @@ A dict that came from ``state_dict()`` also keeps torch's per-module version tab
 from __future__ import annotations
 
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +35,14 @@ from statevault.errors import HeaderError, UnsupportedObjectError
 
 Skeleton = Any  # a JSON value as described in the module docstring
 ROOT_TENSOR_NAME = "tensor"
+NUMPY_ARRAY = "numpy.ndarray"
+NUMPY_SCALAR = "numpy.scalar"
+# numpy dtypes with a torch dtype of the same bits (torch.from_numpy takes each of them);
+# object, str, bytes, void, datetime and longdouble have none and are refused
+NUMPY_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+    | {"float16", "float32", "float64", "complex64", "complex128"}
+)
 
 
 def _path_text(path: tuple[str | int, ...]) -> str:
@@ -63,6 +79,12 @@ class _Flattener:
             return {"list": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
         if type(value) in (tuple, torch.Size):
             return {"tuple": [self.visit(item, (*path, i)) for i, item in enumerate(value)]}
+        numpy = sys.modules.get("numpy")  # a numpy value implies numpy is imported already
+        if numpy is not None and (type(value) is numpy.ndarray or isinstance(value, numpy.generic)):
+            name = self.name_for(path)
+            self.tensors[name], dtype_name = _numpy_tensor(value, path)
+            kind = NUMPY_ARRAY if type(value) is numpy.ndarray else NUMPY_SCALAR
+            return {"tensor": name, "type": f"{kind}:{dtype_name}"}
         if isinstance(value, torch.nn.Module):
             raise UnsupportedObjectError(
                 f"{_path_text(path)}: cannot store {type(value)!r} (an nn.Module) inside other "
@@ -90,6 +112,68 @@ class _Flattener:
         return node
 
 
+def _numpy_tensor(value: Any, path: tuple[str | int, ...]) -> tuple[torch.Tensor, str]:
+    """A numpy array or scalar as a tensor with the same bits, and its numpy dtype's name.
+
+    The tensor shares the array's memory when it can; a non-contiguous, read-only or
+    byte-swapped array is copied first (torch cannot wrap those), never modified.
+    """
+    import numpy  # already imported: flatten only calls this for numpy values
+
+    array = numpy.asarray(value)
+    name = array.dtype.name
+    if name not in NUMPY_DTYPES:
+        raise UnsupportedObjectError(
+            f"{_path_text(path)}: cannot store a numpy {type(value).__name__} of dtype "
+            f"{array.dtype.str!r} ({name}) without pickle; statevault stores numpy values of "
+            f"dtype {', '.join(sorted(NUMPY_DTYPES))}. Convert it (e.g. x.tolist(), "
+            "x.astype(numpy.float64))"
+        )
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # same values, native bytes
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = numpy.array(array, order="C", copy=True)
+    return torch.from_numpy(array), name
+
+
+def _numpy_value(tensor: torch.Tensor, kind: str) -> Any:
+    """The numpy array (or scalar) a ``{"tensor", "type": "numpy...."}`` node was saved from."""
+    what, _, dtype_name = kind.partition(":")
+    if what not in (NUMPY_ARRAY, NUMPY_SCALAR) or dtype_name not in NUMPY_DTYPES:
+        raise _bad(f"unknown tensor type {kind!r}")
+    try:
+        array = tensor.detach().cpu().numpy()
+    except RuntimeError as exc:  # torch raises this when numpy is not installed
+        raise UnsupportedObjectError(
+            f"this checkpoint holds a numpy value ({kind}); loading it needs numpy ({exc})"
+        ) from None
+    if array.dtype.name != dtype_name:
+        raise _bad(f"numpy {dtype_name} value stored as a {tensor.dtype} tensor")
+    if what == NUMPY_SCALAR:
+        if array.ndim != 0:
+            raise _bad(f"numpy scalar stored with shape {list(array.shape)}")
+        return array[()]
+    return array
+
+
+def numpy_names(skeleton: Skeleton) -> set[str]:
+    """Names of the tensors that hold numpy values (they keep their numpy dtype on casts)."""
+    found: set[str] = set()
+    stack = [skeleton]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or not node:
+            continue
+        kind, body = next(iter(node.items()))
+        if kind == "tensor" and "type" in node and isinstance(body, str):
+            found.add(body)
+        elif kind == "dict" and isinstance(body, list):
+            stack.extend(pair[1] for pair in body if isinstance(pair, list) and len(pair) == 2)
+        elif kind in ("list", "tuple") and isinstance(body, list):
+            stack.extend(body)
+    return found
+
+
 def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
     """torch's state_dict version table, kept only where it is plain JSON."""
     return {
@@ -102,8 +186,9 @@ def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
 def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     """Split ``obj`` into a JSON skeleton and a name->tensor table (names unique).
 
-    ``nn.Module`` arguments are replaced by their ``state_dict()``. Nothing is copied or
-    mutated; the table holds the caller's own tensor objects.
+    ``nn.Module`` arguments are replaced by their ``state_dict()``. Nothing is mutated; the
+    table holds the caller's own tensor objects, and numpy values as tensors sharing their
+    memory (copied only when torch cannot wrap them: see ``_numpy_tensor``).
     """
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
@@ -131,7 +216,12 @@ def unflatten(skeleton: Skeleton, tensor: Callable[[str], torch.Tensor]) -> Any:
     kind = next(iter(skeleton))
     body = skeleton[kind]
     if kind == "tensor" and isinstance(body, str):
-        return tensor(body)
+        if "type" not in skeleton:  # an operator, not a call: this runs once per tensor
+            return tensor(body)
+        typed = skeleton["type"]
+        if not isinstance(typed, str):
+            raise _bad(f"unexpected node {skeleton!r}")
+        return _numpy_value(tensor(body), typed)
     if kind == "float" and body in ("nan", "inf", "-inf"):
         return float(body)
     if kind in ("list", "tuple") and isinstance(body, list):

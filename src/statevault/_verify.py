@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from statevault._checksum import ALGORITHM, new_hasher
-from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
+from statevault._foreign import Input, SafetensorsInput
+from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
 from statevault.errors import CorruptFileError
@@ -134,18 +135,21 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
             print(report)  # names each damaged tensor
     """
     try:
-        source = open_input(path)
+        source = open_checkpoint(path)
     except CorruptFileError as exc:
         return VerifyReport(path=str(path), header_error=str(exc))
     with source:
-        if isinstance(source, ShardedInput):
-            files = source.shards()
-        elif isinstance(source, SafetensorsInput):
-            files = [source]
-        else:
+        files = [f for f in source.leaves() if isinstance(f, SafetensorsInput)]
+        pickles = [f.label for f in source.leaves() if not isinstance(f, SafetensorsInput)]
+        if not files:
+            what = (
+                "is a torch pickle file, which records"
+                if source.leaves() == [source]
+                else f"holds only torch pickle files ({', '.join(pickles)}), which record"
+            )
             raise CorruptFileError(
-                f"{path}: is a {source.kind} pickle file, which records no checksums to verify; "
-                "convert it with `statevault convert` and verify the result"
+                f"{path}: {what} no checksums to verify; convert it with `statevault convert` "
+                "and verify the result"
             )
         threads = max(1, min(4, os.cpu_count() or 1))
         if progress is not None:
@@ -154,7 +158,11 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
             )
         bad: list[BadTensor] = []
         count = nbytes = 0
-        notes: list[str] = []
+        notes: list[str] = [
+            f"{label}: a torch pickle, read with the weights-only loader; it records no "
+            "checksums, so it was not verified"
+            for label in pickles
+        ]
         for file in files:
             found, checked, size = _check_file(file, progress, threads)
             bad += found

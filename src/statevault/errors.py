@@ -5,6 +5,8 @@ leaf also subclasses the builtin a caller would naturally catch::
 
     StateVaultError
     ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
+    ├── CheckpointKindError          (ValueError)         a healthy file of a kind this entry
+    │                                                     point does not read (names the kind)
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from statevault._report import LoadReport
 
 __all__ = [
+    "CheckpointKindError",
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
     "CorruptFileError",
@@ -46,6 +49,13 @@ class StateVaultError(Exception):
 
 class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
     """The checkpoint path does not exist."""
+
+
+class CheckpointKindError(StateVaultError, ValueError):
+    """The path is a healthy file of a kind this entry point does not read (not damaged).
+
+    The message says what the file is and which entry point reads it.
+    """
 
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):

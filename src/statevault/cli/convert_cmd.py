@@ -55,8 +55,9 @@ def convert_command(
     """Convert SRC into a statevault file DST (written atomically, with checksums).
 
     SRC is a .pt/.pth file (zip or legacy format, read only through torch's weights-only
-    loader: a file it refuses is never unpickled), a safetensors file, or a Hugging
-    Face-style sharded directory. `statevault diff SRC DST` then shows they are equal.
+    loader: a file it refuses is never unpickled), a safetensors file, a shard index, or a
+    folder (sharded, save_pretrained, a Trainer checkpoint-N, accelerate save_state: all of
+    its state in one file). `statevault diff SRC DST` then shows they are equal.
     """
     with progress_bar("reading") as bar:
         report = convert(src, dst, dtype=dtype, keys=keys, strip_prefix=strip_prefix, progress=bar)

@@ -46,9 +46,11 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
     if summary.format_version is not None:
         kind = f"statevault format {summary.format_version}"
     else:
-        kind = {"safetensors": "plain safetensors", "sharded": "sharded safetensors"}.get(
-            summary.kind, f"{summary.kind} (weights-only loader)"
-        )
+        kind = {
+            "safetensors": "plain safetensors",
+            "sharded": "sharded checkpoint",
+            "folder": "checkpoint folder",
+        }.get(summary.kind, f"{summary.kind} (weights-only loader)")
     checks = "xxh3-64 checksums" if summary.has_checksums else "no checksums"
     tied = f" (+{len(summary.aliases)} tied)" if summary.aliases else ""
     console.print(f"[bold]{escape(summary.path)}[/]  {kind} · {checks}")
@@ -59,6 +61,12 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
     tree = Tree("[bold]tensors[/]")
     _add(tree, summary.root, depth)
     console.print(tree)
+    if summary.files:
+        console.print("[bold]files[/]")
+        for entry in summary.files:
+            key = f" -> {entry.key}" if entry.key is not None and entry.status == "loaded" else ""
+            note = f" ({entry.note})" if entry.note and entry.status != "loaded" else ""
+            console.print(f"  {escape(entry.file)}{escape(key)}: {escape(entry.status + note)}")
     if summary.metadata:
         console.print("[bold]metadata[/]")
         for key, value in summary.metadata.items():
@@ -96,8 +104,9 @@ def _join(path: str, key: str) -> str:
 def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
     """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
 
-    PATH is a statevault or safetensors file, a sharded Hugging Face directory, or a
-    .pt/.pth file (read through torch's weights-only loader). Only headers are read.
+    PATH is a statevault or safetensors file, a .pt/.pth/.bin file (read through torch's
+    weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
+    checkpoint-N, accelerate save_state). Only headers are read.
     """
     summary = inspect(path)
     if as_json:
