@@ -5,11 +5,14 @@ Each markdown file is one script: its ```python blocks run in one namespace and 
 is a list of ``$ command`` lines, each followed by the output it must print (stdout and
 stderr together, as a terminal shows them); a line ``...`` in the expected output stands for
 any number of lines. So a doc cannot drift from what the code does, and every sample says how
-its input files are made (an earlier block made them).
+its input files are made (an earlier block made them). A block fenced as ```text output
+right after a python block is what that python block prints, matched the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -21,8 +24,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-_FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-RUNNABLE = ("python", "console")
+_FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
+RUNNABLE = ("python", "console", "output")
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,13 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     text = path.read_text(encoding="utf-8")
-    return [
-        Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
-        for m in _FENCE.finditer(text)
-        if m.group(1) in RUNNABLE
-    ]
+    found = []
+    for m in _FENCE.finditer(text):
+        words = m.group(1).split()
+        kind = "output" if words[1:2] == ["output"] else (words[0] if words else "")
+        if kind in RUNNABLE:
+            found.append(Block(kind, m.group(2), text.count("\n", 0, m.start()) + 1))
+    return found
 
 
 DOCS = [doc for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if blocks(doc)]
@@ -104,10 +109,20 @@ def test_doc_examples_run_as_written(
     found = blocks(doc)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "__doc_example__"}
+    printed: str | None = None  # what the last python block printed
     for block in found:
         where = f"{doc.relative_to(ROOT)}:{block.line}"
         if block.kind == "python":
-            exec(compile(block.text, where, "exec"), namespace)
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                exec(compile(block.text, where, "exec"), namespace)
+            printed = out.getvalue()
+        elif block.kind == "output":
+            assert printed is not None, f"{where}: an output block must follow a python block"
+            assert matches(block.text.splitlines(), printed.splitlines()), (
+                f"{where}: the python block before printed:\n{printed}\nbut the doc says:\n"
+                + block.text
+            )
+            printed = None
         else:
             run_console(block, tmp_path, where)
 
