@@ -20,6 +20,7 @@ from statevault._save import save
 from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
     CheckpointNotFoundError,
+    CheckpointWriteError,
     ChecksumMismatchError,
     CorruptFileError,
     DeviceUnavailableError,
@@ -40,6 +41,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointNotFoundError",
     "CheckpointSummary",
+    "CheckpointWriteError",
     "ChecksumMismatchError",
     "ConvertReport",
     "CorruptFileError",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from statevault._foreign import Input, TensorMeta, open_input
+from statevault._temps import describe_temporaries
 from statevault._tree import Skeleton
 
 
@@ -45,6 +46,7 @@ class CheckpointSummary:
     metadata: Mapping[str, str]
     state: Any  # non-tensor nested state as JSON, None when there is none
     root: ModuleNode = field(repr=False)
+    notes: tuple[str, ...] = ()  # e.g. temporary files of killed saves in a directory
 
     @property
     def numel(self) -> int:
@@ -82,6 +84,7 @@ class CheckpointSummary:
             "state": self.state,
             "aliases": dict(self.aliases),
             "modules": modules,
+            "notes": list(self.notes),
             "tensors": [
                 {
                     "name": t.name,
@@ -231,4 +234,7 @@ def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
         print(summary.numel, summary.state["epoch"])
     """
     with open_input(path) as source:
-        return summarize(source)
+        summary = summarize(source)
+    if os.path.isdir(path):  # what killed saves left beside the shards
+        summary = replace(summary, notes=tuple(describe_temporaries(path)))
+    return summary

@@ -22,7 +22,6 @@ import functools
 import logging
 import mmap
 import os
-import secrets
 import stat
 import sys
 from collections import deque
@@ -30,11 +29,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias, TypeGuard
 
 import torch
 
-from statevault import _checksum
+from statevault import _checksum, _target, _temps
 from statevault._format import Header, header_length, header_text, parse_header_text
 from statevault._table import TensorEntry
 from statevault._vault import signed_digest
@@ -64,7 +63,7 @@ MAX_THREADS = 8
 READ_LARGE_WITH_MMAP = False
 STAGING_BYTES = 64 << 20  # per pinned buffer when loading to a GPU
 STAGING_BUFFERS = 2  # one being filled from the file while the other is copied to the device
-TEMP_SUFFIX = ".svtmp"
+TEMP_SUFFIX = _temps.TEMP_SUFFIX
 logger = logging.getLogger("statevault")
 
 
@@ -403,7 +402,7 @@ class HeaderToFill(Protocol):
 
 
 def write_atomically(
-    path: Path,
+    path: str | os.PathLike[str],
     jobs: Sequence[WriteJob],
     header: HeaderToFill,
     *,
@@ -413,37 +412,56 @@ def write_atomically(
     """Write a checkpoint to ``path`` so that readers only ever see the old or the new file.
 
     The data is written and hashed in one pass after ``header.size`` bytes; the header,
-    whose length does not depend on the digests (fixed-width hex), is written last.
+    whose length does not depend on the digests (fixed-width hex), is written last. The
+    file ``path`` names (through symlinks) is replaced by a rename in its own directory and
+    keeps its mode (``_target``); temporaries of killed saves there are removed first
+    (``_temps``). OS errors become ``CheckpointWriteError`` naming ``path``.
     """
-    directory = path.parent
-    if not directory.is_dir():
-        raise CheckpointNotFoundError(
-            f"{path}: directory {directory} does not exist; create it first"
-        )
-    temp_path = directory / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
-    # 0o666 filtered by the umask, like any normally created file; O_EXCL never clobbers.
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    target = _target.resolve(path)  # refuses what must not be replaced, before writing
+    directory = target.file.parent
+    _temps.remove_stale_temporaries(directory)  # before writing: they may be what fills it
+    temp_path = directory / _temps.temp_name(target.file.name)
     try:
-        os.lseek(fd, header.size, os.SEEK_SET)
-        _write_data(fd, jobs, header.put if checksum else None)
-        complete = header.finish()
-        if len(complete) != header.size:
-            raise StateVaultError("internal error: header length changed after hashing")
-        _pwrite_all(fd, complete, 0)
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temp_path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+        # 0o666 filtered by the umask, like any normally created file; O_EXCL never clobbers.
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise _target.write_error(target.given, exc, directory) from exc
     try:
-        os.replace(temp_path, path)
-    except BaseException:
+        try:
+            os.lseek(fd, header.size, os.SEEK_SET)
+            _write_data(fd, jobs, header.put if checksum else None)
+            complete = header.finish()
+            if len(complete) != header.size:
+                raise StateVaultError("internal error: header length changed after hashing")
+            _pwrite_all(fd, complete, 0)
+            if target.existing is not None:
+                _target.keep_attributes(fd, target.existing)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, target.file)
+    except BaseException as exc:
         temp_path.unlink(missing_ok=True)
+        if _from_the_os(exc):
+            raise _target.write_error(target.given, exc, directory) from exc
         raise
     if fsync:
-        _fsync_directory(directory)
+        try:
+            _fsync_directory(directory)
+        except OSError as exc:
+            raise _target.write_error(target.given, exc, directory, replaced=True) from exc
+
+
+def _from_the_os(exc: BaseException) -> TypeGuard[OSError]:
+    """An OS error of a system call (it has an errno), not one of ours or of caller code.
+
+    OSErrors without an errno come from Python code (a tensor source, a monkeypatch) and
+    are passed on unchanged, as are statevault's own errors.
+    """
+    return (
+        isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, StateVaultError)
+    )
 
 
 class FileReader:

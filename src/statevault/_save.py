@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,4 +171,5 @@ def save(
             "statevault writes little-endian files; big-endian hosts are not supported"
         )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
-    write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync)
+    # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
+    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync)

@@ -4,7 +4,10 @@ Every error the library raises on purpose derives from :class:`StateVaultError`,
 leaf also subclasses the builtin a caller would naturally catch::
 
     StateVaultError
-    ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
+    ├── CheckpointNotFoundError      (FileNotFoundError)  the path (or, for save, its
+    │                                                     directory) does not exist
+    ├── CheckpointWriteError         (OSError)            save() could not write the path
+    │                                                     (``.errno`` is the OS error's)
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointNotFoundError",
+    "CheckpointWriteError",
     "ChecksumMismatchError",
     "CorruptFileError",
     "DeviceUnavailableError",
@@ -44,6 +48,19 @@ class StateVaultError(Exception):
 
 class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
     """The checkpoint path does not exist."""
+
+
+class CheckpointWriteError(StateVaultError, OSError):
+    """``save`` could not write the path: refused before writing, or the OS failed it.
+
+    The message names the path the caller gave (never the hidden temporary file) and the
+    fix; ``errno`` is the OS error's (``ENOSPC``, ``EACCES``, ...), and the OS error itself
+    is the ``__cause__``. The previous file at the path is untouched.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # set alone: str() stays the message, not "[Errno n] ..."
 
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):
