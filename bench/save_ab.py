@@ -9,6 +9,7 @@ in one process so that the machine's noise hits all of them alike.
 
     python -m bench.save_ab --large-mib 512 --small-count 20000 --rounds 5
     python -m bench.save_ab --peak staged      # peak extra RssAnon of one save, fresh process
+    python -m bench.save_ab --peak staged --large-mib 0   # the same, small tensors only
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _variant(name: str) -> Iterator[None]:
 def _states(large_mib: int, small_count: int) -> dict[str, dict[str, torch.Tensor]]:
     large = {f"w{i}": torch.ones((large_mib << 20) // 4 // 8) for i in range(8)}
     small = {f"t{i}": torch.ones(2560) for i in range(small_count)}  # 10 KiB each
-    return {f"{large_mib} MiB in 8 tensors": large, f"{small_count} x 10 KiB": small}
+    states = {f"{large_mib} MiB in 8 tensors": large, f"{small_count} x 10 KiB": small}
+    return {label: state for label, state in states.items() if not label.startswith("0 ")}
 
 
 def _save(variant: str, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -134,23 +136,31 @@ def main() -> None:
                 )
                 path.unlink()
                 continue
-            times: dict[str, list[float]] = {"safetensors": [], "unstaged": [], "staged": []}
+            times: dict[str, list[tuple[float, float]]] = {
+                "safetensors": [],
+                "unstaged": [],
+                "staged": [],
+            }
             for _ in range(args.rounds + 1):  # the first round warms up and is dropped
                 for variant, seconds in times.items():
                     os.sync()
                     gc.collect()
-                    began = time.perf_counter()
+                    began, cpu = time.perf_counter(), time.process_time()
                     _save(variant, state, path)
-                    seconds.append(time.perf_counter() - began)
+                    seconds.append((time.perf_counter() - began, time.process_time() - cpu))
                     path.unlink()
-            medians = {v: statistics.median(s[1:]) for v, s in times.items()}
+            wall = {v: statistics.median(s[0] for s in runs[1:]) for v, runs in times.items()}
+            cpu = {v: statistics.median(s[1] for s in runs[1:]) for v, runs in times.items()}
             print(f"{label} ({nbytes / 2**20:.0f} MiB), median of {args.rounds}:")
-            for variant, median in medians.items():
+            for variant in times:
                 print(
-                    f"  {variant:12s} {median:.3f} s   vs safetensors "
-                    f"{medians['safetensors'] / median:.2f}x"
+                    f"  {variant:12s} {wall[variant]:.3f} s (CPU {cpu[variant]:.3f} s)   "
+                    f"vs safetensors {wall['safetensors'] / wall[variant]:.2f}x"
                 )
-            print(f"  staged / unstaged time: {medians['staged'] / medians['unstaged']:.3f}")
+            print(
+                f"  staged / unstaged: time {wall['staged'] / wall['unstaged']:.3f}, "
+                f"CPU {cpu['staged'] / cpu['unstaged']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -130,8 +130,13 @@ def test_a_pid_reused_after_the_file_was_written_is_not_its_writer(
     an_hour_ago = time.time() - 3600
     os.utime(reused, (an_hour_ago, an_hour_ago))  # written long before that process started
     recent = fake_temporary(tmp_path, live_process, token="ba9876543210")  # written just now
-    assert _temps.stale_temporaries(tmp_path) == [reused]
-    assert sorted(t.path for t in _temps.temporaries(tmp_path)) == sorted([reused, recent])
+    # Our own pid, in a file written before this process started: a previous owner's.
+    before_us = fake_temporary(tmp_path, os.getpid(), token="0000000000aa")
+    os.utime(before_us, (an_hour_ago, an_hour_ago))
+    assert _temps.stale_temporaries(tmp_path) == sorted([reused, before_us])
+    assert sorted(t.path for t in _temps.temporaries(tmp_path)) == sorted(
+        [reused, recent, before_us]
+    )
 
 
 def test_a_zombie_writer_is_gone(tmp_path: Path) -> None:
@@ -158,7 +163,7 @@ def test_a_save_in_flight_on_another_thread_survives_a_save_beside_it(
 
     def pause_first_chunk(fd: int, buffer: _io.ByteBuffer) -> None:
         real_write_all(fd, buffer)
-        if threading.current_thread().name.startswith("statevault-write") and not reached.is_set():
+        if threading.current_thread() is not threading.main_thread() and not reached.is_set():
             reached.set()
             release.wait(60)
 

@@ -129,15 +129,14 @@ def _writer_alive(pid: int, written: float) -> bool:
     Unsure answers are "alive": a leftover kept is only disk space, a file removed under
     a live writer fails its save.
     """
-    if pid == os.getpid():
-        return True  # another thread of ours is saving
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    started = _process_start(pid)
+    if pid != os.getpid():  # ours is alive: another thread of ours may be saving
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by another user
+    started = _process_start(pid)  # even ours: a previous owner of our pid may have died
     if started is None:
         return True
     state, start_time = started
