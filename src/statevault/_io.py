@@ -3,7 +3,9 @@
 Writes never touch the final path until the new file is complete: data goes to a temporary
 file in the same directory, is fsynced, then renamed over the target, and the directory is
 fsynced so the rename itself survives a power cut. A process killed at any moment leaves the
-previous file intact (at worst a stray ``.NAME.*.svtmp`` file beside it).
+previous file intact (at worst a stray ``.NAME.*.svtmp`` file beside it, which the next save
+into that directory removes: ``_temps``). Digests are computed over the very bytes written
+(copied first when they are the caller's), so a file that was saved always verifies.
 
 Reads go straight into the destination tensor's memory with ``os.preadv`` (no intermediate
 buffer, the GIL released), spread over a thread pool, each tensor hashed as its chunks arrive
