@@ -158,7 +158,11 @@ def save(
 
     The file is a valid safetensors file. Nested structure, tied weights, exact dtypes and
     per-tensor checksums ride along as JSON in its metadata. If the process dies mid-save,
-    the previous file at ``path`` is untouched.
+    the previous file at ``path`` is untouched. A save that returns wrote a file that
+    verifies, even while other threads update the tensors in place (each copied piece is
+    the memory as it was when copied; not one snapshot across tensors). A symlink's target
+    is replaced and keeps its mode; directories, special and unwritable files are refused;
+    OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
 
     Example::
 
