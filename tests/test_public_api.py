@@ -46,6 +46,7 @@ def test_errors_module_exports_the_same_exceptions() -> None:
 LEAVES = [
     (statevault.CheckpointNotFoundError, FileNotFoundError),
     (statevault.CheckpointKindError, ValueError),
+    (statevault.CheckpointWriteError, OSError),
     (statevault.UnsupportedObjectError, TypeError),
     (statevault.CorruptFileError, ValueError),
     (statevault.HeaderError, ValueError),

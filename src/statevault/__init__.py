@@ -23,6 +23,7 @@ from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     ChecksumMismatchError,
     CorruptFileError,
     DeviceUnavailableError,
@@ -45,6 +46,7 @@ __all__ = [
     "CheckpointKindError",
     "CheckpointNotFoundError",
     "CheckpointSummary",
+    "CheckpointWriteError",
     "ChecksumMismatchError",
     "ConvertReport",
     "CorruptFileError",

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from statevault._foreign import Input, TensorMeta
 from statevault._open import open_checkpoint
 from statevault._reader import FolderEntry
+from statevault._temps import describe_temporaries
 from statevault._tree import Skeleton
 
 
@@ -49,6 +50,7 @@ class CheckpointSummary:
     state: Any  # non-tensor nested state as JSON, None when there is none
     root: ModuleNode = field(repr=False)
     files: tuple[FolderEntry, ...] = ()  # a folder's files and what each became
+    notes: tuple[str, ...] = ()  # e.g. temporary files of killed saves in a directory
 
     @property
     def numel(self) -> int:
@@ -87,6 +89,7 @@ class CheckpointSummary:
             "aliases": dict(self.aliases),
             "modules": modules,
             **({"files": [dataclasses.asdict(e) for e in self.files]} if self.files else {}),
+            "notes": list(self.notes),
             "tensors": [
                 {
                     "name": t.name,
@@ -237,4 +240,7 @@ def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
         print(summary.numel, summary.state["epoch"])
     """
     with open_checkpoint(path) as source:
-        return summarize(source)
+        summary = summarize(source)
+    if os.path.isdir(path):  # what killed saves left beside the shards
+        summary = replace(summary, notes=tuple(describe_temporaries(path)))
+    return summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -159,7 +158,11 @@ def save(
 
     The file is a valid safetensors file. Nested structure, tied weights, exact dtypes and
     per-tensor checksums ride along as JSON in its metadata. If the process dies mid-save,
-    the previous file at ``path`` is untouched.
+    the previous file at ``path`` is untouched. A save that returns wrote a file that
+    verifies, even while other threads update the tensors in place (each copied piece is
+    the memory as it was when copied; not one snapshot across tensors). A symlink's target
+    is replaced and keeps its mode; directories, special and unwritable files are refused;
+    OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
 
     Example::
 
@@ -177,4 +180,5 @@ def save(
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
-    write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync)
+    # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
+    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync)

@@ -18,6 +18,7 @@ from statevault._foreign import Input, SafetensorsInput
 from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
+from statevault._temps import describe_temporaries
 from statevault.errors import CorruptFileError
 
 
@@ -171,6 +172,8 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
             if not file.has_checksums:
                 notes.append(_structure_note(file))
                 count += len(file.tensors)
+        if os.path.isdir(path):  # what killed saves left beside the shards
+            notes += describe_temporaries(path)
         digests = all(f.header_digest for f in files)
         return VerifyReport(
             path=source.label,

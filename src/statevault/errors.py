@@ -4,9 +4,12 @@ Every error the library raises on purpose derives from :class:`StateVaultError`,
 leaf also subclasses the builtin a caller would naturally catch::
 
     StateVaultError
-    ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
+    ├── CheckpointNotFoundError      (FileNotFoundError)  the path (or, for save, its
+    │                                                     directory) does not exist
     ├── CheckpointKindError          (ValueError)         a healthy file of a kind this entry
     │                                                     point does not read (names the kind)
+    ├── CheckpointWriteError         (OSError)            save() could not write the path
+    │                                                     (``.errno`` is the OS error's)
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointKindError",
     "CheckpointNotFoundError",
+    "CheckpointWriteError",
     "ChecksumMismatchError",
     "CorruptFileError",
     "DeviceUnavailableError",
@@ -56,6 +60,19 @@ class CheckpointKindError(StateVaultError, ValueError):
 
     The message says what the file is and which entry point reads it.
     """
+
+
+class CheckpointWriteError(StateVaultError, OSError):
+    """``save`` could not write the path: refused before writing, or the OS failed it.
+
+    The message names the path the caller gave (never the hidden temporary file) and the
+    fix; ``errno`` is the OS error's (``ENOSPC``, ``EACCES``, ...), and the OS error itself
+    is the ``__cause__``. The previous file at the path is untouched.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # set alone: str() stays the message, not "[Errno n] ..."
 
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):
