@@ -53,6 +53,8 @@ LEAVES = [
     (statevault.StateDictMismatchError, RuntimeError),
     (statevault.KeyMappingError, ValueError),
     (statevault.DeviceUnavailableError, RuntimeError),
+    (statevault.DestinationExistsError, FileExistsError),
+    (statevault.NotACheckpointError, ValueError),
 ]
 
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from statevault._display import shown, shown_value
 from statevault._foreign import Input, open_input
 from statevault._inspect import state_leaves
 from statevault._progress import Progress
-from statevault._report import capped
+from statevault._report import MAX_LISTED
 
 CHUNK_ELEMENTS = 1 << 20
 _NO_ARITHMETIC = frozenset(
@@ -47,7 +48,7 @@ class TensorDelta:
 
     def __str__(self) -> str:
         numel = math.prod(self.shape)
-        text = f"{self.name}: {self.mismatched:,} of {numel:,} element(s) differ"
+        text = f"{shown(self.name)}: {self.mismatched:,} of {numel:,} element(s) differ"
         if self.max_abs is not None:
             text += f", max abs {self.max_abs:.6g}, rel L2 {self.rel_l2:.6g}"
         return text
@@ -114,25 +115,37 @@ class DiffReport:
         }
 
     def __str__(self) -> str:
+        a, b = shown(self.a), shown(self.b)
         if self.equal:
             return (
-                f"{self.a} and {self.b} are equal: {len(self.tensors)} tensor(s) compared "
+                f"{a} and {b} are equal: {len(self.tensors)} tensor(s) compared "
                 f"(atol={self.atol:g}, rtol={self.rtol:g})"
             )
-        lines = [f"{self.a} and {self.b} differ:"]
-        sections: list[tuple[str, list[Any]]] = [
-            ("Only in A", list(self.only_a)),
-            ("Only in B", list(self.only_b)),
-            ("Shape changes", [f"{n}: {list(a)} -> {list(b)}" for n, a, b in self.shape_changes]),
-            ("Dtype changes", [f"{n}: {a} -> {b}" for n, a, b in self.dtype_changes]),
-            ("Values differ", list(self.different)),
-            ("State changes", [f"{p}: {a!r} -> {b!r}" for p, a, b in self.state_changes]),
+        lines = [f"{a} and {b} differ:"]
+        # each list is capped before its lines are made: a 200k-key diff formats 20 of them
+        sections: list[tuple[str, Sequence[Any], Callable[[Any], str]]] = [
+            ("Only in A", self.only_a, shown),
+            ("Only in B", self.only_b, shown),
+            ("Shape changes", self.shape_changes, _shape_line),
+            ("Dtype changes", self.dtype_changes, lambda c: f"{shown(c[0])}: {c[1]} -> {c[2]}"),
+            ("Values differ", self.different, str),
+            ("State changes", self.state_changes, _state_line),
         ]
-        for title, items in sections:
+        for title, items, line in sections:
             if items:
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {item}" for item in capped(items)]
+                lines += [f"  {line(item)}" for item in items[:MAX_LISTED]]
+                if len(items) > MAX_LISTED:
+                    lines.append(f"  ... and {len(items) - MAX_LISTED} more")
         return "\n".join(lines)
+
+
+def _shape_line(change: tuple[str, tuple[int, ...], tuple[int, ...]]) -> str:
+    return f"{shown(change[0])}: {list(change[1])} -> {list(change[2])}"
+
+
+def _state_line(change: tuple[str, Any, Any]) -> str:
+    return f"{shown(change[0])}: {shown_value(change[1])} -> {shown_value(change[2])}"
 
 
 def _json_value(value: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -35,6 +36,7 @@ from statevault.errors import (
     CheckpointNotFoundError,
     CorruptFileError,
     HeaderError,
+    NotACheckpointError,
     UnsupportedObjectError,
 )
 
@@ -143,6 +145,11 @@ class SafetensorsInput(Input):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The opened file (for whole-file scans such as ``verify``)."""
+        return self._checkpoint
 
     def close(self) -> None:
         self._checkpoint.close()
@@ -423,12 +430,30 @@ def detect(path: Path) -> str:
     with path.open("rb") as handle:
         head = handle.read(PREFIX_BYTES + 1)
     if head[PREFIX_BYTES:] == b"{":
-        return "safetensors"
+        return "safetensors"  # a damaged one too: the safetensors parser explains what is wrong
     if head.startswith(b"PK\x03\x04"):
+        if not is_torch_zip(path):
+            raise not_a_checkpoint(path, "a zip archive without the data.pkl of a torch file")
         return "torch"
-    if head.startswith(b"\x80") or path.suffix.lower() in TORCH_SUFFIXES:
+    if head.startswith(b"\x80"):
         return "torch-legacy"  # pickle protocol 2 opcode, as written before torch 1.6
-    return "safetensors"  # let the safetensors parser explain what is wrong
+    raise not_a_checkpoint(path, "empty" if not head else "neither safetensors nor torch")
+
+
+def is_torch_zip(path: Path) -> bool:
+    """Whether a zip archive holds a torch file's ``data.pkl``; True when unreadable (damaged)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True  # a damaged torch file: its own reader names the damage
+
+
+def not_a_checkpoint(path: Path, what: str) -> NotACheckpointError:
+    return NotACheckpointError(
+        f"{path}: not a checkpoint ({what}): a safetensors file starts with an 8-byte header "
+        "length and a JSON header, a torch file is a zip archive or a pickle"
+    )
 
 
 def open_input(path: str | os.PathLike[str]) -> Input:

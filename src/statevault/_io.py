@@ -36,6 +36,7 @@ import torch
 
 from statevault import _checksum
 from statevault._format import Header, header_length, header_text, parse_header_text
+from statevault._progress import Progress
 from statevault._table import TensorEntry
 from statevault._vault import signed_digest
 from statevault.errors import (
@@ -279,7 +280,9 @@ def _write_small(
         behind.write(buffers, tensors)
 
 
-def _write_large(fd: int, job: WriteJob, index: int, record: DigestSink | None) -> None:
+def _write_large(
+    fd: int, job: WriteJob, index: int, record: DigestSink | None, progress: Progress | None
+) -> None:
     """Write a large tensor in chunks, each hashed just before it is written (in cache)."""
     tensor = _cpu_tensor(job)  # held here: ``view`` does not keep a copy made for us alive
     view = tensor_memory(tensor)
@@ -289,11 +292,15 @@ def _write_large(fd: int, job: WriteJob, index: int, record: DigestSink | None) 
         if hasher is not None:
             hasher.update(chunk)
         _write_all(fd, chunk)
+        if progress is not None:
+            progress.advance(len(chunk))
     if record is not None and hasher is not None:
         record(index, hasher.hexdigest())
 
 
-def _write_data(fd: int, jobs: Sequence[WriteJob], record: DigestSink | None) -> None:
+def _write_data(
+    fd: int, jobs: Sequence[WriteJob], record: DigestSink | None, progress: Progress | None
+) -> None:
     """Write every tensor in file order from its own memory, hashing as it goes.
 
     Small tensors are gathered into one ``writev`` per run (no copy into a staging buffer),
@@ -306,9 +313,11 @@ def _write_data(fd: int, jobs: Sequence[WriteJob], record: DigestSink | None) ->
         for run in plan_write_runs([job.entry.nbytes for job in jobs]):
             if len(run) == 1 and jobs[run[0]].entry.nbytes >= SMALL_WRITE_BYTES:
                 behind.drain()  # the file offset must be past every earlier tensor
-                _write_large(fd, jobs[run[0]], run[0], record)
+                _write_large(fd, jobs[run[0]], run[0], record, progress)
             else:
                 _write_small(behind, jobs, run, record)
+                if progress is not None:  # queued: at most WRITE_AHEAD runs behind the disk
+                    progress.advance(sum(jobs[index].entry.nbytes for index in run))
         behind.drain()
 
 
@@ -331,6 +340,7 @@ def write_atomically(
     *,
     checksum: bool,
     fsync: bool,
+    progress: Progress | None = None,
 ) -> None:
     """Write a checkpoint to ``path`` so that readers only ever see the old or the new file.
 
@@ -347,7 +357,9 @@ def write_atomically(
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         os.lseek(fd, header.size, os.SEEK_SET)
-        _write_data(fd, jobs, header.put if checksum else None)
+        if progress is not None:
+            progress.start(sum(job.entry.nbytes for job in jobs))
+        _write_data(fd, jobs, header.put if checksum else None, progress)
         complete = header.finish()
         if len(complete) != header.size:
             raise StateVaultError("internal error: header length changed after hashing")
@@ -402,6 +414,10 @@ class FileReader:
         except BaseException:
             os.close(self._fd)
             raise
+
+    def fileno(self) -> int:
+        """The open descriptor, for whole-file scans that read with their own buffers."""
+        return self._fd
 
     def close(self) -> None:
         self._unmap()

@@ -15,6 +15,7 @@ from statevault._dtypes import DtypeSpec, spec_for
 from statevault._format import plan_layout
 from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
+from statevault._progress import Progress
 from statevault._ties import find_ties
 from statevault._tree import flatten
 from statevault.errors import UnsupportedObjectError
@@ -154,12 +155,14 @@ def save(
     metadata: Mapping[str, str] | None = None,
     checksum: bool = True,
     fsync: bool = True,
+    progress: Progress | None = None,
 ) -> None:
     """Save a module's state, a state dict, or nested training state to ``path`` atomically.
 
     The file is a valid safetensors file. Nested structure, tied weights, exact dtypes and
     per-tensor checksums ride along as JSON in its metadata. If the process dies mid-save,
-    the previous file at ``path`` is untouched.
+    the previous file at ``path`` is untouched. ``progress`` hears the bytes to write, then
+    each piece written (the CLI draws it as a bar).
 
     Example::
 
@@ -172,4 +175,4 @@ def save(
             "statevault writes little-endian files; big-endian hosts are not supported"
         )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
-    write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync)
+    write_atomically(Path(path), jobs, header, checksum=checksum, fsync=fsync, progress=progress)

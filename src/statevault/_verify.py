@@ -9,15 +9,23 @@ A damaged header is a finding, not an exception: the report says what is wrong w
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from statevault._checksum import ALGORITHM, new_hasher
-from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
+from statevault._checksum import ALGORITHM
+from statevault._display import shown
+from statevault._foreign import Input, SafetensorsInput, ShardedInput, detect, open_input
 from statevault._progress import Progress
 from statevault._report import capped
-from statevault.errors import CorruptFileError
+from statevault._scan import hash_rows
+from statevault._torchzip import check_zip
+from statevault.errors import CorruptFileError, NotACheckpointError
+
+XXH3 = "checksums"  # xxh3-64 per tensor, plus the header digest
+ZIP_CRC = "zip CRC-32 of every entry"
+STRUCTURE = "structure"
+NOTHING = "nothing to check"
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class BadTensor:
     found: str
 
     def __str__(self) -> str:
-        return f"{self.name}: checksum expected {self.expected}, found {self.found}"
+        return f"{shown(self.name)}: checksum expected {self.expected}, found {self.found}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class VerifyReport:
 
     path: str
     kind: str | None = None  # None when the file could not even be opened as a checkpoint
+    method: str = XXH3  # what was checked: XXH3, ZIP_CRC, STRUCTURE or NOTHING
     tensors_checked: int = 0
     bytes_checked: int = 0
     checksummed: bool = False  # False: only the structure could be checked
@@ -56,6 +65,7 @@ class VerifyReport:
             "path": self.path,
             "ok": self.ok,
             "kind": self.kind,
+            "method": self.method,
             "tensors_checked": self.tensors_checked,
             "bytes_checked": self.bytes_checked,
             "checksummed": self.checksummed,
@@ -69,63 +79,103 @@ class VerifyReport:
         }
 
     def __str__(self) -> str:
+        path = shown(self.path)
         if self.header_error is not None:
-            return f"{self.path}: DAMAGED header: {self.header_error}"
+            return f"{path}: DAMAGED header: {shown(self.header_error, len(self.header_error))}"
+        what = "zip entries" if self.method == ZIP_CRC else "tensor(s)"
         if self.bad:
+            check = "CRC-32" if self.method == ZIP_CRC else f"{ALGORITHM} checksum"
             lines = [
-                f"{self.path}: DAMAGED: {len(self.bad)} of {self.tensors_checked} tensor(s) "
-                f"fail their {ALGORITHM} checksum:"
+                f"{path}: DAMAGED: {len(self.bad)} of {self.tensors_checked} {what} "
+                f"fail their {check}:"
             ]
             lines += [f"  {line}" for line in capped(self.bad)]
-            lines.append("Restore the file from a good copy; the other tensors are intact.")
+            lines.append("Restore the file from a good copy; the others are intact.")
             return "\n".join(lines)
-        what = "checksums" if self.checksummed else "structure"
+        if self.method == NOTHING:
+            return "\n".join([f"{path}: OK (nothing to check)", *self.notes])
         lines = [
-            f"{self.path}: OK ({what}): {self.tensors_checked} tensor(s), "
+            f"{path}: OK ({self.method}): {self.tensors_checked} {what}, "
             f"{self.bytes_checked:,} bytes checked"
         ]
         return "\n".join([*lines, *self.notes])
 
 
-def _hash_one(source: SafetensorsInput, name: str, progress: Progress | None) -> str:
-    hasher = new_hasher()
-    for buffer in source.raw_chunks(name):
-        hasher.update(buffer)
-        if progress is not None:
-            progress.advance(len(buffer))
-    return str(hasher.hexdigest())
-
-
 def _check_file(
-    source: SafetensorsInput, progress: Progress | None, threads: int
+    source: SafetensorsInput, progress: Progress | None, threads: int | None
 ) -> tuple[list[BadTensor], int, int]:
-    """(bad tensors, tensors hashed, bytes hashed) for one safetensors file."""
-    todo = [meta for meta in source.tensors.values() if meta.checksum is not None]
-    todo.sort(key=lambda meta: -meta.nbytes)  # big ones first balances the threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-verify") as pool:
-        found = list(pool.map(lambda meta: _hash_one(source, meta.name, progress), todo))
+    """(bad tensors in file order, tensors hashed, bytes hashed) for one safetensors file."""
+    checkpoint = source.checkpoint
+    digests = checkpoint.vault.checksums
+    if not digests:
+        return [], 0, 0
+    reader = checkpoint.reader
+    found, count, nbytes = hash_rows(reader, digests, progress=progress, threads=threads)
+    names = reader.header.entries.names
     bad = [
-        BadTensor(meta.name, source.label, str(meta.checksum), digest)
-        for meta, digest in zip(todo, found, strict=True)
-        if digest != meta.checksum
+        BadTensor(names[row], source.label, digests[names[row]], digest) for row, digest in found
     ]
-    bad.sort(key=lambda b: list(source.tensors).index(b.name))  # report in file order
-    return bad, len(todo), sum(meta.nbytes for meta in todo)
+    return bad, count, nbytes
+
+
+def _checked_bytes(source: SafetensorsInput) -> int:
+    """Bytes of tensor data hashed in ``source`` (all of it when it records checksums)."""
+    ends = source.checkpoint.reader.header.entries.ends
+    return ends[-1] if source.has_checksums and len(ends) else 0
 
 
 def _structure_note(source: Input) -> str:
     return (
-        f"{source.label}: no checksums recorded (not written by statevault, or saved with "
-        "checksum=False): only the structure was checked (header parses, offsets contiguous "
-        "and in bounds, file size matches); tensor bytes could not be verified"
+        f"{shown(source.label)}: no checksums recorded (not written by statevault, or saved "
+        "with checksum=False): only the structure was checked (header parses, offsets "
+        "contiguous and in bounds, file size matches); tensor bytes could not be verified"
     )
 
 
-def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Check a safetensors file (or sharded directory) end to end; collect every problem.
+def _verify_torch_zip(path: Path, progress: Progress | None, threads: int | None) -> VerifyReport:
+    try:
+        result = check_zip(path, progress=progress, threads=threads)
+    except CorruptFileError as exc:
+        return VerifyReport(path=str(path), kind="torch", method=ZIP_CRC, header_error=str(exc))
+    if not result.recorded:
+        return VerifyReport(
+            path=str(path),
+            kind="torch",
+            method=NOTHING,
+            notes=(
+                f"{shown(str(path))}: torch zip file written without CRC-32s (every entry "
+                "records 0): there is nothing to check",
+            ),
+        )
+    return VerifyReport(
+        path=str(path),
+        kind="torch",
+        method=ZIP_CRC,
+        tensors_checked=result.entries,
+        bytes_checked=result.nbytes,
+        checksummed=True,
+        bad=tuple(BadTensor(e.name, str(path), e.expected, e.found) for e in result.bad),
+    )
 
-    ``progress`` hears the bytes to hash, then each chunk hashed (from worker threads).
-    Raises only when there is nothing to verify (missing path, a ``.pt`` file).
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Check a checkpoint end to end; collect every problem.
+
+    * statevault files: the header digest and every tensor's xxh3-64 checksum.
+    * plain safetensors files: the structure (they record no checksums).
+    * torch zip files (``.pt`` since torch 1.6): the CRC-32 of every zip entry.
+    * legacy torch files: nothing to check (they record no checksums); read once through
+      torch's weights-only loader.
+    * sharded directories: each shard as above.
+
+    ``progress`` hears the bytes to check, then each chunk checked (from worker threads).
+    Damage to a real checkpoint is a finding in the report; a path that is missing or not a
+    checkpoint at all raises (:class:`CheckpointNotFoundError`, :class:`NotACheckpointError`).
 
     Example::
 
@@ -133,8 +183,14 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
         if not report.ok:
             print(report)  # names each damaged tensor
     """
+    where = Path(path)
     try:
-        source = open_input(path)
+        kind = detect(where) if where.exists() else None
+        if kind == "torch":
+            return _verify_torch_zip(where, progress, threads)
+        source = open_input(where)
+    except NotACheckpointError:
+        raise
     except CorruptFileError as exc:
         return VerifyReport(path=str(path), header_error=str(exc))
     with source:
@@ -143,34 +199,37 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
         elif isinstance(source, SafetensorsInput):
             files = [source]
         else:
-            raise CorruptFileError(
-                f"{path}: is a {source.kind} pickle file, which records no checksums to verify; "
-                "convert it with `statevault convert` and verify the result"
+            note = (
+                f"{shown(source.label)}: legacy torch file (pre-1.6 format): it records no "
+                "checksums, so there is nothing to verify; torch's weights-only loader read "
+                "it without error"
             )
-        threads = max(1, min(4, os.cpu_count() or 1))
+            return VerifyReport(path=source.label, kind=source.kind, method=NOTHING, notes=(note,))
         if progress is not None:
-            progress.start(
-                sum(m.nbytes for f in files for m in f.tensors.values() if m.checksum is not None)
-            )
+            progress.start(sum(_checked_bytes(f) for f in files))
         bad: list[BadTensor] = []
         count = nbytes = 0
         notes: list[str] = []
-        for file in files:
-            found, checked, size = _check_file(file, progress, threads)
-            bad += found
-            count += checked
-            nbytes += size
-            if not file.has_checksums:
-                notes.append(_structure_note(file))
-                count += len(file.tensors)
-        digests = all(f.header_digest for f in files)
+        try:
+            for file in files:
+                found, checked, size = _check_file(file, progress, threads)
+                bad += found
+                count += checked
+                nbytes += size
+                if not file.has_checksums:
+                    notes.append(_structure_note(file))
+                    count += len(file.tensors)
+        except CorruptFileError as exc:  # the file shrank or was truncated while being read
+            return VerifyReport(path=source.label, kind=source.kind, header_error=str(exc))
+        checksummed = all(f.has_checksums for f in files)
         return VerifyReport(
             path=source.label,
             kind=source.kind,
+            method=XXH3 if checksummed else STRUCTURE,
             tensors_checked=count,
             bytes_checked=nbytes,
-            checksummed=all(f.has_checksums for f in files),
-            header_digest=digests,
+            checksummed=checksummed,
+            header_digest=all(f.header_digest for f in files),
             bad=tuple(bad),
             notes=tuple(notes),
         )

@@ -5,11 +5,14 @@ leaf also subclasses the builtin a caller would naturally catch::
 
     StateVaultError
     ├── CheckpointNotFoundError      (FileNotFoundError)  the path does not exist
+    ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
+    │                                                     file and was not allowed to
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
     ├── DeviceUnavailableError       (RuntimeError)       device= names a device torch cannot use
     ├── CorruptFileError             (ValueError)         the file is not what it claims to be
+    │   ├── NotACheckpointError                           not a checkpoint of any kind at all
     │   ├── HeaderError                                   malformed or inconsistent header
     │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
     │   └── ChecksumMismatchError                         tensor bytes differ from what was saved
@@ -28,9 +31,11 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
     "CorruptFileError",
+    "DestinationExistsError",
     "DeviceUnavailableError",
     "HeaderError",
     "KeyMappingError",
+    "NotACheckpointError",
     "StateDictMismatchError",
     "StateVaultError",
     "TruncatedFileError",
@@ -44,6 +49,14 @@ class StateVaultError(Exception):
 
 class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
     """The checkpoint path does not exist."""
+
+
+class DestinationExistsError(StateVaultError, FileExistsError):
+    """The output path exists and replacing it was not allowed; ``.path`` names it."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):
@@ -60,6 +73,15 @@ class KeyMappingError(StateVaultError, ValueError):
 
 class CorruptFileError(StateVaultError, ValueError):
     """The file is damaged or is not a safetensors/statevault file."""
+
+
+class NotACheckpointError(CorruptFileError):
+    """The file is not a checkpoint at all (no safetensors header, not a torch file).
+
+    A :class:`CorruptFileError` so existing handlers still catch it, but tools tell it apart
+    from damage: a photo is "not a checkpoint" (could not do the job), a checkpoint with a
+    bad checksum is "damaged" (a finding).
+    """
 
 
 class HeaderError(CorruptFileError):

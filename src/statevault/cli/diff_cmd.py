@@ -37,7 +37,7 @@ def diff_command(
     |a - b| <= atol + rtol * |b| (NaNs in the same place are equal). Either side may be any
     kind inspect accepts, e.g. a .pt and its converted file.
     """
-    with progress_bar("comparing") as bar:
+    with progress_bar("comparing", f"{a} with {b}") as bar:
         report = diff(a, b, atol=atol, rtol=rtol, progress=bar)
     if as_json:
         emit_json(report.to_dict())
