@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -25,12 +24,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure(operation: str, paths: list[str]) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def measure(operation: str, paths: list[str]) -> dict[str, Any]:
 
     import statevault
 
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     start = time.perf_counter()
     if operation == "load":
         statevault.load(paths[0])
@@ -51,7 +50,8 @@ def measure(operation: str, paths: list[str]) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown operation {operation}")
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+    peak = _status_mib("VmHWM")
     return {"seconds": seconds, "extra_mib": max(0.0, peak - before), "result": result}
 
 
