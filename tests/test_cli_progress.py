@@ -1,0 +1,69 @@
+"""Progress bars: the file's name, a known total from the first frame, one unit system,
+and a bar for every phase (convert's write too)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+import statevault
+from statevault.cli._output import _BinarySpeedColumn, progress_bar, progress_bars
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.done = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+
+
+def _terminal() -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=120)
+
+
+def test_a_bar_is_hidden_until_its_total_is_known_and_names_its_file() -> None:
+    with progress_bar("verifying", "ckpt\x1b[2J.safetensors", console=_terminal()) as bar:
+        assert bar is not None
+        task = bar._progress.tasks[0]
+        assert not task.visible  # no "0/? bytes" frame
+        bar.start(3 << 30)
+        task = bar._progress.tasks[0]
+        assert task.visible and task.total == 3 << 30
+        assert task.description == "verifying ckpt\\x1b[2J.safetensors"
+
+
+def test_speed_uses_the_binary_units_of_the_byte_column() -> None:
+    progress = Progress()
+    task = progress.tasks[progress.add_task("x", total=10 << 30)]
+    task.finished_speed = float(3 << 30)
+    assert str(_BinarySpeedColumn().render(task)) == "3.0 GiB/s"
+
+
+def test_convert_reports_its_read_and_its_write(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.pt", tmp_path / "dst.sv"
+    torch.save({"a": torch.ones(1000), "b": torch.zeros(10, dtype=torch.float64)}, src)
+    read, write = Counting(), Counting()
+    statevault.convert(src, dst, progress=read, write_progress=write)
+    assert read.total == read.done == 4080
+    assert write.total == write.done == 4080  # the write phase is shown to its end
+
+
+def test_save_reports_every_byte_written_large_and_small(tmp_path: Path) -> None:
+    written = Counting()
+    state = {"big": torch.ones(1 << 19), **{f"s{i}": torch.ones(3) for i in range(50)}}
+    statevault.save(state, tmp_path / "x.sv", progress=written)
+    assert written.total == written.done == (1 << 21) + 50 * 12
+
+
+def test_quiet_when_not_a_terminal() -> None:
+    with progress_bars(console=Console(file=io.StringIO())) as bars:
+        assert bars is None
