@@ -43,7 +43,8 @@ def test_a_bar_is_hidden_until_its_total_is_known_and_names_its_file() -> None:
 
 def test_speed_uses_the_binary_units_of_the_byte_column() -> None:
     progress = Progress()
-    task = progress.tasks[progress.add_task("x", total=10 << 30)]
+    task_id = progress.add_task("x", total=10 << 30)
+    task = progress.tasks[task_id]
     task.finished_speed = float(3 << 30)
     assert str(_BinarySpeedColumn().render(task)) == "3.0 GiB/s"
 
