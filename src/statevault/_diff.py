@@ -339,6 +339,13 @@ def _chunks_of(meta: TensorMeta) -> int:
     return 1 if meta.numel <= CHUNK_ELEMENTS else -(-meta.numel // CHUNK_ELEMENTS)
 
 
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's elements as one 1-D tensor (sparse and other layouts made dense)."""
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    return tensor.detach().reshape(-1)
+
+
 class _Side:
     """One input's tensors as 1-D chunks. Tensors in a safetensors file are read and
     verified through a reused buffer per task (``ChunkRing`` of one), so a chunk is compared
@@ -358,8 +365,10 @@ class _Side:
 
     def chunks(self, meta: TensorMeta, rings: dict[str, ChunkRing]) -> Iterator[torch.Tensor]:
         ring = rings.get(meta.file)
-        if ring is None:
-            yield from self.source.chunks(meta.name, elements=CHUNK_ELEMENTS)
+        if ring is None:  # a torch file: its tensors are in memory (or mapped) already
+            flat = _flat(self.source.read_flat([meta.name])[meta.name])
+            for start in range(0, max(1, flat.numel()), CHUNK_ELEMENTS):
+                yield flat[start : start + CHUNK_ELEMENTS]
             return
         chunk_bytes = CHUNK_ELEMENTS * meta.dtype.itemsize
         for piece in ring.chunks(meta.name, chunk_bytes=chunk_bytes):
@@ -368,7 +377,7 @@ class _Side:
     def small(self, names: list[str]) -> list[torch.Tensor]:
         """Whole small tensors, read many at a time by the verified, batched reader."""
         flat = self.source.read_flat(names)
-        return [flat[name].reshape(-1) for name in names]
+        return [_flat(flat[name]) for name in names]
 
 
 class _Job:
@@ -386,7 +395,7 @@ class _Job:
 
         def reread(indices: list[int]) -> float:
             wanted = set(indices)
-            chunks = self.b.source.chunks(meta_b.name, elements=CHUNK_ELEMENTS)
+            chunks = self.b.chunks(meta_b, self.b.ring())
             return sum(_sq_ref(c) for i, c in enumerate(chunks) if i in wanted)
 
         mismatched, max_abs, rel = tensor.result(reread)
