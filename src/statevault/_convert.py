@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from statevault._display import shown
 from statevault._foreign import Input, SafetensorsInput, ShardedInput, open_input
 from statevault._progress import Progress
 from statevault._report import capped
@@ -65,7 +66,8 @@ class ConvertReport:
 
     def __str__(self) -> str:
         text = (
-            f"{self.source} ({self.source_kind}) -> {self.destination}: {self.tensors} tensor(s), "
+            f"{shown(self.source)} ({self.source_kind}) -> {shown(self.destination)}: "
+            f"{self.tensors} tensor(s), "
             f"{self.file_size:,} bytes"
         )
         if self.cast:

@@ -28,7 +28,7 @@ from statevault._inspect import state_leaves
 from statevault._io import PARALLEL_MIN_BYTES
 from statevault._progress import Progress
 from statevault._report import MAX_LISTED
-from statevault._scan import ChunkRing, default_threads, run_parallel
+from statevault._scan import ChunkReader, RowReader, default_threads, run_parallel
 
 # Elements per streamed chunk of a large tensor: 512 KiB of float32, so a chunk of A and
 # its partner in B are compared while both are still in a core's L2 (1 MiB here).
@@ -348,7 +348,7 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 
 class _Side:
     """One input's tensors as 1-D chunks. Tensors in a safetensors file are read and
-    verified through a reused buffer per task (``ChunkRing`` of one), so a chunk is compared
+    verified through a reused buffer per task (``ChunkReader``), so a chunk is compared
     while it is still in cache; other kinds come from the input's own ``chunks``."""
 
     def __init__(self, source: Input) -> None:
@@ -356,14 +356,14 @@ class _Side:
         files = source.shards() if isinstance(source, ShardedInput) else [source]
         self.files = {f.label: f for f in files if isinstance(f, SafetensorsInput)}
 
-    def ring(self) -> dict[str, ChunkRing]:
+    def ring(self) -> dict[str, ChunkReader]:
         """Buffers for one task (tasks run on their own threads)."""
         return {
-            label: ChunkRing(f.checkpoint.reader, f.checkpoint.vault.checksums, size=1)
+            label: ChunkReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
             for label, f in self.files.items()
         }
 
-    def chunks(self, meta: TensorMeta, rings: dict[str, ChunkRing]) -> Iterator[torch.Tensor]:
+    def chunks(self, meta: TensorMeta, rings: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
         ring = rings.get(meta.file)
         if ring is None:  # a torch file: its tensors are in memory (or mapped) already
             flat = _flat(self.source.read_flat([meta.name])[meta.name])
@@ -374,10 +374,37 @@ class _Side:
         for piece in ring.chunks(meta.name, chunk_bytes=chunk_bytes):
             yield torch.frombuffer(piece, dtype=torch.uint8).view(meta.dtype)
 
-    def small(self, names: list[str]) -> list[torch.Tensor]:
-        """Whole small tensors, read many at a time by the verified, batched reader."""
-        flat = self.source.read_flat(names)
-        return [_flat(flat[name]) for name in names]
+    def readers(self) -> dict[str, RowReader]:
+        """Batch buffers for one task."""
+        return {
+            label: RowReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
+            for label, f in self.files.items()
+        }
+
+    def small(self, names: list[str], readers: dict[str, RowReader]) -> list[torch.Tensor]:
+        """Whole small tensors, many per read, verified; views valid until the next call."""
+        metas = [self.source.resolve(name) for name in names]
+        by_file: dict[str, list[str]] = {}
+        for meta in metas:
+            by_file.setdefault(meta.file, []).append(meta.name)
+        views: dict[tuple[str, str], memoryview] = {}
+        others: list[str] = []
+        for label, stored in by_file.items():
+            if label in readers:
+                views.update(((label, n), v) for n, v in readers[label].read(stored).items())
+            else:
+                others += stored
+        flat = self.source.read_flat(others) if others else {}
+        result = []
+        for meta in metas:
+            view = views.get((meta.file, meta.name))
+            if view is None:
+                result.append(_flat(flat[meta.name]))
+            elif len(view) == 0:
+                result.append(torch.empty(0, dtype=meta.dtype))
+            else:
+                result.append(torch.frombuffer(view, dtype=torch.uint8).view(meta.dtype))
+        return result
 
 
 class _Job:
@@ -422,7 +449,8 @@ class _Job:
         if stop.is_set():
             return []
         deltas = []
-        for name, x, y in zip(names, self.a.small(names), self.b.small(names), strict=True):
+        left, right = self.a.small(names, self.a.readers()), self.b.small(names, self.b.readers())
+        for name, x, y in zip(names, left, right, strict=True):
             tensor = _Tensor(self.atol, self.rtol)
             tensor.add(0, x, y)
             deltas.append(self._delta(name, tensor))
