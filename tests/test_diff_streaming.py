@@ -84,3 +84,11 @@ def test_each_side_is_read_once_in_bounded_chunks(
     assert statevault.diff(a, b).equal
     assert max(sizes) <= VERIFY_CHUNK_BYTES  # L2-sized pieces, hashed while in cache
     assert sum(sizes) == 2 * x.nbytes  # each side read exactly once
+
+
+def test_large_int64_values_that_float64_cannot_tell_apart_differ(tmp_path: Path) -> None:
+    x = torch.tensor([2**53, 5], dtype=torch.int64)
+    a = _save(tmp_path / "a", {"i": x})
+    b = _save(tmp_path / "b", {"i": x + torch.tensor([1, 0])})
+    (delta,) = statevault.diff(a, b).tensors
+    assert delta.mismatched == 1

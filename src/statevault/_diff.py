@@ -36,6 +36,9 @@ CHUNK_ELEMENTS = 1 << 17
 PIECE_ELEMENTS = 1 << 15  # arithmetic pieces: in cache, and at torch's grain (no thread pool)
 STREAM_BYTES = 4 << 20  # small tensors are compared in batches of about this many bytes
 SMALL_BATCH = 1024  # ... and at most this many tensors
+_WIDE_INTEGERS = frozenset(
+    dt for dt in (torch.int64, getattr(torch, "uint64", None)) if isinstance(dt, torch.dtype)
+)  # integers float64 cannot hold exactly
 _NO_ARITHMETIC = frozenset(
     dt for dt in (getattr(torch, "float4_e2m1fn_x2", None),) if isinstance(dt, torch.dtype)
 )
@@ -236,25 +239,23 @@ def _numeric_piece(x: torch.Tensor, y: torch.Tensor, atol: float, rtol: float, t
     complex_ = x.is_complex() or y.is_complex()
     a, b = _wide(x, complex_), _wide(y, complex_)
     delta = (a - b).abs()
-    if delta.dtype != torch.float64:
+    if complex_:
         delta = delta.to(torch.float64)
-    if x.dtype == y.dtype and not (x.is_floating_point() or x.is_complex()):
-        same = x == y  # large 64-bit integers can round to equal float64 values
-    else:
-        same = a == b  # inf == inf, where a - b is NaN
-    delta.masked_fill_(same, 0.0)
     sq_diff = _sum_sq(delta)
-    if math.isnan(sq_diff):  # a NaN somewhere (rare): NaN in the same place is equal
-        same |= a.isnan() & b.isnan()
+    if math.isnan(sq_diff):  # rare: NaN in the same place is equal, inf == inf too
+        same = (a == b) | (a.isnan() & b.isnan())
         delta = torch.where(delta.isnan(), math.inf, delta)  # NaN vs number: maximal
         delta.masked_fill_(same, 0.0)
         sq_diff = _sum_sq(delta)
-    if rtol == 0:
-        t.mismatched += int(torch.count_nonzero(delta > atol))
+    peak = float(delta.max()) if delta.numel() else 0.0
+    if atol == rtol == 0 and x.dtype == y.dtype and x.dtype in _WIDE_INTEGERS:
+        t.mismatched += int(torch.count_nonzero(x != y))  # 2**53 + 1 vs 2**53: float64 agrees
+    elif rtol == 0:
+        if peak > atol:  # otherwise nothing is outside the tolerance: skip the count
+            t.mismatched += int(torch.count_nonzero(delta > atol if atol else delta))
     else:
         t.mismatched += int(torch.count_nonzero(delta > b.abs().mul_(rtol).add_(atol)))
-    if delta.numel():
-        t.max_abs = max(t.max_abs, float(delta.max()))
+    t.max_abs = max(t.max_abs, peak)
     t.sq_diff += sq_diff
     t.sq_ref += _finite_sq(b)
 
