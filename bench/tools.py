@@ -96,6 +96,8 @@ def many(count: int, runs: int, directory: Path) -> None:
     rows = {
         "verified load, intact": _run("load", path, runs=runs),
         "verify, intact": _run("verify", path, runs=runs),
+        "verify, intact, twice": _run("verify", path, path, runs=runs),
+        "diff with itself": _run("diff", path, path, runs=runs),
     }
     _zero_data(path)
     rows["verify, every tensor zeroed"] = _run("verify", path, runs=runs)

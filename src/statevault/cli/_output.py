@@ -1,7 +1,8 @@
 """What every command shares: consoles, progress bars, JSON output, sizes, exit codes.
 
-Exit codes follow ``diff``: 0 all is well / equal, 1 a finding (damage, a difference),
-2 the command could not do its job (missing file, unreadable input, bad option).
+Exit codes follow ``diff``: 0 all is well / equal, 1 a finding about a real checkpoint
+(damage, a difference), 2 the command could not do its job (not a checkpoint, missing file,
+refused input, bad option, existing destination), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from statevault._display import NAME_CHARS, shown
+from statevault._display import shown
 from statevault.errors import CorruptFileError, NotACheckpointError
 
 EXIT_OK = 0
@@ -166,6 +167,3 @@ def progress_bar(
     """One byte-counting bar ``verb path`` on stderr on a terminal; ``None`` when piped."""
     with progress_bars(console=console) as bars:
         yield bars.bar(verb, path) if bars is not None else None
-
-
-NAME_LIMIT = NAME_CHARS
