@@ -357,22 +357,22 @@ class _Side:
         files = source.shards() if isinstance(source, ShardedInput) else [source]
         self.files = {f.label: f for f in files if isinstance(f, SafetensorsInput)}
 
-    def ring(self) -> dict[str, ChunkReader]:
+    def chunk_readers(self) -> dict[str, ChunkReader]:
         """Buffers for one task (tasks run on their own threads)."""
         return {
             label: ChunkReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
             for label, f in self.files.items()
         }
 
-    def chunks(self, meta: TensorMeta, rings: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
-        ring = rings.get(meta.file)
-        if ring is None:  # a torch file: its tensors are in memory (or mapped) already
+    def chunks(self, meta: TensorMeta, readers: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
+        reader = readers.get(meta.file)
+        if reader is None:  # a torch file: its tensors are in memory (or mapped) already
             flat = _flat(self.source.read_flat([meta.name])[meta.name])
             for start in range(0, max(1, flat.numel()), CHUNK_ELEMENTS):
                 yield flat[start : start + CHUNK_ELEMENTS]
             return
         chunk_bytes = CHUNK_ELEMENTS * meta.dtype.itemsize
-        for piece in ring.chunks(meta.name, chunk_bytes=chunk_bytes):
+        for piece in reader.chunks(meta.name, chunk_bytes=chunk_bytes):
             yield torch.frombuffer(piece, dtype=torch.uint8).view(meta.dtype)
 
     def readers(self) -> dict[str, RowReader]:
@@ -423,7 +423,7 @@ class _Job:
 
         def reread(indices: list[int]) -> float:
             wanted = set(indices)
-            chunks = self.b.chunks(meta_b, self.b.ring())
+            chunks = self.b.chunks(meta_b, self.b.chunk_readers())
             return sum(_sq_ref(c) for i, c in enumerate(chunks) if i in wanted)
 
         mismatched, max_abs, rel = tensor.result(reread)
@@ -433,10 +433,10 @@ class _Job:
 
     def large(self, name: str, stop: threading.Event) -> list[TensorDelta]:
         """One large tensor: both files read chunk by chunk in lockstep on this thread."""
-        rings_a, rings_b = self.a.ring(), self.b.ring()
+        readers_a, readers_b = self.a.chunk_readers(), self.b.chunk_readers()
         meta_a, meta_b = self.a.source.resolve(name), self.b.source.resolve(name)
         tensor = _Tensor(self.atol, self.rtol)
-        pairs = zip(self.a.chunks(meta_a, rings_a), self.b.chunks(meta_b, rings_b), strict=True)
+        pairs = zip(self.a.chunks(meta_a, readers_a), self.b.chunks(meta_b, readers_b), strict=True)
         for index, (x, y) in enumerate(pairs):
             if stop.is_set():
                 return []
