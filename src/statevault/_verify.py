@@ -1,9 +1,11 @@
-"""verify(): re-read a checkpoint and check its header and every tensor checksum.
+"""verify(): re-read a checkpoint and check everything it records a checksum for.
 
 Unlike ``load``, which stops at the first damaged tensor, verify keeps going and reports
-them all, so one run tells you exactly what is broken. Tensors are hashed in bounded chunks
-on a few threads (hashing releases the GIL), so memory stays flat for any file size.
-A damaged header is a finding, not an exception: the report says what is wrong with it.
+them all, so one run tells you exactly what is broken. statevault files are hashed with the
+load engine's read plan (``_scan``: batched reads, small reused buffers, a few threads), so
+the work is linear in the number of tensors and memory stays flat for any file size; torch
+zip files get the CRC-32 of every entry checked (``_torchzip``). Damage to a real checkpoint
+is a finding in the report; a file that is not a checkpoint at all raises.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ NOTHING = "nothing to check"
 
 @dataclass(frozen=True)
 class BadTensor:
-    """A tensor whose bytes do not hash to the digest recorded when it was saved."""
+    """A tensor (or torch zip entry) whose bytes do not hash to the digest recorded for it."""
 
     name: str
     file: str
