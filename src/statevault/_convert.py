@@ -189,6 +189,9 @@ def convert(
             "(overwrite=True), then atomically",
             str(dst),
         )
+    if progress is not None and src_path.is_file():
+        # opening a torch file loads it (legacy ones in full): the first phase of the read
+        progress.start(src_path.stat().st_size)
     with open_input(src_path) as source:
         flattened = keys is not None or bool(strip_prefix)
         dropped: list[str] = []

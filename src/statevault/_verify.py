@@ -231,7 +231,11 @@ def verify(
             with Checkpoint(where) as checkpoint:
                 files = [(checkpoint, str(where))]
                 return _verify_files(str(where), _kind(checkpoint), files, progress, threads)
+        if kind == "torch-legacy" and progress is not None:
+            progress.start(where.stat().st_size)  # torch reads it in full to check it loads
         source = open_input(where)
+        if kind == "torch-legacy" and progress is not None:
+            progress.advance(where.stat().st_size)
     except NotACheckpointError:
         raise
     except CorruptFileError as exc:
