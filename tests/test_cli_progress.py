@@ -4,8 +4,14 @@ and a bar for every phase (convert's write too)."""
 from __future__ import annotations
 
 import io
+import os
+import pty
+import select
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -68,3 +74,41 @@ def test_save_reports_every_byte_written_large_and_small(tmp_path: Path) -> None
 def test_quiet_when_not_a_terminal() -> None:
     with progress_bars(console=Console(file=io.StringIO())) as bars:
         assert bars is None
+
+
+def _on_a_terminal(args: list[str]) -> tuple[str, str]:
+    """Run the real CLI with stderr on a pseudo-terminal; (what the terminal got, stdout)."""
+    master, slave = pty.openpty()
+    src = Path(statevault.__file__).parents[1]
+    env = {"PYTHONPATH": str(src), "PATH": "", "TERM": "xterm-256color", "COLUMNS": "120"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "statevault", *args], stdout=subprocess.PIPE, stderr=slave, env=env
+    )
+    os.close(slave)
+    received = []
+    try:
+        while select.select([master], [], [], 120)[0]:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            received.append(data)
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        os.close(master)
+        process.kill()
+    return b"".join(received).decode("utf-8", "replace"), stdout.decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_real_terminal_sees_the_file_name_and_the_total_in_every_frame(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    statevault.save({f"w{i}": torch.ones(1 << 18) for i in range(8)}, path)  # 8 MiB
+    terminal, stdout = _on_a_terminal(["verify", str(path)])
+    assert "OK (checksums)" in stdout and "\x1b[" not in stdout
+    frames = [frame for frame in terminal.split("\r") if "verifying" in frame]
+    assert frames, terminal
+    for frame in frames:
+        assert "ckpt.safetensors" in frame and "/8.0 MiB" in frame and "?" not in frame

@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import PurePath
 from typing import Any
 
 import click
@@ -131,9 +132,11 @@ class Bars:
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
 
-    def bar(self, verb: str, path: str) -> _Bar:
-        """A new, hidden bar for ``verb path`` (the path escaped and shortened)."""
-        return _Bar(self._progress, f"{verb} {escape(shown(path, 60))}")
+    def bar(self, verb: str, *paths: str) -> _Bar:
+        """A new, hidden bar for ``verb NAME [with NAME]``: file names (not whole paths,
+        which would crowd out the bar), escaped and shortened."""
+        names = [escape(shown(PurePath(path).name or path, 48)) for path in paths]
+        return _Bar(self._progress, " ".join([verb, " with ".join(names)]))
 
 
 def _columns() -> tuple[Any, ...]:
@@ -161,9 +164,7 @@ def progress_bars(*, console: Console | None = None) -> Iterator[Bars | None]:
 
 
 @contextmanager
-def progress_bar(
-    verb: str, path: str = "", *, console: Console | None = None
-) -> Iterator[_Bar | None]:
-    """One byte-counting bar ``verb path`` on stderr on a terminal; ``None`` when piped."""
+def progress_bar(verb: str, *paths: str, console: Console | None = None) -> Iterator[_Bar | None]:
+    """One byte-counting bar ``verb NAME`` on stderr on a terminal; ``None`` when piped."""
     with progress_bars(console=console) as bars:
-        yield bars.bar(verb, path) if bars is not None else None
+        yield bars.bar(verb, *paths) if bars is not None else None

@@ -38,7 +38,7 @@ def diff_command(
     kind inspect accepts, e.g. a .pt and its converted file. Both files are streamed in
     parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
-    with progress_bar("comparing", f"{a} with {b}") as bar:
+    with progress_bar("comparing", a, b) as bar:
         report = diff(a, b, atol=atol, rtol=rtol, progress=bar)
     if as_json:
         emit_json(report.to_dict())
