@@ -20,6 +20,7 @@ from statevault.errors import (
     ChecksumMismatchError,
     CorruptFileError,
     HeaderError,
+    NotACheckpointError,
     StateVaultError,
     TruncatedFileError,
 )
@@ -272,7 +273,7 @@ DATA8 = struct.pack("<2f", 1.0, 2.0)
         (file_with_header({"__metadata__": "x"}), HeaderError),
         (file_with_header({"e": {"dtype": "F32", "shape": [0, 2**64], "data_offsets": [0, 0]}}), HeaderError),
         (file_with_header({"e": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}), HeaderError),
-        (b"", TruncatedFileError),
+        (b"", NotACheckpointError),  # empty: nothing of a checkpoint in it (CLI exit 2)
         (b"\x00" * 7, TruncatedFileError),
     ],
     ids=[

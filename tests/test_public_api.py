@@ -56,6 +56,8 @@ LEAVES = [
     (statevault.KeyMappingError, ValueError),
     (statevault.DeviceUnavailableError, RuntimeError),
     (statevault.MetaDeviceError, RuntimeError),
+    (statevault.DestinationExistsError, FileExistsError),
+    (statevault.NotACheckpointError, ValueError),
 ]
 
 

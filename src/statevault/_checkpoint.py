@@ -171,6 +171,11 @@ class Checkpoint:
         """Stored tensors in file order: name -> :class:`TensorInfo`, made on access."""
         return _TensorInfos(self)
 
+    @property
+    def reader(self) -> FileReader:
+        """The open file and its parsed header, for whole-file scans (``verify``)."""
+        return self._reader
+
     # -- context management -------------------------------------------------------------
     def close(self) -> None:
         self._reader.close()

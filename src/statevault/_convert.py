@@ -18,13 +18,16 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import Input, SafetensorsInput, ShardedInput
+from statevault._display import shown
+from statevault._foreign import SafetensorsInput, ShardedInput
 from statevault._open import open_checkpoint
 from statevault._progress import Progress
+from statevault._reader import Reader
 from statevault._report import capped
 from statevault._save import save
 from statevault._ties import memory_identity
 from statevault._tree import flatten, numpy_names, unflatten
+from statevault.errors import DestinationExistsError
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -65,7 +68,8 @@ class ConvertReport:
 
     def __str__(self) -> str:
         text = (
-            f"{self.source} ({self.source_kind}) -> {self.destination}: {self.tensors} tensor(s), "
+            f"{shown(self.source)} ({self.source_kind}) -> {shown(self.destination)}: "
+            f"{self.tensors} tensor(s), "
             f"{self.file_size:,} bytes"
         )
         if self.cast:
@@ -73,7 +77,7 @@ class ConvertReport:
         if self.renamed:
             text += f", {self.renamed} renamed"
         if self.dropped:
-            text += f", {len(self.dropped)} left out by --keys"
+            text += f", {len(self.dropped)} left out by the key pattern"
         return text
 
 
@@ -108,12 +112,12 @@ def select(
         if new in chosen:
             raise ValueError(
                 f"after stripping prefixes, {chosen[new]!r} and {name!r} would both be named "
-                f"{new!r}; narrow --keys or use a longer --strip-prefix"
+                f"{new!r}; narrow the key pattern or strip a longer prefix"
             )
         chosen[new] = name
     if not chosen:
         sample = ", ".join(capped(list(names), 5)) or "(the source has no tensors)"
-        raise ValueError(f"no tensor name matches --keys {keys!r}; names look like: {sample}")
+        raise ValueError(f"no tensor name matches the pattern {keys!r}; names look like: {sample}")
     return chosen, dropped
 
 
@@ -146,7 +150,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _source_metadata(source: Input) -> dict[str, str]:
+def _source_metadata(source: Reader) -> dict[str, str]:
     metadata = dict(source.metadata)
     if isinstance(source, ShardedInput):
         metadata.pop("total_size", None)  # described the shard set, not the new file
@@ -161,14 +165,19 @@ def convert(
     keys: str | None = None,
     strip_prefix: Sequence[str] = (),
     checksum: bool = True,
+    overwrite: bool = False,
     progress: Progress | None = None,
+    write_progress: Progress | None = None,
 ) -> ConvertReport:
     """Write ``src`` (any supported kind) as a statevault file at ``dst``, atomically.
 
     ``dtype`` casts floating-point tensors (ints, bools and complex stay as they are);
     ``keys`` is a regular expression searched in each tensor name; ``strip_prefix`` removes
     the first matching prefix from each name. ``.pt`` files are read only through torch's
-    weights-only loader; a file it refuses raises :class:`UnsupportedObjectError`.
+    weights-only loader; a file it refuses raises :class:`UnsupportedObjectError`. An
+    existing ``dst`` raises :class:`DestinationExistsError` unless ``overwrite=True``; it is
+    then replaced atomically (readers see the old file or the new one, never a mix).
+    ``progress`` hears the reading, ``write_progress`` the writing (two phases, two bars).
 
     Example::
 
@@ -178,8 +187,17 @@ def convert(
     """
     target = parse_dtype(dtype) if dtype is not None else None
     src_path, dst_path = Path(src), Path(dst)
-    if _same_file(src_path, dst_path) or (src_path.is_dir() and dst_path.is_dir()):
+    if _same_file(src_path, dst_path) or dst_path.is_dir():
         raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
+    if not overwrite and (dst_path.exists() or dst_path.is_symlink()):
+        raise DestinationExistsError(
+            f"{dst}: already exists; convert() replaces a file only when told to "
+            "(overwrite=True), then atomically",
+            str(dst),
+        )
+    if progress is not None and src_path.is_file():
+        # opening a torch file loads it (legacy ones in full): the first phase of the read
+        progress.start(src_path.stat().st_size)
     with open_checkpoint(src_path) as source:
         flattened = keys is not None or bool(strip_prefix)
         dropped: list[str] = []
@@ -206,7 +224,13 @@ def convert(
         if target is not None:
             obj, cast = cast_floating(obj, target)
         _, written = flatten(obj)
-        save(obj, dst_path, metadata=_source_metadata(source), checksum=checksum)
+        save(
+            obj,
+            dst_path,
+            metadata=_source_metadata(source),
+            checksum=checksum,
+            progress=write_progress,
+        )
         return ConvertReport(
             source=source.label,
             destination=str(dst_path),

@@ -10,21 +10,37 @@ hyper-parameters) is compared too; user metadata is not.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 
-from statevault._foreign import Input
+from statevault._display import shown, shown_value
+from statevault._foreign import SafetensorsInput, ShardedInput
 from statevault._inspect import state_leaves
+from statevault._io import PARALLEL_MIN_BYTES
 from statevault._open import open_checkpoint
 from statevault._progress import Progress
-from statevault._report import capped
+from statevault._reader import Reader, TensorMeta
+from statevault._report import MAX_LISTED
+from statevault._scan import ChunkReader, RowReader, default_threads, run_parallel
 
-CHUNK_ELEMENTS = 1 << 20
+# Elements per streamed chunk of a large tensor: 512 KiB of float32, so a chunk of A and
+# its partner in B are compared while both are still in a core's L2 (1 MiB here).
+CHUNK_ELEMENTS = 1 << 17
+PIECE_ELEMENTS = 1 << 15  # arithmetic pieces: in cache, and at torch's grain (no thread pool)
+STREAM_BYTES = 4 << 20  # small tensors are compared in batches of about this many bytes
+SMALL_BATCH = 1024  # ... and at most this many tensors
+_WIDE_INTEGERS = frozenset(
+    dt for dt in (torch.int64, getattr(torch, "uint64", None)) if isinstance(dt, torch.dtype)
+)  # integers float64 cannot hold exactly
 _NO_ARITHMETIC = frozenset(
     dt for dt in (getattr(torch, "float4_e2m1fn_x2", None),) if isinstance(dt, torch.dtype)
 )
@@ -48,7 +64,7 @@ class TensorDelta:
 
     def __str__(self) -> str:
         numel = math.prod(self.shape)
-        text = f"{self.name}: {self.mismatched:,} of {numel:,} element(s) differ"
+        text = f"{shown(self.name)}: {self.mismatched:,} of {numel:,} element(s) differ"
         if self.max_abs is not None:
             text += f", max abs {self.max_abs:.6g}, rel L2 {self.rel_l2:.6g}"
         return text
@@ -115,25 +131,37 @@ class DiffReport:
         }
 
     def __str__(self) -> str:
+        a, b = shown(self.a), shown(self.b)
         if self.equal:
             return (
-                f"{self.a} and {self.b} are equal: {len(self.tensors)} tensor(s) compared "
+                f"{a} and {b} are equal: {len(self.tensors)} tensor(s) compared "
                 f"(atol={self.atol:g}, rtol={self.rtol:g})"
             )
-        lines = [f"{self.a} and {self.b} differ:"]
-        sections: list[tuple[str, list[Any]]] = [
-            ("Only in A", list(self.only_a)),
-            ("Only in B", list(self.only_b)),
-            ("Shape changes", [f"{n}: {list(a)} -> {list(b)}" for n, a, b in self.shape_changes]),
-            ("Dtype changes", [f"{n}: {a} -> {b}" for n, a, b in self.dtype_changes]),
-            ("Values differ", list(self.different)),
-            ("State changes", [f"{p}: {a!r} -> {b!r}" for p, a, b in self.state_changes]),
+        lines = [f"{a} and {b} differ:"]
+        # each list is capped before its lines are made: a 200k-key diff formats 20 of them
+        sections: list[tuple[str, Sequence[Any], Callable[[Any], str]]] = [
+            ("Only in A", self.only_a, shown),
+            ("Only in B", self.only_b, shown),
+            ("Shape changes", self.shape_changes, _shape_line),
+            ("Dtype changes", self.dtype_changes, lambda c: f"{shown(c[0])}: {c[1]} -> {c[2]}"),
+            ("Values differ", self.different, str),
+            ("State changes", self.state_changes, _state_line),
         ]
-        for title, items in sections:
+        for title, items, line in sections:
             if items:
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {item}" for item in capped(items)]
+                lines += [f"  {line(item)}" for item in items[:MAX_LISTED]]
+                if len(items) > MAX_LISTED:
+                    lines.append(f"  ... and {len(items) - MAX_LISTED} more")
         return "\n".join(lines)
+
+
+def _shape_line(change: tuple[str, tuple[int, ...], tuple[int, ...]]) -> str:
+    return f"{shown(change[0])}: {list(change[1])} -> {list(change[2])}"
+
+
+def _state_line(change: tuple[str, Any, Any]) -> str:
+    return f"{shown(change[0])}: {shown_value(change[1])} -> {shown_value(change[2])}"
 
 
 def _json_value(value: Any) -> Any:
@@ -158,22 +186,86 @@ class _Totals:
     bitwise: bool = False
 
 
+@functools.cache
+def _memcmp() -> Callable[[int, int, int], int]:
+    """libc's ``memcmp`` (through ctypes, so the GIL is released while it runs)."""
+    function = ctypes.CDLL(None).memcmp
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, int, int], int]", function)
+
+
+def _same_bytes(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether two 1-D chunks of one dtype hold identical bytes (then they compare equal).
+
+    ``memcmp``, at memory speed: ``torch.equal`` ran at ~0.2-0.5 GB/s here (uint8 views).
+    """
+    if x.dtype != y.dtype or x.numel() != y.numel():
+        return False
+    if not (x.is_contiguous() and y.is_contiguous()):
+        x, y = x.contiguous(), y.contiguous()
+    nbytes = x.numel() * x.element_size()
+    return nbytes == 0 or _memcmp()(x.data_ptr(), y.data_ptr(), nbytes) == 0
+
+
+def _wide(x: torch.Tensor, complex_: bool) -> torch.Tensor:
+    return x.to(torch.complex128 if complex_ else torch.float64)
+
+
+def _sq_ref(y: torch.Tensor) -> float:
+    """``sum(|y|^2)`` over the finite elements, in float64."""
+    total = 0.0
+    for start in range(0, y.numel(), PIECE_ELEMENTS):
+        total += _finite_sq(_wide(y[start : start + PIECE_ELEMENTS], y.is_complex()))
+    return total
+
+
+def _sum_sq(values: torch.Tensor) -> float:
+    # not torch.dot: that goes to BLAS and its own threads (7 ms per 32k elements here)
+    return float(values.square().sum())
+
+
+def _finite_sq(b: torch.Tensor) -> float:
+    ref = b.abs() if b.is_complex() else b
+    total = _sum_sq(ref)
+    if math.isfinite(total):
+        return total
+    ref = torch.where(ref.isfinite(), ref, 0.0)  # rare: only when an inf or NaN is there
+    return _sum_sq(ref)
+
+
+def _numeric_piece(x: torch.Tensor, y: torch.Tensor, atol: float, rtol: float, t: _Totals) -> None:
+    """One piece of at most ``PIECE_ELEMENTS``: few passes, in cache, on this thread (torch
+    runs ops this small inline; through its intra-op pool on an oversubscribed machine they
+    were 10-50x slower). NaN and inf handling only when a sum shows one is there."""
+    complex_ = x.is_complex() or y.is_complex()
+    a, b = _wide(x, complex_), _wide(y, complex_)
+    delta = (a - b).abs()
+    if complex_:
+        delta = delta.to(torch.float64)
+    sq_diff = _sum_sq(delta)
+    if math.isnan(sq_diff):  # rare: NaN in the same place is equal, inf == inf too
+        same = (a == b) | (a.isnan() & b.isnan())
+        delta = torch.where(delta.isnan(), math.inf, delta)  # NaN vs number: maximal
+        delta.masked_fill_(same, 0.0)
+        sq_diff = _sum_sq(delta)
+    peak = float(delta.max()) if delta.numel() else 0.0
+    if atol == rtol == 0 and x.dtype == y.dtype and x.dtype in _WIDE_INTEGERS:
+        t.mismatched += int(torch.count_nonzero(x != y))  # 2**53 + 1 vs 2**53: float64 agrees
+    elif rtol == 0:
+        if peak > atol:  # otherwise nothing is outside the tolerance: skip the count
+            t.mismatched += int(torch.count_nonzero(delta > atol if atol else delta))
+    else:
+        t.mismatched += int(torch.count_nonzero(delta > b.abs().mul_(rtol).add_(atol)))
+    t.max_abs = max(t.max_abs, peak)
+    t.sq_diff += sq_diff
+    t.sq_ref += _finite_sq(b)
+
+
 def _numeric_chunk(x: torch.Tensor, y: torch.Tensor, atol: float, rtol: float, t: _Totals) -> None:
-    wide = torch.complex128 if (x.is_complex() or y.is_complex()) else torch.float64
-    a, b = x.to(wide), y.to(wide)
-    same = (a == b) | (a.isnan() & b.isnan())
-    if x.dtype == y.dtype and not (x.is_floating_point() or x.is_complex()):
-        same &= x == y  # large 64-bit integers can round to equal float64 values
-    delta = torch.where(same, 0.0, (a - b).abs())
-    delta = torch.nan_to_num(delta, nan=math.inf)  # NaN vs number, inf vs -inf: maximal
-    ref = b.abs()
-    close = same | (delta <= atol + rtol * ref)
-    t.mismatched += int((~close).sum())
-    if delta.numel():
-        t.max_abs = max(t.max_abs, float(delta.max()))
-    t.sq_diff += float((delta * delta).sum())
-    ref = torch.where(ref.isfinite(), ref, 0.0)
-    t.sq_ref += float((ref * ref).sum())
+    for start in range(0, x.numel(), PIECE_ELEMENTS):
+        stop = start + PIECE_ELEMENTS
+        _numeric_piece(x[start:stop], y[start:stop], atol, rtol, t)
 
 
 def _bitwise_chunk(x: torch.Tensor, y: torch.Tensor, t: _Totals) -> None:
@@ -186,43 +278,230 @@ def _bitwise_chunk(x: torch.Tensor, y: torch.Tensor, t: _Totals) -> None:
     t.mismatched += int((rows_a != rows_b).any(dim=1).sum())
 
 
+class _Tensor:
+    """Accumulates one tensor's comparison chunk by chunk.
+
+    Byte-identical chunks cost one ``memcmp``-speed comparison and no arithmetic. Only the
+    relative L2 needs anything from them (``|b|^2``), and only once the tensor turns out to
+    differ: equal chunks met before the first difference are listed and re-read from B at
+    the end (``pending``), equal chunks after it are measured on the spot.
+    """
+
+    def __init__(self, atol: float, rtol: float) -> None:
+        self.atol, self.rtol = atol, rtol
+        self.totals = _Totals()
+        self.differs = False
+        self.pending: list[int] = []  # equal chunks seen before the first difference
+
+    def add(self, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.dtype in _NO_ARITHMETIC or y.dtype in _NO_ARITHMETIC:
+            _bitwise_chunk(x, y, self.totals)
+            return
+        if _same_bytes(x, y):
+            if self.differs:
+                self.totals.sq_ref += _sq_ref(y)
+            else:
+                self.pending.append(index)
+            return
+        self.differs = True
+        _numeric_chunk(x, y, self.atol, self.rtol, self.totals)
+
+    def result(
+        self, reread: Callable[[list[int]], float]
+    ) -> tuple[int, float | None, float | None]:
+        t = self.totals
+        if t.bitwise:
+            return t.mismatched, None, None
+        if not self.differs:
+            return 0, 0.0, 0.0
+        if self.pending:
+            t.sq_ref += reread(self.pending)
+        if t.sq_ref > 0:
+            rel = math.sqrt(t.sq_diff) / math.sqrt(t.sq_ref)
+        else:
+            rel = 0.0 if t.sq_diff == 0 else math.inf
+        return t.mismatched, t.max_abs, rel
+
+
 def compare_chunks(
     pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], *, atol: float, rtol: float
 ) -> tuple[int, float | None, float | None]:
-    """(mismatched, max abs, relative L2) over aligned 1-D chunk pairs."""
-    totals = _Totals()
-    for x, y in pairs:
-        if x.dtype in _NO_ARITHMETIC or y.dtype in _NO_ARITHMETIC:
-            _bitwise_chunk(x, y, totals)
-        else:
-            _numeric_chunk(x, y, atol, rtol, totals)
-    if totals.bitwise:
-        return totals.mismatched, None, None
-    if totals.sq_ref > 0:
-        rel = math.sqrt(totals.sq_diff) / math.sqrt(totals.sq_ref)
-    else:
-        rel = 0.0 if totals.sq_diff == 0 else math.inf
-    return totals.mismatched, totals.max_abs, rel
+    """(mismatched, max abs, relative L2) over aligned 1-D chunk pairs held in memory."""
+    chunks = list(pairs)
+    tensor = _Tensor(atol, rtol)
+    for index, (x, y) in enumerate(chunks):
+        tensor.add(index, x, y)
+    return tensor.result(lambda indices: sum(_sq_ref(chunks[i][1]) for i in indices))
 
 
-def _delta(
-    a: Input, b: Input, name: str, atol: float, rtol: float, progress: Progress | None
-) -> TensorDelta:
-    meta_a, meta_b = a.resolve(name), b.resolve(name)
+# -- streaming both files ------------------------------------------------------------------
 
-    def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        chunks_b = b.chunks(meta_b.name, elements=CHUNK_ELEMENTS)
-        for x in a.chunks(meta_a.name, elements=CHUNK_ELEMENTS):
-            yield x, next(chunks_b)
-            if progress is not None:
-                progress.advance(x.numel() * x.element_size())
-        for _ in chunks_b:  # drain B so its checksum is verified too
-            pass
 
-    mismatched, max_abs, rel = compare_chunks(pairs(), atol=atol, rtol=rtol)
-    return TensorDelta(
-        name, meta_a.shape, meta_a.dtype_name, meta_b.dtype_name, mismatched, max_abs, rel
-    )
+def _chunks_of(meta: TensorMeta) -> int:
+    """How many chunks a tensor streams as: the same on both sides for equal shapes."""
+    return 1 if meta.numel <= CHUNK_ELEMENTS else -(-meta.numel // CHUNK_ELEMENTS)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's elements as one 1-D tensor (sparse and other layouts made dense)."""
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    return tensor.detach().reshape(-1)
+
+
+class _Side:
+    """One input's tensors as 1-D chunks. Tensors in a safetensors file are read and
+    verified through a reused buffer per task (``ChunkReader``), so a chunk is compared
+    while it is still in cache; other kinds come from the input's own ``chunks``."""
+
+    def __init__(self, source: Reader) -> None:
+        self.source = source
+        # only where the source's names are its files' own (one file, or shards): a
+        # folder prefixes each file's names with its key, so it reads through the source
+        same_names = isinstance(source, (SafetensorsInput, ShardedInput))
+        files = source.leaves() if same_names else []
+        self.files = {f.label: f for f in files if isinstance(f, SafetensorsInput)}
+
+    def chunk_readers(self) -> dict[str, ChunkReader]:
+        """Buffers for one task (tasks run on their own threads)."""
+        return {
+            label: ChunkReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
+            for label, f in self.files.items()
+        }
+
+    def chunks(self, meta: TensorMeta, readers: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
+        reader = readers.get(meta.file)
+        if reader is None:  # a torch file: its tensors are in memory (or mapped) already
+            flat = _flat(self.source.read_flat([meta.name])[meta.name])
+            for start in range(0, max(1, flat.numel()), CHUNK_ELEMENTS):
+                yield flat[start : start + CHUNK_ELEMENTS]
+            return
+        chunk_bytes = CHUNK_ELEMENTS * meta.dtype.itemsize
+        for piece in reader.chunks(meta.name, chunk_bytes=chunk_bytes):
+            yield torch.frombuffer(piece, dtype=torch.uint8).view(meta.dtype)
+
+    def readers(self) -> dict[str, RowReader]:
+        """Batch buffers for one task."""
+        return {
+            label: RowReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
+            for label, f in self.files.items()
+        }
+
+    def small(self, names: list[str], readers: dict[str, RowReader]) -> list[torch.Tensor]:
+        """Whole small tensors, many per read, verified; views valid until the next call."""
+        metas = [self.source.resolve(name) for name in names]
+        by_file: dict[str, list[str]] = {}
+        for meta in metas:
+            by_file.setdefault(meta.file, []).append(meta.name)
+        views: dict[tuple[str, str], memoryview] = {}
+        others: list[str] = []
+        for label, stored in by_file.items():
+            if label in readers:
+                views.update(((label, n), v) for n, v in readers[label].read(stored).items())
+            else:
+                others += stored
+        flat = self.source.read_flat(others) if others else {}
+        result = []
+        for meta in metas:
+            view = views.get((meta.file, meta.name))
+            if view is None:
+                result.append(_flat(flat[meta.name]))
+            elif len(view) == 0:
+                result.append(torch.empty(0, dtype=meta.dtype))
+            else:
+                result.append(torch.frombuffer(view, dtype=torch.uint8).view(meta.dtype))
+        return result
+
+
+class _Job:
+    """What the comparing threads share: both sides, the tolerances, the progress hook."""
+
+    def __init__(
+        self, a: Reader, b: Reader, atol: float, rtol: float, progress: Progress | None
+    ) -> None:
+        self.a, self.b = _Side(a), _Side(b)
+        self.atol, self.rtol = atol, rtol
+        self.progress = progress
+
+    def _delta(self, name: str, tensor: _Tensor) -> TensorDelta:
+        meta_a, meta_b = self.a.source.resolve(name), self.b.source.resolve(name)
+
+        def reread(indices: list[int]) -> float:
+            wanted = set(indices)
+            chunks = self.b.chunks(meta_b, self.b.chunk_readers())
+            return sum(_sq_ref(c) for i, c in enumerate(chunks) if i in wanted)
+
+        mismatched, max_abs, rel = tensor.result(reread)
+        return TensorDelta(
+            name, meta_a.shape, meta_a.dtype_name, meta_b.dtype_name, mismatched, max_abs, rel
+        )
+
+    def large(self, name: str, stop: threading.Event) -> list[TensorDelta]:
+        """One large tensor: both files read chunk by chunk in lockstep on this thread."""
+        readers_a, readers_b = self.a.chunk_readers(), self.b.chunk_readers()
+        meta_a, meta_b = self.a.source.resolve(name), self.b.source.resolve(name)
+        tensor = _Tensor(self.atol, self.rtol)
+        pairs = zip(self.a.chunks(meta_a, readers_a), self.b.chunks(meta_b, readers_b), strict=True)
+        for index, (x, y) in enumerate(pairs):
+            if stop.is_set():
+                return []
+            tensor.add(index, x, y)
+            if self.progress is not None:
+                self.progress.advance(x.numel() * x.element_size())
+        return [self._delta(name, tensor)]
+
+    def small(self, names: list[str], stop: threading.Event) -> list[TensorDelta]:
+        """A batch of small tensors, each one chunk."""
+        if stop.is_set():
+            return []
+        deltas = []
+        left, right = self.a.small(names, self.a.readers()), self.b.small(names, self.b.readers())
+        for name, x, y in zip(names, left, right, strict=True):
+            tensor = _Tensor(self.atol, self.rtol)
+            tensor.add(0, x, y)
+            deltas.append(self._delta(name, tensor))
+        if self.progress is not None:
+            self.progress.advance(sum(self.a.source.resolve(n).nbytes for n in names))
+        return deltas
+
+
+def _deltas(
+    a: Reader,
+    b: Reader,
+    todo: list[str],
+    atol: float,
+    rtol: float,
+    progress: Progress | None,
+    threads: int | None,
+) -> list[TensorDelta]:
+    """Compare every tensor in ``todo`` (in that order), several tensors at once."""
+    job = _Job(a, b, atol, rtol, progress)
+    tasks: list[Callable[[threading.Event], list[TensorDelta]]] = []
+    sizes: list[int] = []
+    batch: list[str] = []
+    size = 0
+    for name in todo:
+        meta = a.resolve(name)
+        if _chunks_of(meta) > 1:
+            tasks.append(partial(job.large, name))
+            sizes.append(meta.nbytes)
+            continue
+        batch.append(name)
+        size += meta.nbytes
+        if size >= STREAM_BYTES or len(batch) >= SMALL_BATCH:
+            tasks.append(partial(job.small, batch))
+            sizes.append(size)
+            batch, size = [], 0
+    if batch:
+        tasks.append(partial(job.small, batch))
+        sizes.append(size)
+    order = sorted(range(len(tasks)), key=lambda i: -sizes[i])  # big first: busy threads
+    workers = 1 if sum(sizes) < PARALLEL_MIN_BYTES else (threads or default_threads())
+    results = run_parallel([tasks[i] for i in order], workers)
+    by_task: list[list[TensorDelta]] = [[] for _ in tasks]
+    for i, result in zip(order, results, strict=True):
+        by_task[i] = result
+    return [delta for result in by_task for delta in result]
 
 
 def _same_value(x: Any, y: Any) -> bool:
@@ -231,7 +510,7 @@ def _same_value(x: Any, y: Any) -> bool:
     return type(x) is type(y) and bool(x == y)
 
 
-def _state_changes(a: Input, b: Input) -> list[tuple[str, Any, Any]]:
+def _state_changes(a: Reader, b: Reader) -> list[tuple[str, Any, Any]]:
     left, right = state_leaves(a.tree), state_leaves(b.tree)
     missing = "<absent>"
     changes = []
@@ -243,7 +522,13 @@ def _state_changes(a: Input, b: Input) -> list[tuple[str, Any, Any]]:
 
 
 def compare(
-    a: Input, b: Input, *, atol: float = 0.0, rtol: float = 0.0, progress: Progress | None = None
+    a: Reader,
+    b: Reader,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    progress: Progress | None = None,
+    threads: int | None = None,
 ) -> DiffReport:
     """Diff two opened inputs (see :func:`diff`)."""
     keys_a, keys_b = a.keys(), b.keys()
@@ -264,7 +549,7 @@ def compare(
         todo.setdefault((meta_a.name, meta_b.name), name)
     if progress is not None:
         progress.start(sum(a.tensors[stored].nbytes for stored, _ in todo))
-    deltas = [_delta(a, b, name, atol, rtol, progress) for name in todo.values()]
+    deltas = _deltas(a, b, list(todo.values()), atol, rtol, progress, threads)
     return DiffReport(
         a=a.label,
         b=b.label,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import pickle
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -29,6 +30,7 @@ import torch
 
 from statevault._checkpoint import Checkpoint, usable_device
 from statevault._dtypes import spec_for
+from statevault._format import PREFIX_BYTES
 from statevault._progress import Progress
 from statevault._reader import Reader, top_level_objects
 from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
@@ -41,6 +43,7 @@ from statevault.errors import (
     CheckpointNotFoundError,
     CorruptFileError,
     HeaderError,
+    NotACheckpointError,
     UnsupportedObjectError,
 )
 
@@ -87,6 +90,7 @@ class SafetensorsInput(Reader):
 
     @property
     def checkpoint(self) -> Checkpoint:
+        """The opened file (for whole-file scans such as ``verify``)."""
         return self._checkpoint
 
     @property
@@ -537,13 +541,20 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
         raise CheckpointNotFoundError(f"{path}: cannot read this file ({exc})") from exc
     if kind == "index":
         return ShardedInput(path, tree=tree)
-    if kind in ("torch", "torch-legacy"):
-        return TorchInput(path, legacy=kind == "torch-legacy")
+    if kind == "torch":
+        if not is_torch_zip(path):
+            raise not_a_checkpoint(path, "a zip archive without the data.pkl of a torch file")
+        return TorchInput(path, legacy=False)
+    if kind == "torch-legacy":
+        return TorchInput(path, legacy=True)
+    size = path.stat().st_size
+    if kind == "unknown" and size == 0:
+        raise not_a_checkpoint(path, "empty")
     if kind == "unknown" and path.suffix.lower() in TORCH_SUFFIXES:
-        raise CorruptFileError(
-            f"{path}: is named like a torch file but is neither a torch zip archive nor a "
-            "legacy torch file (no magic number at its start); it is damaged, truncated or "
-            "in another format"
+        raise NotACheckpointError(
+            f"{path}: not a checkpoint: is named like a torch file but is neither a torch zip "
+            "archive nor a legacy torch file (no magic number at its start); it is damaged, "
+            "truncated or in another format"
         )
     if kind == "pickle":
         raise WeightsOnlyRefusal(
@@ -557,4 +568,36 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
             f"{path}: is a JSON file, not a checkpoint (a shard index is named "
             f"*.index.json and has a 'weight_map', like {INDEX_NAME})"
         )
-    return SafetensorsInput(path, tree=tree)  # the safetensors parser says what is wrong
+    if kind == "unknown" and not _named_or_sized_like_safetensors(path, size):
+        raise not_a_checkpoint(path, "neither safetensors nor torch")
+    return SafetensorsInput(path, tree=tree)  # a damaged one: its parser says what is wrong
+
+
+def _named_or_sized_like_safetensors(path: Path, size: int) -> bool:
+    """Whether an unrecognised file is a damaged safetensors file rather than another format.
+
+    Named ``*.safetensors``, or its first 8 bytes are a header length that fits in the file:
+    then the safetensors parser names the damage (exit 1 in the CLI). A photo, a text file
+    or an archive is "not a checkpoint" instead (exit 2), never "damaged".
+    """
+    if path.suffix.lower() == ".safetensors":
+        return True
+    with path.open("rb") as handle:
+        prefix = handle.read(PREFIX_BYTES)
+    return len(prefix) == PREFIX_BYTES and int.from_bytes(prefix, "little") <= size - PREFIX_BYTES
+
+
+def is_torch_zip(path: Path) -> bool:
+    """Whether a zip archive holds a torch file's ``data.pkl``; True when unreadable (damaged)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return True  # a damaged torch file: its own reader names the damage
+
+
+def not_a_checkpoint(path: Path, what: str) -> NotACheckpointError:
+    return NotACheckpointError(
+        f"{path}: not a checkpoint ({what}): a safetensors file starts with an 8-byte header "
+        "length and a JSON header, a torch file is a zip archive or a pickle"
+    )

@@ -168,15 +168,19 @@ def _plain(node: Skeleton) -> Any:
         if all(item is _ABSENT for item in items):
             return _ABSENT
         # keep positions meaningful when tensors and plain values are mixed
-        return [
-            f"<tensor {body[i]['tensor']}>" if item is _ABSENT else item
-            for i, item in enumerate(items)
-        ]
+        return [_placeholder(body[i]) if item is _ABSENT else item for i, item in enumerate(items)]
     if kind == "dict" and isinstance(body, list):
         pairs = {str(k): _plain(v) for k, v in body}
         kept = {k: v for k, v in pairs.items() if v is not _ABSENT}
         return kept or _ABSENT
     return _ABSENT  # tensors
+
+
+def _placeholder(node: Skeleton) -> str:
+    """What stands in a list for an item that holds only tensors."""
+    if isinstance(node, dict) and isinstance(node.get("tensor"), str):
+        return f"<tensor {node['tensor']}>"
+    return "<tensors>"  # a nested dict or list of tensors: listed in the tensor tree
 
 
 def plain_state(skeleton: Skeleton | None) -> Any:

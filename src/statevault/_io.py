@@ -37,6 +37,7 @@ import torch
 
 from statevault import _checksum, _target, _temps
 from statevault._format import Header, header_length, header_text, parse_header_text
+from statevault._progress import Progress
 from statevault._table import TensorEntry
 from statevault._vault import signed_digest
 from statevault.errors import (
@@ -309,7 +310,12 @@ def _write_small(
 
 
 def _write_large(
-    fd: int, staging: _Staging, job: WriteJob, index: int, record: DigestSink | None
+    fd: int,
+    staging: _Staging,
+    job: WriteJob,
+    index: int,
+    record: DigestSink | None,
+    progress: Progress | None,
 ) -> None:
     """Write a large tensor in chunks; with ``record``, hash each chunk as it is written.
 
@@ -329,6 +335,8 @@ def _write_large(
             if hasher is not None:
                 hasher.update(chunk)
             _write_all(fd, chunk)
+            if progress is not None:
+                progress.advance(len(chunk))
     else:
         stage, stage_view = staging.buffer()
         address, nbytes = tensor.data_ptr(), tensor.nbytes
@@ -338,11 +346,15 @@ def _write_large(
             chunk = stage_view[:size]
             hasher.update(chunk)
             _write_all(fd, chunk)
+            if progress is not None:
+                progress.advance(size)
     if record is not None and hasher is not None:
         record(index, hasher.hexdigest())
 
 
-def _write_data(fd: int, jobs: Sequence[WriteJob], record: DigestSink | None) -> None:
+def _write_data(
+    fd: int, jobs: Sequence[WriteJob], record: DigestSink | None, progress: Progress | None
+) -> None:
     """Write every tensor in file order, hashing (with ``record``) exactly what is written.
 
     Runs of small tensors are gathered into one write each, so a state of 20,000 small
@@ -360,9 +372,11 @@ def _write_data(fd: int, jobs: Sequence[WriteJob], record: DigestSink | None) ->
         for run in plan_write_runs([job.entry.nbytes for job in jobs]):
             if len(run) == 1 and jobs[run[0]].entry.nbytes >= SMALL_WRITE_BYTES:
                 behind.drain()  # the file offset must be past every earlier tensor
-                _write_large(fd, staging, jobs[run[0]], run[0], record)
+                _write_large(fd, staging, jobs[run[0]], run[0], record, progress)
             else:
                 _write_small(behind, jobs, run, record)
+                if progress is not None:  # queued: at most WRITE_AHEAD runs behind the disk
+                    progress.advance(sum(jobs[index].entry.nbytes for index in run))
         behind.drain()
 
 
@@ -385,6 +399,7 @@ def write_atomically(
     *,
     checksum: bool,
     fsync: bool,
+    progress: Progress | None = None,
 ) -> None:
     """Write a checkpoint to ``path`` so that readers only ever see the old or the new file.
 
@@ -406,7 +421,9 @@ def write_atomically(
     try:
         try:
             os.lseek(fd, header.size, os.SEEK_SET)
-            _write_data(fd, jobs, header.put if checksum else None)
+            if progress is not None:
+                progress.start(sum(job.entry.nbytes for job in jobs))
+            _write_data(fd, jobs, header.put if checksum else None, progress)
             complete = header.finish()
             if len(complete) != header.size:
                 raise StateVaultError("internal error: header length changed after hashing")
@@ -475,6 +492,10 @@ class FileReader:
         except BaseException:
             os.close(self._fd)
             raise
+
+    def fileno(self) -> int:
+        """The open descriptor, for whole-file scans that read with their own buffers."""
+        return self._fd
 
     def close(self) -> None:
         self._unmap()

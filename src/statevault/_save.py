@@ -14,6 +14,7 @@ from statevault._dtypes import DtypeSpec, spec_for
 from statevault._format import plan_layout
 from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
+from statevault._progress import Progress
 from statevault._ties import find_ties
 from statevault._tree import flatten
 from statevault.errors import UnsupportedObjectError
@@ -153,6 +154,7 @@ def save(
     metadata: Mapping[str, str] | None = None,
     checksum: bool = True,
     fsync: bool = True,
+    progress: Progress | None = None,
 ) -> None:
     """Save a module's state, a state dict, or nested training state to ``path`` atomically.
 
@@ -163,6 +165,7 @@ def save(
     the memory as it was when copied; not one snapshot across tensors). A symlink's target
     is replaced and keeps its mode; directories, special and unwritable files are refused;
     OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
+    ``progress`` hears the bytes to write, then each piece written (the CLI draws a bar).
 
     Example::
 
@@ -181,4 +184,4 @@ def save(
         )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
     # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
-    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync)
+    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync, progress=progress)

@@ -1,30 +1,42 @@
-"""verify(): re-read a checkpoint and check its header and every tensor checksum.
+"""verify(): re-read a checkpoint and check everything it records a checksum for.
 
 Unlike ``load``, which stops at the first damaged tensor, verify keeps going and reports
-them all, so one run tells you exactly what is broken. Tensors are hashed in bounded chunks
-on a few threads (hashing releases the GIL), so memory stays flat for any file size.
-A damaged header is a finding, not an exception: the report says what is wrong with it.
+them all, so one run tells you exactly what is broken. statevault files are hashed with the
+load engine's read plan (``_scan``: batched reads, small reused buffers, a few threads), so
+the work is linear in the number of tensors and memory stays flat for any file size; torch
+zip files get the CRC-32 of every entry checked (``_torchzip``). Damage to a real checkpoint
+is a finding in the report; a file that is not a checkpoint at all raises.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from statevault._checksum import ALGORITHM, new_hasher
-from statevault._foreign import Input, SafetensorsInput
+from statevault._checkpoint import Checkpoint
+from statevault._checksum import ALGORITHM
+from statevault._display import shown
+from statevault._foreign import SafetensorsInput, TorchInput, is_torch_zip, not_a_checkpoint
 from statevault._open import open_checkpoint
 from statevault._progress import Progress
 from statevault._report import capped
+from statevault._scan import hash_rows
+from statevault._sniff import sniff
 from statevault._temps import describe_temporaries
-from statevault.errors import CorruptFileError
+from statevault._torchzip import check_zip
+from statevault.errors import CorruptFileError, NotACheckpointError
+
+XXH3 = "checksums"  # xxh3-64 per tensor, plus the header digest
+ZIP_CRC = "zip CRC-32 of every entry"
+STRUCTURE = "structure"
+NOTHING = "nothing to check"
 
 
 @dataclass(frozen=True)
 class BadTensor:
-    """A tensor whose bytes do not hash to the digest recorded when it was saved."""
+    """A tensor (or torch zip entry) whose bytes do not hash to the digest recorded for it."""
 
     name: str
     file: str
@@ -32,7 +44,7 @@ class BadTensor:
     found: str
 
     def __str__(self) -> str:
-        return f"{self.name}: checksum expected {self.expected}, found {self.found}"
+        return f"{shown(self.name)}: checksum expected {self.expected}, found {self.found}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class VerifyReport:
 
     path: str
     kind: str | None = None  # None when the file could not even be opened as a checkpoint
+    method: str = XXH3  # what was checked: XXH3, ZIP_CRC, STRUCTURE or NOTHING
     tensors_checked: int = 0
     bytes_checked: int = 0
     checksummed: bool = False  # False: only the structure could be checked
@@ -58,6 +71,7 @@ class VerifyReport:
             "path": self.path,
             "ok": self.ok,
             "kind": self.kind,
+            "method": self.method,
             "tensors_checked": self.tensors_checked,
             "bytes_checked": self.bytes_checked,
             "checksummed": self.checksummed,
@@ -71,63 +85,138 @@ class VerifyReport:
         }
 
     def __str__(self) -> str:
+        path = shown(self.path)
         if self.header_error is not None:
-            return f"{self.path}: DAMAGED header: {self.header_error}"
+            return f"{path}: DAMAGED header: {shown(self.header_error, len(self.header_error))}"
+        what = "zip entries" if self.method == ZIP_CRC else "tensor(s)"
         if self.bad:
+            check = "CRC-32" if self.method == ZIP_CRC else f"{ALGORITHM} checksum"
             lines = [
-                f"{self.path}: DAMAGED: {len(self.bad)} of {self.tensors_checked} tensor(s) "
-                f"fail their {ALGORITHM} checksum:"
+                f"{path}: DAMAGED: {len(self.bad)} of {self.tensors_checked} {what} "
+                f"fail their {check}:"
             ]
             lines += [f"  {line}" for line in capped(self.bad)]
-            lines.append("Restore the file from a good copy; the other tensors are intact.")
+            lines.append("Restore the file from a good copy; the others are intact.")
             return "\n".join(lines)
-        what = "checksums" if self.checksummed else "structure"
+        if self.method == NOTHING:
+            return "\n".join([f"{path}: OK (nothing to check)", *self.notes])
         lines = [
-            f"{self.path}: OK ({what}): {self.tensors_checked} tensor(s), "
+            f"{path}: OK ({self.method}): {self.tensors_checked} {what}, "
             f"{self.bytes_checked:,} bytes checked"
         ]
         return "\n".join([*lines, *self.notes])
 
 
-def _hash_one(source: SafetensorsInput, name: str, progress: Progress | None) -> str:
-    hasher = new_hasher()
-    for buffer in source.raw_chunks(name):
-        hasher.update(buffer)
-        if progress is not None:
-            progress.advance(len(buffer))
-    return str(hasher.hexdigest())
-
-
 def _check_file(
-    source: SafetensorsInput, progress: Progress | None, threads: int
+    checkpoint: Checkpoint, label: str, progress: Progress | None, threads: int | None
 ) -> tuple[list[BadTensor], int, int]:
-    """(bad tensors, tensors hashed, bytes hashed) for one safetensors file."""
-    todo = [meta for meta in source.tensors.values() if meta.checksum is not None]
-    todo.sort(key=lambda meta: -meta.nbytes)  # big ones first balances the threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-verify") as pool:
-        found = list(pool.map(lambda meta: _hash_one(source, meta.name, progress), todo))
-    bad = [
-        BadTensor(meta.name, source.label, str(meta.checksum), digest)
-        for meta, digest in zip(todo, found, strict=True)
-        if digest != meta.checksum
-    ]
-    bad.sort(key=lambda b: list(source.tensors).index(b.name))  # report in file order
-    return bad, len(todo), sum(meta.nbytes for meta in todo)
+    """(bad tensors in file order, tensors hashed, bytes hashed) for one safetensors file."""
+    digests = checkpoint.vault.checksums
+    if not digests:
+        return [], 0, 0
+    reader = checkpoint.reader
+    found, count, nbytes = hash_rows(reader, digests, progress=progress, threads=threads)
+    names = reader.header.entries.names
+    bad = [BadTensor(names[row], label, digests[names[row]], digest) for row, digest in found]
+    return bad, count, nbytes
 
 
-def _structure_note(source: Input) -> str:
+def _checked_bytes(checkpoint: Checkpoint) -> int:
+    """Bytes of tensor data hashed in a file (all of it when it records checksums)."""
+    ends = checkpoint.reader.header.entries.ends
+    return ends[-1] if checkpoint.has_checksums and len(ends) else 0
+
+
+def _structure_note(label: str) -> str:
     return (
-        f"{source.label}: no checksums recorded (not written by statevault, or saved with "
-        "checksum=False): only the structure was checked (header parses, offsets contiguous "
-        "and in bounds, file size matches); tensor bytes could not be verified"
+        f"{shown(label)}: no checksums recorded (not written by statevault, or saved "
+        "with checksum=False): only the structure was checked (header parses, offsets "
+        "contiguous and in bounds, file size matches); tensor bytes could not be verified"
     )
 
 
-def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Check a safetensors file (or sharded directory) end to end; collect every problem.
+def _verify_files(
+    label: str,
+    kind: str,
+    files: list[tuple[Checkpoint, str]],
+    progress: Progress | None,
+    threads: int | None,
+) -> VerifyReport:
+    """Every checksum of one file or of a sharded directory's shards (checkpoint, label)."""
+    if progress is not None:
+        progress.start(sum(_checked_bytes(checkpoint) for checkpoint, _ in files))
+    bad: list[BadTensor] = []
+    count = nbytes = 0
+    notes: list[str] = []
+    try:
+        for checkpoint, file_label in files:
+            found, checked, size = _check_file(checkpoint, file_label, progress, threads)
+            bad += found
+            count += checked
+            nbytes += size
+            if not checkpoint.has_checksums:
+                notes.append(_structure_note(file_label))
+                count += len(checkpoint.reader.header.entries)
+    except CorruptFileError as exc:  # the file shrank or was truncated while being read
+        return VerifyReport(path=label, kind=kind, header_error=str(exc))
+    checksummed = all(checkpoint.has_checksums for checkpoint, _ in files)
+    return VerifyReport(
+        path=label,
+        kind=kind,
+        method=XXH3 if checksummed else STRUCTURE,
+        tensors_checked=count,
+        bytes_checked=nbytes,
+        checksummed=checksummed,
+        header_digest=all(c.vault.header_digest is not None for c, _ in files),
+        bad=tuple(bad),
+        notes=tuple(notes),
+    )
 
-    ``progress`` hears the bytes to hash, then each chunk hashed (from worker threads).
-    Raises only when there is nothing to verify (missing path, a ``.pt`` file).
+
+def _verify_torch_zip(path: Path, progress: Progress | None, threads: int | None) -> VerifyReport:
+    try:
+        result = check_zip(path, progress=progress, threads=threads)
+    except CorruptFileError as exc:
+        return VerifyReport(path=str(path), kind="torch", method=ZIP_CRC, header_error=str(exc))
+    if not result.recorded:
+        return VerifyReport(
+            path=str(path),
+            kind="torch",
+            method=NOTHING,
+            notes=(
+                f"{shown(str(path))}: torch zip file written without CRC-32s (every entry "
+                "records 0): there is nothing to check",
+            ),
+        )
+    return VerifyReport(
+        path=str(path),
+        kind="torch",
+        method=ZIP_CRC,
+        tensors_checked=result.entries,
+        bytes_checked=result.nbytes,
+        checksummed=True,
+        bad=tuple(BadTensor(e.name, str(path), e.expected, e.found) for e in result.bad),
+    )
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Check a checkpoint end to end; collect every problem.
+
+    * statevault files: the header digest and every tensor's xxh3-64 checksum.
+    * plain safetensors files: the structure (they record no checksums).
+    * torch zip files (``.pt`` since torch 1.6): the CRC-32 of every zip entry.
+    * legacy torch files: nothing to check (they record no checksums); read once through
+      torch's weights-only loader.
+    * sharded directories: each shard as above.
+
+    ``progress`` hears the bytes to check, then each chunk checked (from worker threads).
+    Damage to a real checkpoint is a finding in the report; a path that is missing or not a
+    checkpoint at all raises (:class:`CheckpointNotFoundError`, :class:`NotACheckpointError`).
 
     Example::
 
@@ -135,53 +224,81 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
         if not report.ok:
             print(report)  # names each damaged tensor
     """
+    where = Path(path)
     try:
-        source = open_checkpoint(path)
+        kind = sniff(where) if where.is_file() else None
+        if kind == "torch":
+            if not is_torch_zip(where):
+                raise not_a_checkpoint(where, "a zip archive without the data.pkl of a torch file")
+            return _verify_torch_zip(where, progress, threads)
+        if kind == "safetensors":
+            # the Checkpoint alone: no per-tensor description objects (200k tensors: seconds)
+            with Checkpoint(where) as checkpoint:
+                files = [(checkpoint, str(where))]
+                return _verify_files(str(where), _kind(checkpoint), files, progress, threads)
+        if kind == "torch-legacy" and progress is not None:
+            progress.start(where.stat().st_size)  # torch reads it in full to check it loads
+        source = open_checkpoint(where)
+        if kind == "torch-legacy" and progress is not None:
+            progress.advance(where.stat().st_size)
+    except NotACheckpointError:
+        raise
     except CorruptFileError as exc:
         return VerifyReport(path=str(path), header_error=str(exc))
     with source:
-        files = [f for f in source.leaves() if isinstance(f, SafetensorsInput)]
-        pickles = [f.label for f in source.leaves() if not isinstance(f, SafetensorsInput)]
-        if not files:
-            what = (
-                "is a torch pickle file, which records"
-                if source.leaves() == [source]
-                else f"holds only torch pickle files ({', '.join(pickles)}), which record"
+        return _verify_leaves(where, source.label, source.kind, source.leaves(), progress, threads)
+
+
+def _verify_leaves(
+    where: Path,
+    label: str,
+    kind: str,
+    leaves: list[Any],
+    progress: Progress | None,
+    threads: int | None,
+) -> VerifyReport:
+    """A sharded directory, a folder of several files, or one legacy torch file."""
+    files = [(leaf.checkpoint, leaf.label) for leaf in leaves if isinstance(leaf, SafetensorsInput)]
+    others = [leaf for leaf in leaves if not isinstance(leaf, SafetensorsInput)]
+    if files:
+        report = _verify_files(label, kind, files, progress, threads)
+    else:
+        report = VerifyReport(path=label, kind=kind, method=NOTHING)
+    bad, notes = list(report.bad), list(report.notes)
+    count, nbytes = report.tensors_checked, report.bytes_checked
+    zips = 0
+    for other in others:
+        other_path = Path(other.label)
+        if isinstance(other, TorchInput) and other_path.is_file() and sniff(other_path) == "torch":
+            zipped = _verify_torch_zip(other_path, None, threads)
+            if zipped.header_error is not None:
+                return replace(zipped, path=label, kind=kind)
+            bad += zipped.bad
+            count += zipped.tensors_checked
+            nbytes += zipped.bytes_checked
+            zips += 1
+            notes.append(
+                f"{shown(other.label)}: a torch pickle (zip format): the CRC-32 of each of its "
+                f"{zipped.tensors_checked} entries checked"
             )
-            raise CorruptFileError(
-                f"{path}: {what} no checksums to verify; convert it with `statevault convert` "
-                "and verify the result"
+        else:
+            notes.append(
+                f"{shown(other.label)}: a torch pickle (legacy pre-1.6 format): it records no "
+                "checksums, so there is nothing to verify; torch's weights-only loader read "
+                "it without error"
             )
-        threads = max(1, min(4, os.cpu_count() or 1))
-        if progress is not None:
-            progress.start(
-                sum(m.nbytes for f in files for m in f.tensors.values() if m.checksum is not None)
-            )
-        bad: list[BadTensor] = []
-        count = nbytes = 0
-        notes: list[str] = [
-            f"{label}: a torch pickle, read with the weights-only loader; it records no "
-            "checksums, so it was not verified"
-            for label in pickles
-        ]
-        for file in files:
-            found, checked, size = _check_file(file, progress, threads)
-            bad += found
-            count += checked
-            nbytes += size
-            if not file.has_checksums:
-                notes.append(_structure_note(file))
-                count += len(file.tensors)
-        if os.path.isdir(path):  # what killed saves left beside the shards
-            notes += describe_temporaries(path)
-        digests = all(f.header_digest for f in files)
-        return VerifyReport(
-            path=source.label,
-            kind=source.kind,
-            tensors_checked=count,
-            bytes_checked=nbytes,
-            checksummed=all(f.has_checksums for f in files),
-            header_digest=digests,
-            bad=tuple(bad),
-            notes=tuple(notes),
-        )
+    if where.is_dir():  # what killed saves left beside the shards
+        notes += describe_temporaries(where)
+    method = report.method if files or not zips else ZIP_CRC
+    return replace(
+        report,
+        method=method,
+        bad=tuple(bad),
+        notes=tuple(notes),
+        tensors_checked=count,
+        bytes_checked=nbytes,
+    )
+
+
+def _kind(checkpoint: Checkpoint) -> str:
+    return "statevault" if checkpoint.format_version is not None else "safetensors"

@@ -10,12 +10,15 @@ leaf also subclasses the builtin a caller would naturally catch::
     │                                                     point does not read (names the kind)
     ├── CheckpointWriteError         (OSError)            save() could not write the path
     │                                                     (``.errno`` is the OS error's)
+    ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
+    │                                                     file and was not allowed to
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
     ├── DeviceUnavailableError       (RuntimeError)       device= names a device torch cannot use
     ├── MetaDeviceError              (RuntimeError)       load_into met tensors on the meta device
     ├── CorruptFileError             (ValueError)         the file is not what it claims to be
+    │   ├── NotACheckpointError                           not a checkpoint of any kind at all
     │   ├── HeaderError                                   malformed or inconsistent header
     │   ├── TruncatedFileError                            fewer bytes on disk than the header needs
     │   └── ChecksumMismatchError                         tensor bytes differ from what was saved
@@ -36,10 +39,12 @@ __all__ = [
     "CheckpointWriteError",
     "ChecksumMismatchError",
     "CorruptFileError",
+    "DestinationExistsError",
     "DeviceUnavailableError",
     "HeaderError",
     "KeyMappingError",
     "MetaDeviceError",
+    "NotACheckpointError",
     "StateDictMismatchError",
     "StateVaultError",
     "TruncatedFileError",
@@ -75,6 +80,14 @@ class CheckpointWriteError(StateVaultError, OSError):
         self.errno = errno  # set alone: str() stays the message, not "[Errno n] ..."
 
 
+class DestinationExistsError(StateVaultError, FileExistsError):
+    """The output path exists and replacing it was not allowed; ``.path`` names it."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class DeviceUnavailableError(StateVaultError, RuntimeError):
     """``device=`` asks for a device this torch build or machine does not have."""
 
@@ -93,6 +106,15 @@ class KeyMappingError(StateVaultError, ValueError):
 
 class CorruptFileError(StateVaultError, ValueError):
     """The file is damaged or is not a safetensors/statevault file."""
+
+
+class NotACheckpointError(CorruptFileError):
+    """The file is not a checkpoint at all (no safetensors header, not a torch file).
+
+    A :class:`CorruptFileError` so existing handlers still catch it, but tools tell it apart
+    from damage: a photo is "not a checkpoint" (could not do the job), a checkpoint with a
+    bad checksum is "damaged" (a finding).
+    """
 
 
 class HeaderError(CorruptFileError):

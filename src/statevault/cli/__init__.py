@@ -2,7 +2,8 @@
 
 Each command lives in its own module and calls one library function (``inspect``,
 ``verify``, ``diff``, ``convert``); this module only wires them together and turns
-exceptions into one clear line on stderr and exit code 2 (``--debug`` shows the traceback).
+exceptions into one clear line on stderr and the exit code of their verdict (``--debug``
+shows the traceback).
 """
 
 from __future__ import annotations
@@ -11,37 +12,51 @@ from typing import Any
 
 import click
 
-from statevault.cli._output import EXIT_ERROR
+from statevault.cli._output import (
+    ERROR_CHARS,
+    EXIT_INTERRUPTED,
+    exit_code_for,
+    terminal_safe,
+)
 from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
 from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
 from statevault.cli.verify_cmd import verify_command
-from statevault.errors import StateVaultError
+from statevault.errors import DestinationExistsError, StateVaultError
 
 _DEBUG = "statevault.debug"
 
 
 def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, DestinationExistsError):
+        return f"{exc.path}: already exists; pass --force to replace it (atomically)"
     if isinstance(exc, (StateVaultError, OSError, ValueError)):
         return text  # ours, the OS's and bad-argument errors say what to fix in their own words
     return f"internal error ({type(exc).__name__}: {text}); rerun with --debug for the traceback"
 
 
 class _Group(click.Group):
-    """Runs subcommands so that failures end in one line and exit 2, not a traceback."""
+    """Runs subcommands so that failures end in one line and their exit code, no traceback.
+
+    The exit code is the verdict on the input (see ``exit_code_for``); Ctrl-C is 130, as
+    shells report it, so scripts never read an interrupted check as "damaged".
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if ctx.meta.get(_DEBUG):
                 raise
-            click.echo(f"error: {_message(exc)}", err=True)
-            ctx.exit(EXIT_ERROR)
+            click.echo(f"error: {terminal_safe(_message(exc), limit=ERROR_CHARS)}", err=True)
+            ctx.exit(exit_code_for(exc))
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -77,7 +92,9 @@ def _debug_option(command: click.Command) -> click.Command:
 def main() -> None:
     """Inspect, verify, diff and convert PyTorch checkpoints; run the demo.
 
-    Exit codes: 0 success (intact / equal), 1 a finding (damaged / different), 2 error.
+    Exit codes: 0 success (intact / equal), 1 a finding about a real checkpoint (damaged /
+    different), 2 could not do the job (not a checkpoint, bad usage, refused input,
+    destination exists), 130 interrupted (Ctrl-C).
     """
 
 

@@ -7,7 +7,7 @@ import re
 import click
 
 from statevault._convert import DTYPE_NAMES, convert
-from statevault.cli._output import emit_json, progress_bar
+from statevault.cli._output import emit_json, progress_bars
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -43,6 +43,9 @@ def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     metavar="PREFIX",
     help="Remove PREFIX from tensor names (repeatable; first match wins).",
 )
+@click.option(
+    "--force", is_flag=True, help="Replace DST if it exists (atomically: never half-written)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def convert_command(
     src: str,
@@ -50,6 +53,7 @@ def convert_command(
     dtype: str | None,
     keys: str | None,
     strip_prefix: tuple[str, ...],
+    force: bool,
     as_json: bool,
 ) -> None:
     """Convert SRC into a statevault file DST (written atomically, with checksums).
@@ -58,9 +62,19 @@ def convert_command(
     loader: a file it refuses is never unpickled), a safetensors file, a shard index, or a
     folder (sharded, save_pretrained, a Trainer checkpoint-N, accelerate save_state: all of
     its state in one file). `statevault diff SRC DST` then shows they are equal.
+    An existing DST is refused (exit 2) unless --force is given.
     """
-    with progress_bar("reading") as bar:
-        report = convert(src, dst, dtype=dtype, keys=keys, strip_prefix=strip_prefix, progress=bar)
+    with progress_bars() as bars:
+        report = convert(
+            src,
+            dst,
+            dtype=dtype,
+            keys=keys,
+            strip_prefix=strip_prefix,
+            overwrite=force,
+            progress=bars.bar("reading", src) if bars else None,
+            write_progress=bars.bar("writing", dst) if bars else None,
+        )
     if as_json:
         emit_json(report.to_dict())
     else:

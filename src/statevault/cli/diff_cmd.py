@@ -30,14 +30,15 @@ from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progre
 def diff_command(
     ctx: click.Context, a: str, b: str, atol: float, rtol: float, as_json: bool
 ) -> None:
-    """Compare checkpoints A and B: exit 0 if equal, 1 if different, 2 on error.
+    """Compare checkpoints A and B: exit 0 if equal, 1 if different (or damaged), 2 on error.
 
     Reports keys only in A or B, shape and dtype changes, per-tensor max abs and relative
     L2 differences, and changed non-tensor state. Values are equal when
     |a - b| <= atol + rtol * |b| (NaNs in the same place are equal). Either side may be any
-    kind inspect accepts, e.g. a .pt and its converted file.
+    kind inspect accepts, e.g. a .pt and its converted file. Both files are streamed in
+    parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
-    with progress_bar("comparing") as bar:
+    with progress_bar("comparing", a, b) as bar:
         report = diff(a, b, atol=atol, rtol=rtol, progress=bar)
     if as_json:
         emit_json(report.to_dict())

@@ -9,18 +9,24 @@ import click
 from rich.markup import escape
 from rich.tree import Tree
 
+from statevault._display import NAME_CHARS, VALUE_CHARS, shown
 from statevault._inspect import CheckpointSummary, ModuleNode, inspect
 from statevault.cli._output import emit_json, human_bytes, stdout_console
 
 
+def _text(text: str, limit: int = NAME_CHARS) -> str:
+    """File-supplied text ready for rich: control characters escaped, shortened, no markup."""
+    return escape(shown(text, limit))
+
+
 def _leaf_label(node: ModuleNode) -> str:
     if node.alias_of is not None:
-        return f"{escape(node.name)}  [dim]tied to {escape(node.alias_of)}[/]"
+        return f"{_text(node.name)}  [dim]tied to {_text(node.alias_of)}[/]"
     meta = node.tensor
     assert meta is not None  # a leaf without children is a tensor or an alias
     shape = "[" + ", ".join(str(d) for d in meta.shape) + "]"
     return (
-        f"{escape(node.name)}  [cyan]{meta.dtype_name}[/] {shape}  "
+        f"{_text(node.name)}  [cyan]{meta.dtype_name}[/] {shape}  "
         f"{meta.numel:,} · {human_bytes(meta.nbytes)}"
     )
 
@@ -31,7 +37,7 @@ def _add(branch: Tree, node: ModuleNode, depth: int | None) -> None:
             branch.add(_leaf_label(child))
             continue
         label = (
-            f"[bold]{escape(child.name)}[/]  {child.numel:,} params · "
+            f"[bold]{_text(child.name)}[/]  {child.numel:,} params · "
             f"{human_bytes(child.nbytes)} · {child.count} tensor(s)"
         )
         if child.tensor is not None:  # a name that is both a tensor and a prefix
@@ -51,9 +57,14 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
             "sharded": "sharded checkpoint",
             "folder": "checkpoint folder",
         }.get(summary.kind, f"{summary.kind} (weights-only loader)")
-    checks = "xxh3-64 checksums" if summary.has_checksums else "no checksums"
+    if summary.has_checksums:
+        checks = "xxh3-64 checksums"
+    elif summary.kind == "torch":
+        checks = "zip CRC-32 per entry"  # what verify checks on a torch zip file
+    else:
+        checks = "no checksums"
     tied = f" (+{len(summary.aliases)} tied)" if summary.aliases else ""
-    console.print(f"[bold]{escape(summary.path)}[/]  {kind} · {checks}")
+    console.print(f"[bold]{_text(summary.path)}[/]  {kind} · {checks}")
     console.print(
         f"{len(summary.tensors)} tensor(s){tied} · {summary.numel:,} params · "
         f"{human_bytes(summary.nbytes)} of tensor data · file {human_bytes(summary.file_size)}"
@@ -70,22 +81,29 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
     if summary.metadata:
         console.print("[bold]metadata[/]")
         for key, value in summary.metadata.items():
-            console.print(f"  {escape(key)}: {escape(value)}")
+            console.print(f"  {_text(key)}: {_text(value, VALUE_CHARS)}")
     if summary.state is not None:
         console.print("[bold]non-tensor state[/]")
         for path, value in state_lines(summary.state):
-            console.print(f"  {escape(path)} = {escape(value)}")
+            console.print(f"  {_text(path)} = {escape(value)}")
 
 
 def state_lines(value: Any, path: str = "") -> list[tuple[str, str]]:
-    """One ``path = value`` line per leaf; lists of plain values stay on one line."""
+    """One ``(path, value as shown)`` per leaf; lists of plain values stay on one line."""
     if isinstance(value, dict):
         return [line for key, item in value.items() for line in state_lines(item, _join(path, key))]
     if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
         return [
             line for i, item in enumerate(value) for line in state_lines(item, _join(path, str(i)))
         ]
-    return [(path or "<root>", json.dumps(value, ensure_ascii=False))]
+    return [(path or "<root>", _value_text(value))]
+
+
+def _value_text(value: Any) -> str:
+    """A leaf as shown: JSON-like, escaped and shortened (a 100 MB string costs ~nothing)."""
+    if isinstance(value, str):
+        return f'"{shown(value, VALUE_CHARS)}"'
+    return shown(json.dumps(value, ensure_ascii=False), VALUE_CHARS)
 
 
 def _join(path: str, key: str) -> str:

@@ -13,13 +13,15 @@ from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progre
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 @click.pass_context
 def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
-    """Check PATH's header and every tensor checksum; exit 0 only when all is well.
+    """Check every byte of PATH that records a checksum; exit 0 only when all is well.
 
-    Every damaged tensor is named (not just the first). Files without checksums get a
-    structure-only check, and the output says so. Exit codes: 0 intact, 1 damaged,
-    2 could not verify.
+    statevault files: the header digest and every tensor's xxh3-64 checksum; torch .pt zip
+    files: the CRC-32 of every zip entry; plain safetensors: the structure; legacy .pt
+    files: nothing to check (said so, exit 0). Every damaged tensor is named (not just the
+    first). Exit codes: 0 intact, 1 damaged, 2 not a checkpoint or could not verify,
+    130 interrupted.
     """
-    with progress_bar("verifying") as bar:
+    with progress_bar("verifying", path) as bar:
         report = verify(path, progress=bar)
     if as_json:
         emit_json(report.to_dict())
