@@ -44,6 +44,18 @@ def usable_device(device: str | torch.device) -> torch.device:
         raise DeviceUnavailableError(
             f"device={device!r} was requested, but only {torch.cuda.device_count()} CUDA device(s) exist"
         )
+    if target.type not in ("cpu", "cuda", "meta"):
+        # torch.device() accepts any type name it knows ("xla", "mps", ...) whether or not a
+        # backend is there; allocating nothing on it asks, before a byte of data is read.
+        try:
+            torch.empty(0, device=target)
+        except (RuntimeError, NotImplementedError, ImportError, AssertionError) as exc:
+            # torch's text goes on to list every backend it has: keep its first sentence
+            first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            raise DeviceUnavailableError(
+                f"device={device!r} cannot be used by this process (torch {torch.__version__}: "
+                f"{first}); install and initialise its backend, or load with device='cpu'"
+            ) from exc
     return target
 
 

@@ -8,7 +8,9 @@
   are paged in only when read.
 * Hugging Face-style sharded directories: ``model.safetensors.index.json`` plus shards. Shard
   names come from a file we did not write, so each one must be a plain file name inside the
-  directory (no ``/``, ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
+  directory (no ``/``, ``..`` or absolute paths). Symlinks are followed only when they stay in
+  the directory, or, in a Hugging Face cache snapshot, in its repository's ``blobs/``.
+* Only regular files are read (a named pipe would block forever), see ``_io.open_regular``.
 
 ``inspect``, ``verify``, ``diff`` and ``convert`` all work on an :class:`Input`.
 """
@@ -28,9 +30,11 @@ import torch
 from statevault._checkpoint import Checkpoint
 from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
+from statevault._io import open_regular, read_regular
 from statevault._progress import Progress
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten
+from statevault._vault import reject_constant
 from statevault.errors import (
     CheckpointNotFoundError,
     CorruptFileError,
@@ -306,9 +310,35 @@ def check_shard_name(name: object, *, index: Path) -> str:
     return name
 
 
+def allowed_roots(directory: Path) -> tuple[Path, ...]:
+    """Where a sharded checkpoint's files may really live once symlinks are followed.
+
+    The directory itself; and, for a Hugging Face cache snapshot
+    (``<repo>/snapshots/<revision>/``, whose files are symlinks into ``<repo>/blobs/``),
+    that repository's ``blobs`` folder. Nothing else: a shard linked to ``/etc/passwd``
+    must not be read.
+    """
+    real = directory.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent / "blobs")
+    return tuple(roots)
+
+
+def contained(path: Path, *, directory: Path, what: str) -> Path:
+    """``path`` with symlinks resolved, refused unless it stays inside ``directory``."""
+    real = path.resolve()
+    if not any(real.is_relative_to(root) for root in allowed_roots(directory)):
+        raise HeaderError(
+            f"{path}: this {what} resolves to {real}, outside the checkpoint directory "
+            f"{directory}; refusing to follow it. Replace the link with the file it should be"
+        )
+    return real
+
+
 def _find_index(directory: Path) -> Path:
     preferred = directory / INDEX_NAME
-    if preferred.is_file():
+    if os.path.lexists(preferred):  # whatever it is: reading it refuses a non-file clearly
         return preferred
     found = sorted(directory.glob("*.safetensors.index.json"))
     if len(found) == 1:
@@ -320,6 +350,22 @@ def _find_index(directory: Path) -> Path:
     )
 
 
+MAX_INDEX_BYTES = 100_000_000  # as for a header: a real index is kilobytes
+
+
+def _read_index(index: Path, directory: Path) -> Any:
+    """The index's JSON document; refuses non-regular, oversized or over-deep files."""
+    raw = read_regular(contained(index, directory=directory, what="index"), limit=MAX_INDEX_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
+    except UnicodeDecodeError as exc:
+        raise HeaderError(f"{index}: not valid UTF-8 (at byte {exc.start})") from None
+    except ValueError as exc:
+        raise HeaderError(f"{index}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise HeaderError(f"{index}: JSON is nested too deeply to be an index") from None
+
+
 class ShardedInput(Input):
     """Several safetensors shards tied together by an index's ``weight_map``."""
 
@@ -327,24 +373,27 @@ class ShardedInput(Input):
         self.kind = "sharded"
         self.label = str(directory)
         self.index = _find_index(directory)
-        try:
-            document = json.loads(self.index.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HeaderError(f"{self.index}: not valid JSON ({exc})") from None
+        document = _read_index(self.index, directory)
         weight_map = document.get("weight_map") if isinstance(document, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise HeaderError(f"{self.index}: has no 'weight_map' object naming the shards")
         extra = document.get("metadata") or {}
-        self.metadata = {
-            str(k): v if isinstance(v, str) else json.dumps(v)
-            for k, v in (extra.items() if isinstance(extra, dict) else [])
-        }
+        if not isinstance(extra, dict):
+            raise HeaderError(f"{self.index}: 'metadata' must be an object")
+        try:
+            self.metadata = {
+                str(k): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()
+            }
+        except RecursionError:
+            raise HeaderError(f"{self.index}: 'metadata' is nested too deeply") from None
         shard_names = sorted({check_shard_name(v, index=self.index) for v in weight_map.values()})
         self._shards: dict[str, SafetensorsInput] = {}
         self._owner: dict[str, SafetensorsInput] = {}
         try:
             for shard_name in shard_names:
-                self._shards[shard_name] = SafetensorsInput(directory / shard_name)
+                path = directory / shard_name
+                contained(path, directory=directory, what="shard")
+                self._shards[shard_name] = SafetensorsInput(path)
             self._check_map(weight_map)
         except BaseException:
             self.close()
@@ -408,9 +457,15 @@ class ShardedInput(Input):
             shard.close()
 
 
-def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key putting ``layers.2`` before ``layers.10``."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
+def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key putting ``layers.2`` before ``layers.10``.
+
+    Digit runs compare by length, then text: no int() of a name from the file (other
+    Unicode digits and 5,000-digit runs make int() raise).
+    """
+    return tuple(
+        (0, len(p), p) if p.isascii() and p.isdigit() else (1, 0, p) for p in name.split(".")
+    )
 
 
 # -- dispatch ----------------------------------------------------------------------------
@@ -420,8 +475,11 @@ def detect(path: Path) -> str:
     """Which reader ``path`` needs, from its first bytes (the suffix only breaks ties)."""
     if path.is_dir():
         return "sharded"
-    with path.open("rb") as handle:
-        head = handle.read(PREFIX_BYTES + 1)
+    fd, _ = open_regular(path)  # a named pipe would block a plain open() forever
+    try:
+        head = os.pread(fd, PREFIX_BYTES + 1, 0)
+    finally:
+        os.close(fd)
     if head[PREFIX_BYTES:] == b"{":
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):

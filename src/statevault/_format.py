@@ -114,19 +114,25 @@ def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | 
     return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
 
 
+NOT_SAFETENSORS = "not a safetensors file (its first 8 bytes are not a plausible header length)"
+
+
 def header_length(prefix: bytes, *, file_size: int, source: str) -> int:
-    """Validate the 8-byte prefix and return N, the header's length in bytes."""
+    """Validate the 8-byte prefix and return N, the header's length in bytes.
+
+    ``prefix`` may carry the byte after the prefix too: a header always opens with ``{``,
+    which tells a truncated checkpoint from some other file. The length is echoed only
+    then; decoded from any other file it would quote that file's first bytes as a number.
+    """
     if file_size < PREFIX_BYTES or len(prefix) < PREFIX_BYTES:
         raise TruncatedFileError(
             f"{source}: file is {file_size} bytes, too short to be a safetensors file "
             f"(needs at least {PREFIX_BYTES}); it was probably truncated or is not a checkpoint"
         )
     (length,) = struct.unpack("<Q", prefix[:PREFIX_BYTES])
-    if length > MAX_HEADER_BYTES:
-        raise HeaderError(
-            f"{source}: header length field says {length} bytes, above the {MAX_HEADER_BYTES} "
-            "byte limit; the file is damaged or not a safetensors file"
-        )
+    opens_json = prefix[PREFIX_BYTES : PREFIX_BYTES + 1] in (b"{", b"")
+    if length > MAX_HEADER_BYTES or length < 2 or not opens_json:
+        raise HeaderError(f"{source}: {NOT_SAFETENSORS}; the file is damaged or not a checkpoint")
     if PREFIX_BYTES + length > file_size:
         raise TruncatedFileError(
             f"{source}: header needs {length} bytes but the file holds only "
@@ -204,9 +210,10 @@ def header_text(raw: bytes, *, source: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        # not ``exc`` itself: its message quotes the offending byte of a file we cannot trust
         raise HeaderError(
-            f"{source}: header is not valid JSON ({type(exc).__name__}: {exc}); the file is "
-            "damaged or not a safetensors file"
+            f"{source}: header is not valid UTF-8 (at byte {exc.start} of the header); the "
+            "file is damaged or not a safetensors file"
         ) from None
 
 

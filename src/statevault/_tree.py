@@ -30,7 +30,25 @@ ROOT_TENSOR_NAME = "tensor"
 
 
 def _path_text(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in path) or "<root>"
+    # backslashreplace: a name with a lone surrogate cannot even be printed as it is
+    text = ".".join(str(part) for part in path) or "<root>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(text: str, where: str, what: str) -> None:
+    """Refuse a string the header cannot hold: UTF-8 has no lone surrogates (``"\\udc80"``,
+    what ``os.fsdecode`` makes of undecodable bytes). isascii() is a flag lookup, so
+    common names cost nothing. ``where`` says which value it is, ``what`` what kind."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsupportedObjectError(
+            f"{where}: {what} {text!a} contains a lone surrogate, which UTF-8 (and so "
+            "the file's JSON header) cannot hold; rename it, e.g. with "
+            "name.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
 
 
 class _Flattener:
@@ -49,7 +67,10 @@ class _Flattener:
             name = self.name_for(path)
             self.tensors[name] = value
             return {"tensor": name}
-        if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            check_text(value, _path_text(path), "string")
+            return value
+        if value is None or isinstance(value, bool):
             return value
         if type(value) is int:
             return value
@@ -82,6 +103,8 @@ class _Flattener:
                     f"{_path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
                     "supported; keys must be str or int"
                 )
+            if isinstance(key, str):
+                check_text(key, _path_text((*path, key)), "key")
             pairs.append([key, self.visit(item, (*path, key))])
         node: dict[str, Any] = {"dict": pairs}
         versions = getattr(value, "_metadata", None)
