@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from statevault._dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
 from statevault._gcpause import gc_paused
 from statevault._io import FileReader, advise_huge_pages
 from statevault._table import TensorEntry, TensorTable
-from statevault._tree import Skeleton, unflatten
+from statevault._tree import Skeleton, check_tree, unflatten
 from statevault._vault import VaultInfo, decode, reject_constant, user_metadata
 from statevault.errors import DeviceUnavailableError, HeaderError, StateVaultError
 
@@ -188,7 +188,19 @@ class Checkpoint:
 
     @property
     def tree(self) -> Skeleton | None:
-        """The skeleton of the saved object (None for a plain safetensors file)."""
+        """The skeleton of the saved object (None for a plain safetensors file), checked
+        node by node against the file's tensors: what ``load`` would refuse raises here."""
+        tree = self._parsed_tree()
+        if self.vault.has_tree:
+            names = self._table
+            aliases = self.aliases
+            try:
+                check_tree(tree, _Known(names, aliases))
+            except HeaderError as exc:
+                raise HeaderError(f"{self.path}: {exc}") from None
+        return tree
+
+    def _parsed_tree(self) -> Skeleton | None:
         text = self.vault.tree_text
         if text is None:
             return self.vault.tree
@@ -303,20 +315,23 @@ class Checkpoint:
             tensors = {n: moved[id(t)] for n, t in tensors.items()}
         if not self.vault.has_tree:
             return tensors
-
-        def fetch(name: str) -> torch.Tensor:
-            if name not in tensors:
-                raise HeaderError(f"tree refers to unknown tensor {name!r}; header damaged")
-            return tensors[name]
-
+        tree = self._parsed_tree()
         try:
-            return unflatten(self.tree, fetch)
+            # unflatten checks every node as it rebuilds it: the same check as ``tree``'s
+            return unflatten(tree, tensors.__getitem__)
         except HeaderError as exc:
             raise HeaderError(f"{self.path}: {exc}") from None
-        except RecursionError:
-            raise HeaderError(
-                f"{self.path}: statevault tree is nested too deeply to rebuild; header damaged"
-            ) from None
+
+
+class _Known(Container[str]):
+    """Stored names and aliases, for :func:`check_tree`, without building their union."""
+
+    def __init__(self, names: Container[str], aliases: Container[str]) -> None:
+        self._names = names
+        self._aliases = aliases
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names or name in self._aliases
 
 
 class _TensorInfos(Mapping[str, TensorInfo]):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import torch
@@ -27,6 +27,10 @@ from statevault.errors import HeaderError, UnsupportedObjectError
 
 Skeleton = Any  # a JSON value as described in the module docstring
 ROOT_TENSOR_NAME = "tensor"
+# Containers nested deeper than this are refused on save and on load: real training state
+# is a handful of levels deep, and a bound keeps every walk of a hostile tree (ours, JSON's)
+# far from Python's recursion limit.
+MAX_DEPTH = 100
 
 
 def _path_text(path: tuple[str | int, ...]) -> str:
@@ -78,6 +82,12 @@ class _Flattener:
             if math.isfinite(value):
                 return value
             return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        if len(path) >= MAX_DEPTH and type(value) in (dict, OrderedDict, list, tuple, torch.Size):
+            raise UnsupportedObjectError(
+                f"{_path_text(path)}: state is nested too deeply (over {MAX_DEPTH} containers), "
+                "more than statevault stores; flatten that part, or check it for a container "
+                "that contains itself"
+            )
         if type(value) in (dict, OrderedDict):
             return self.visit_dict(value, path)
         if type(value) is list:
@@ -141,35 +151,109 @@ def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     return skeleton, flattener.tensors
 
 
-def _bad(message: str) -> HeaderError:
-    return HeaderError(f"statevault tree in header is damaged: {message}")
+class _BadNode(Exception):
+    """A damaged skeleton node; ``path`` collects its location (innermost first)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str | int] = []
 
 
-def unflatten(skeleton: Skeleton, tensor: Callable[[str], torch.Tensor]) -> Any:
-    """Rebuild the saved object, fetching each tensor by name through ``tensor``."""
-    if skeleton is None or isinstance(skeleton, (bool, int, float, str)):
-        return skeleton
-    if not isinstance(skeleton, dict) or not skeleton:
-        raise _bad(f"unexpected node {skeleton!r}")
-    kind = next(iter(skeleton))
-    body = skeleton[kind]
+_KINDS = frozenset({"tensor", "float", "list", "tuple", "dict"})
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
+    """One node of :func:`unflatten`; raises :class:`_BadNode` for anything save never writes."""
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if type(node) is not dict or not (len(node) == 1 or node.keys() == _DICT_WITH_VERSIONS):
+        raise _BadNode(f"unexpected node {_short(node)}")
+    kind, body = next(iter(node.items()))
     if kind == "tensor" and isinstance(body, str):
-        return tensor(body)
-    if kind == "float" and body in ("nan", "inf", "-inf"):
-        return float(body)
-    if kind in ("list", "tuple") and isinstance(body, list):
-        items = [unflatten(item, tensor) for item in body]
+        try:
+            return tensor(body)
+        except KeyError:
+            raise _BadNode(
+                f"refers to unknown tensor {body!r}, which the file does not hold"
+            ) from None
+    if kind == "float" and isinstance(body, str) and body in _FLOATS:
+        return _FLOATS[body]
+    if kind not in _KINDS or kind == "tensor" or kind == "float" or not isinstance(body, list):
+        raise _BadNode(f"unknown node kind {_short(kind)} or malformed body {_short(body)}")
+    if depth >= MAX_DEPTH:
+        raise _BadNode(f"containers are nested more than {MAX_DEPTH} deep")
+    if kind != "dict":
+        items = []
+        for i, item in enumerate(body):
+            try:
+                items.append(_build(item, tensor, depth + 1))
+            except _BadNode as bad:
+                bad.path.append(i)
+                raise
         return items if kind == "list" else tuple(items)
-    if kind == "dict" and isinstance(body, list):
-        result: dict[Any, Any] = {}
-        for pair in body:
-            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
-                raise _bad(f"bad dict entry {pair!r}")
-            result[pair[0]] = unflatten(pair[1], tensor)
-        versions = skeleton.get("torch_metadata")
-        if isinstance(versions, dict):
-            ordered: OrderedDict[Any, Any] = OrderedDict(result)
-            ordered._metadata = versions  # type: ignore[attr-defined]
-            return ordered
+    result: dict[Any, Any] = {}
+    for pair in body:
+        if not (
+            type(pair) is list
+            and len(pair) == 2
+            and (type(pair[0]) is str or type(pair[0]) is int)
+            and pair[0] not in result
+        ):
+            raise _BadNode(f"bad or repeated dict entry {_short(pair)}")
+        try:
+            result[pair[0]] = _build(pair[1], tensor, depth + 1)
+        except _BadNode as bad:
+            bad.path.append(pair[0])
+            raise
+    if len(node) == 1:
         return result
-    raise _bad(f"unknown node kind {kind!r}")
+    versions = node["torch_metadata"]
+    if not (
+        type(versions) is dict
+        and all(
+            type(entry) is dict and all(isinstance(v, (int, str)) for v in entry.values())
+            for entry in versions.values()
+        )
+    ):
+        raise _BadNode(f"bad torch_metadata {_short(versions)}")
+    ordered: OrderedDict[Any, Any] = OrderedDict(result)
+    ordered._metadata = versions  # type: ignore[attr-defined]
+    return ordered
+
+
+_DICT_WITH_VERSIONS = {"dict", "torch_metadata"}
+
+
+def _short(value: Any) -> str:
+    """A node for an error message: enough to recognise, never megabytes."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def unflatten(skeleton: Skeleton, tensor: Callable[[str], Any]) -> Any:
+    """Rebuild the saved object, fetching each tensor by name through ``tensor``.
+
+    ``tensor`` raises KeyError for a name the file does not hold. This is also the one
+    check of a skeleton (:func:`check_tree`), so whatever it refuses, load refuses too:
+    a HeaderError naming the node's path. Recursion is bounded by ``MAX_DEPTH``.
+    """
+    try:
+        return _build(skeleton, tensor, 0)
+    except _BadNode as bad:
+        path = ".".join(str(part) for part in reversed(bad.path)) or "<root>"
+        where = path.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise HeaderError(
+            f"statevault tree in header is damaged at node {where}: {bad.problem}"
+        ) from None
+
+
+def check_tree(skeleton: Skeleton, known: Container[str]) -> None:
+    """Raise what :func:`unflatten` would for ``skeleton`` when the file holds ``known``."""
+
+    def fetch(name: str) -> None:
+        if name not in known:
+            raise KeyError(name)
+
+    unflatten(skeleton, fetch)
