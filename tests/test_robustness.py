@@ -8,7 +8,10 @@ import contextlib
 import json
 import os
 import struct
+import subprocess
+import sys
 import threading
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -249,3 +252,102 @@ def test_unusable_device_is_refused_before_reading(
     assert reads == []
     assert isinstance(statevault.load(path, device="meta")["w"], torch.Tensor)
     assert reads == ["read"]
+
+
+# -- 3. hostile input costs about its size -------------------------------------------------
+
+
+def container(header: str, data: bytes = b"") -> bytes:
+    body = header.encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body + data
+
+
+def repeated(head: str, item: str, tail: str, size: int) -> str:
+    return head + ",".join([item] * ((size - len(head) - len(tail)) // (len(item) + 1))) + tail
+
+
+HOSTILE = {
+    "objects-in-array": lambda size: repeated("[", "{}", "]", size),
+    "object-members": lambda size: "{" + ",".join(f'"k{i}":{{}}' for i in range(size // 9)) + "}",
+    "objects-in-metadata": lambda size: repeated('{"__metadata__":{"x":[', "{}", "]}}", size),
+    "arrays-in-array": lambda size: repeated('{"__metadata__":{"x":[', "[]", "]}}", size),
+}
+
+
+def test_a_malformed_header_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [
+        f'"t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{i + 1}]}}' for i in range(500)
+    ]
+    entries.append('"last":{"dtype":"U8","shape":[2],"data_offsets":[500,501]}')  # span is 1
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(container("{" + ",".join(entries) + "}", bytes(501)))
+    parses: list[int] = []
+    real = json.loads
+
+    def counting(text: Any, *args: Any, **kwargs: Any) -> Any:
+        parses.append(len(text))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    with pytest.raises(HeaderError, match=r"tensor .last..*needs 2 bytes"):
+        statevault.Checkpoint(path)
+    assert len(parses) == 1  # the fast pass found it; nothing parsed the header again
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_header_costs_about_its_size(tmp_path: Path, case: str) -> None:
+    # deterministic: bytes allocated by Python, not time. Above the scan threshold, so the
+    # pre-parse scan and the one-pass hook both take part.
+    from statevault._table import SCAN_CHARS
+
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(container(HOSTILE[case](SCAN_CHARS + (1 << 20))))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderError, match=str(path)):
+            statevault.Checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * size, f"{peak / size:.1f}x the file's size"
+
+
+HOSTILE_UNDER_LIMIT = """
+import resource, sys
+import statevault
+from statevault.errors import StateVaultError
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+base = int(status["VmSize"].split()[0]) * 1024
+limit = base + 6 * int(sys.argv[1])  # a small multiple of the largest header, no more
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+for path in sys.argv[2:]:
+    for call in (statevault.load, statevault.verify):
+        try:
+            report = call(path)
+            print("ok" if report is None else f"report {type(report).__name__} {report.ok}")
+        except StateVaultError as exc:
+            print(type(exc).__name__)
+        except BaseException as exc:
+            print("RAW", type(exc).__name__)
+"""
+
+
+def test_hostile_headers_fit_an_address_space_limit(tmp_path: Path) -> None:
+    size = 12 << 20  # above the scan threshold, so both defences take part
+    paths = []
+    for case, make in HOSTILE.items():
+        path = tmp_path / f"{case}.safetensors"
+        path.write_bytes(container(make(size)))
+        paths.append(str(path))
+    done = subprocess.run(
+        [sys.executable, "-c", HOSTILE_UNDER_LIMIT, str(size), *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard only
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["HeaderError", "report", "VerifyReport", "False"] * len(HOSTILE)

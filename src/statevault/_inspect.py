@@ -101,6 +101,9 @@ class CheckpointSummary:
 # -- the module tree -----------------------------------------------------------------------
 
 
+MAX_MODULE_DEPTH = 64
+
+
 class _Builder:
     def __init__(self) -> None:
         self.children: dict[str, _Builder] = {}
@@ -109,7 +112,9 @@ class _Builder:
 
     def at(self, name: str) -> _Builder:
         node = self
-        for part in name.split("."):
+        # bounded: a name of 5,000 dotted parts would otherwise recurse past Python's limit
+        # in freeze(); what lies deeper stays one leaf named by the rest of the name
+        for part in name.split(".", MAX_MODULE_DEPTH - 1):
             node = node.children.setdefault(part, _Builder())
         return node
 

@@ -109,7 +109,8 @@ def _check_file(
         for meta, digest in zip(todo, found, strict=True)
         if digest != meta.checksum
     ]
-    bad.sort(key=lambda b: list(source.tensors).index(b.name))  # report in file order
+    order = {name: row for row, name in enumerate(source.tensors)}  # one pass, not one per bad
+    bad.sort(key=lambda b: order[b.name])  # report in file order
     return bad, len(todo), sum(meta.nbytes for meta in todo)
 
 
