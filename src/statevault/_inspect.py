@@ -152,6 +152,13 @@ def module_tree(tensors: Mapping[str, TensorMeta], aliases: Mapping[str, str]) -
 _ABSENT = object()
 
 
+def _placeholder(node: Skeleton) -> str:
+    """What stands in a list for an item with no plain values: a tensor, or a container of
+    only tensors (``[None, [t]]``; indexing it as a tensor node was a KeyError)."""
+    name = node.get("tensor") if isinstance(node, dict) else None
+    return f"<tensor {name}>" if isinstance(name, str) else "<tensors>"
+
+
 def _plain(node: Skeleton) -> Any:
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
@@ -162,13 +169,10 @@ def _plain(node: Skeleton) -> Any:
         return str(body)  # "nan" / "inf": JSON has no such numbers
     if kind in ("list", "tuple") and isinstance(body, list):
         items = [_plain(item) for item in body]
-        if all(item is _ABSENT for item in items):
+        if items and all(item is _ABSENT for item in items):
             return _ABSENT
         # keep positions meaningful when tensors and plain values are mixed
-        return [
-            f"<tensor {body[i]['tensor']}>" if item is _ABSENT else item
-            for i, item in enumerate(items)
-        ]
+        return [_placeholder(body[i]) if item is _ABSENT else item for i, item in enumerate(items)]
     if kind == "dict" and isinstance(body, list):
         pairs = {str(k): _plain(v) for k, v in body}
         kept = {k: v for k, v in pairs.items() if v is not _ABSENT}

@@ -136,25 +136,25 @@ def entry_problem(
             f"(known: {', '.join(sorted(itemsizes))})"
         )
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
-        return f"'shape' must be a list of non-negative integers, got {_short(shape)}"
+        return f"'shape' must be a list of non-negative integers, got {brief(shape)}"
     numel = bounded_numel(shape, max_elements)
     if numel is None:
-        return f"shape {_short(shape)} is too large for a torch tensor"
+        return f"shape {brief(shape)} is too large for a torch tensor"
     if (
         type(offsets) is not list
         or len(offsets) != 2
         or not all(type(o) is int and o >= 0 for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        return f"'data_offsets' must be [begin, end] with 0 <= begin <= end, got {_short(offsets)}"
+        return f"'data_offsets' must be [begin, end] with 0 <= begin <= end, got {brief(offsets)}"
     expected = numel * itemsizes[code]
     if expected != offsets[1] - offsets[0]:
         return (
-            f"dtype {code} x shape {_short(shape)} needs {expected} bytes but data_offsets "
+            f"dtype {code} x shape {brief(shape)} needs {expected} bytes but data_offsets "
             f"span {offsets[1] - offsets[0]}"
         )
     if offsets[1] > max_elements:
-        return f"data_offsets {_short(offsets)} end beyond 2**63 - 1, past any file's end"
+        return f"data_offsets {brief(offsets)} end beyond 2**63 - 1, past any file's end"
     return None
 
 
@@ -175,8 +175,13 @@ def bounded_numel(shape: Sequence[int], limit: int) -> int | None:
     return 0 if 0 in shape else bound
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to a line: a hostile value may be a list of millions."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        value = list(value)[:8] if not isinstance(value, dict) else dict(list(value.items())[:8])
+        text = repr(value)[:-1] + ", ...]"
+    else:
+        text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -263,7 +268,7 @@ class _Columns:
             seen: set[str] = set()
             for key, _ in pairs:
                 if key in seen:
-                    raise HeaderProblem(f"duplicate key {_short(key)} in header")
+                    raise HeaderProblem(f"duplicate key {brief(key)} in header")
                 seen.add(key)
         if any(value is _ROW or type(value) is _Bad for _, value in pairs):
             # the header object itself: keep names in row order, not a dict of a million
@@ -347,14 +352,14 @@ def parse_columns(
         if key == metadata_key:
             metadata = value
         elif type(value) is _Bad:
-            raise HeaderProblem(f"tensor {_short(key)}: {value.problem}")
+            raise HeaderProblem(f"tensor {brief(key)}: {value.problem}")
         elif type(value) is dict:
             code, shape, offsets = (value.get(field) for field in _ENTRY_KEYS)
             problem = entry_problem(code, shape, offsets, itemsizes, max_elements)
-            raise HeaderProblem(f"tensor {_short(key)}: {problem or 'tensor object misplaced'}")
+            raise HeaderProblem(f"tensor {brief(key)}: {problem or 'tensor object misplaced'}")
         else:
             raise HeaderProblem(
-                f"tensor {_short(key)}: expected an object with dtype/shape/data_offsets, got "
+                f"tensor {brief(key)}: expected an object with dtype/shape/data_offsets, got "
                 f"{type(value).__name__}"
             )
     if len(names) != len(columns.codes) or metadata_key in names:

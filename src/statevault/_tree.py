@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from statevault._table import brief
 from statevault.errors import HeaderError, UnsupportedObjectError
 
 Skeleton = Any  # a JSON value as described in the module docstring
@@ -169,7 +170,7 @@ def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
     if type(node) is not dict or not (len(node) == 1 or node.keys() == _DICT_WITH_VERSIONS):
-        raise _BadNode(f"unexpected node {_short(node)}")
+        raise _BadNode(f"unexpected node {brief(node)}")
     kind, body = next(iter(node.items()))
     if kind == "tensor" and isinstance(body, str):
         try:
@@ -181,7 +182,7 @@ def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
     if kind == "float" and isinstance(body, str) and body in _FLOATS:
         return _FLOATS[body]
     if kind not in _KINDS or kind == "tensor" or kind == "float" or not isinstance(body, list):
-        raise _BadNode(f"unknown node kind {_short(kind)} or malformed body {_short(body)}")
+        raise _BadNode(f"unknown node kind {brief(kind)} or malformed body {brief(body)}")
     if depth >= MAX_DEPTH:
         raise _BadNode(f"containers are nested more than {MAX_DEPTH} deep")
     if kind != "dict":
@@ -201,7 +202,7 @@ def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
             and (type(pair[0]) is str or type(pair[0]) is int)
             and pair[0] not in result
         ):
-            raise _BadNode(f"bad or repeated dict entry {_short(pair)}")
+            raise _BadNode(f"bad or repeated dict entry {brief(pair)}")
         try:
             result[pair[0]] = _build(pair[1], tensor, depth + 1)
         except _BadNode as bad:
@@ -217,19 +218,13 @@ def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
             for entry in versions.values()
         )
     ):
-        raise _BadNode(f"bad torch_metadata {_short(versions)}")
+        raise _BadNode(f"bad torch_metadata {brief(versions)}")
     ordered: OrderedDict[Any, Any] = OrderedDict(result)
     ordered._metadata = versions  # type: ignore[attr-defined]
     return ordered
 
 
 _DICT_WITH_VERSIONS = {"dict", "torch_metadata"}
-
-
-def _short(value: Any) -> str:
-    """A node for an error message: enough to recognise, never megabytes."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def unflatten(skeleton: Skeleton, tensor: Callable[[str], Any]) -> Any:
