@@ -54,6 +54,22 @@ def _tensors(count: int) -> bytes:
     return _container("{" + entries + "}", bytes(4 * count))
 
 
+def _format2_tree(tree: str) -> bytes:
+    """A format-2 file (correct header digest, no tensors) whose tree member is ``tree``."""
+    from statevault import _checksum
+    from statevault._vault import TREE_KEY
+
+    def build(digest: str) -> bytes:
+        vault = json.dumps(
+            '{"header_digest":"' + digest + '","version":2,"aliases":{},"dtypes":{}}'
+        )
+        return _container(
+            f'{{"__metadata__":{{"statevault":{vault},"{TREE_KEY}":{json.dumps(tree)}}}}}'
+        )
+
+    return build(_checksum.digest(build(_checksum.PLACEHOLDER)))
+
+
 CASES: dict[str, Callable[[], bytes]] = {
     "empty-objects-array": lambda: _container(_repeat_to("[", "{}", "]", HEADER_BYTES - 16)),
     "empty-objects-members": lambda: _container("{" + ",".join(_members(HEADER_BYTES - 16)) + "}"),
@@ -67,6 +83,9 @@ CASES: dict[str, Callable[[], bytes]] = {
             '],"data_offsets":[0,4]}}',
             HEADER_BYTES - 16,
         )
+    ),
+    "tree-of-empty-pairs": lambda: _format2_tree(
+        _repeat_to('{"dict":[', "[]", "]}", HEADER_BYTES - 400)
     ),
     "tensors-200k": lambda: _tensors(200_000),
     "tensors-1m": lambda: _tensors(1_000_000),

@@ -112,6 +112,14 @@ def test_named_pipe_index_is_refused(tmp_path: Path) -> None:
     assert "named pipe" in str(error)
 
 
+def test_file_symlink_loop_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.safetensors"
+    path.symlink_to(path.name)
+    with pytest.raises(CheckpointNotFoundError, match="cannot be opened") as caught:
+        statevault.load(path)
+    assert isinstance(caught.value.__cause__, OSError)  # the cause is kept
+
+
 def test_character_device_is_refused() -> None:
     error = outcome(lambda: statevault.load("/dev/zero"), [])
     assert isinstance(error, CheckpointNotFoundError), error
@@ -140,6 +148,17 @@ def test_shard_symlink_outside_directory_is_refused(tmp_path: Path) -> None:
         assert str(shard) in message and "outside the checkpoint directory" in message
         assert "root:x" not in message
         assert str(struct.unpack("<Q", SECRET[:8])[0]) not in message
+
+
+def test_shard_symlink_loop_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "sharded"
+    weight_map = write_shards(directory)
+    shard = directory / weight_map["w1"]
+    shard.unlink()
+    shard.symlink_to(shard.name)  # points at itself
+    with pytest.raises(HeaderError, match="cannot be resolved") as caught:
+        statevault.inspect(directory)
+    assert str(shard) in str(caught.value)
 
 
 def test_index_symlink_outside_directory_is_refused(tmp_path: Path) -> None:

@@ -211,6 +211,11 @@ class Checkpoint:
                 f"{self.path}: statevault tree is not valid JSON or is nested too deeply "
                 f"({type(exc).__name__}); header damaged"
             ) from None
+        except MemoryError as exc:  # JSON of tiny containers: tens of bytes per character
+            raise HeaderError(
+                f"{self.path}: parsing the {len(text):,}-character statevault tree ran out of "
+                "memory; it is hostile or larger than this process can hold"
+            ) from exc
 
     @property
     def has_checksums(self) -> bool:

@@ -327,7 +327,12 @@ def allowed_roots(directory: Path) -> tuple[Path, ...]:
 
 def contained(path: Path, *, directory: Path, what: str) -> Path:
     """``path`` with symlinks resolved, refused unless it stays inside ``directory``."""
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError on a link loop
+        raise HeaderError(
+            f"{path}: this {what} cannot be resolved ({exc}); fix or remove the link"
+        ) from exc
     if not any(real.is_relative_to(root) for root in allowed_roots(directory)):
         raise HeaderError(
             f"{path}: this {what} resolves to {real}, outside the checkpoint directory "

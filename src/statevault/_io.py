@@ -399,6 +399,12 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
         raise CheckpointNotFoundError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:
         raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
+    except PermissionError:
+        raise  # what a caller catches for this; there is nothing to add to it
+    except OSError as exc:  # a symlink loop, a name too long, a file where a folder should be
+        raise CheckpointNotFoundError(
+            f"{path}: cannot be opened as a checkpoint file ({exc.strerror})"
+        ) from exc
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):

@@ -340,6 +340,11 @@ def parse_columns(
         raise HeaderProblem(
             "header JSON is nested too deeply to be a safetensors header; the file is damaged"
         ) from None
+    except MemoryError as exc:  # a bounded header whose JSON builds up past this process's memory
+        raise HeaderProblem(
+            f"parsing the {len(text):,}-character header ran out of memory; it is hostile or "
+            "larger than this process can hold"
+        ) from exc
     if top is columns:
         names, others = columns.names, columns.others
         assert names is not None  # set together with ``others``
