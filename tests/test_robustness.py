@@ -370,3 +370,24 @@ def test_hostile_headers_fit_an_address_space_limit(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["HeaderError", "report", "VerifyReport", "False"] * len(HOSTILE)
+
+
+@pytest.mark.parametrize(
+    ("extra", "accepted"),
+    [("[1,2]", True), ("7", True), ("[true]", False), ("[-1]", False), ("[[]]", False)],
+)
+def test_a_header_is_judged_alike_below_and_above_the_scan_size(
+    tmp_path: Path, extra: str, accepted: bool
+) -> None:
+    from statevault._table import SCAN_CHARS
+
+    tensor = f'"t":{{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":{extra}}}'
+    for padding in (0, SCAN_CHARS):  # a long metadata string pushes it past the scan size
+        path = tmp_path / f"h{padding}.safetensors"
+        header = f'{{"__metadata__":{{"pad":"{"x" * padding}"}},{tensor}}}'
+        path.write_bytes(container(header, b"\x07"))
+        if accepted:
+            assert statevault.load(path)["t"].tolist() == [7]
+        else:
+            with pytest.raises(HeaderError):
+                statevault.load(path)

@@ -58,6 +58,11 @@ def reference(text: str) -> tuple[TensorTable, dict[str, Any]]:
     for name, raw in top.items():
         if not isinstance(raw, dict):
             raise HeaderError(f"tensor {name!r}: not an object")
+        if any(
+            isinstance(v, list) and not all(type(x) is int and x >= 0 for x in v)
+            for v in raw.values()
+        ):
+            raise HeaderError(f"tensor {name!r}: an array of other than non-negative integers")
         fields = (raw.get("dtype"), raw.get("shape"), raw.get("data_offsets"))
         problem = entry_problem(*fields, CODE_ITEMSIZE, MAX_ELEMENTS)
         if problem is not None:
@@ -147,6 +152,9 @@ def entry(code: Any = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[s
         '{"a":' + json.dumps(entry()) + ',"a":' + json.dumps(entry(offsets=(8, 16))) + "}",
         json.dumps({"a": {"shape": [2], "dtype": "F32", "data_offsets": [0, 8]}}),
         json.dumps({"a": dict(entry(), extra=1)}),
+        json.dumps({"a": dict(entry(), extra=[1, 2])}),
+        json.dumps({"a": dict(entry(), extra=[True])}),
+        json.dumps({"a": dict(entry(), extra=[[]])}),
         json.dumps({"a": entry(shape=[True, 2])}),
         json.dumps({"a": entry(shape=[2.0])}),
         json.dumps({"a": entry(shape=[[2]])}),
@@ -162,7 +170,7 @@ def entry(code: Any = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[s
         json.dumps({METADATA_KEY: entry()}),
     ],
     ids=[
-        "duplicate", "field-order", "extra-field", "bool-dim", "float-dim", "list-dim",
+        "duplicate", "field-order", "extra-field", "extra-ints", "extra-bools", "extra-lists", "bool-dim", "float-dim", "list-dim",
         "unknown-code", "span", "offset-overflow", "huge-shape", "tensor-in-metadata",
         "only-tensor-in-metadata", "tensor-in-tensor", "array", "not-an-object", "tensor-named-metadata",
     ],

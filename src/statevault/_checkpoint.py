@@ -187,6 +187,7 @@ class Checkpoint:
         return self.vault.aliases
 
     @property
+    @gc_paused  # a tree is up to ~100 MB of small containers: see _gcpause
     def tree(self) -> Skeleton | None:
         """The skeleton of the saved object (None for a plain safetensors file), checked
         node by node against the file's tensors: what ``load`` would refuse raises here."""

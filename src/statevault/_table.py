@@ -246,9 +246,11 @@ class _Columns:
                     self.starts.append(start)
                     self.ends.append(end)
                     return _ROW
+        return self._bad(entry_problem(code, shape, offsets, self.itemsizes, self.max_elements))
+
+    def _bad(self, problem: str | None) -> _Bad:
         if self.first_bad is not None:
             return _ANOTHER_BAD
-        problem = entry_problem(code, shape, offsets, self.itemsizes, self.max_elements)
         self.first_bad = _Bad(problem or "malformed")
         return self.first_bad
 
@@ -277,7 +279,11 @@ class _Columns:
             self.others = [(key, value) for key, value in pairs if value is not _ROW]
             return self
         if any(key in table and not _is_object(table[key]) for key in _ENTRY_KEYS):
-            # a tensor in another field order, or with extra fields (ignored, as safetensors does)
+            # a tensor in another field order, or with extra fields (ignored, as safetensors
+            # does, unless they hold arrays of other than non-negative integers, which no
+            # header holds: the scan of large headers refuses those before the parse)
+            if any(type(v) is list and not _offsets_like(v) for v in table.values()):
+                return self._bad("holds an array of something other than non-negative integers")
             return self._row(table.get("dtype"), table.get("shape"), table.get("data_offsets"))
         self._count_object()
         return table
@@ -298,8 +304,8 @@ def _refuse_hostile_arrays(text: str) -> None:
     """Refuse, before parsing, a large header whose arrays hold anything but integers.
 
     Only large headers pay for the scan (a fraction of the parse's own time); below
-    ``SCAN_CHARS`` the worst case is bounded anyway. Whatever it refuses, the parse would
-    refuse too, after building it all.
+    ``SCAN_CHARS`` the worst case is bounded anyway. Whatever it refuses, the parse refuses
+    too (after building it all), so a header's fate does not depend on its size.
     """
     if len(text) <= SCAN_CHARS:
         return
@@ -309,6 +315,10 @@ def _refuse_hostile_arrays(text: str) -> None:
             "header holds arrays of something other than integers, or is not a JSON object; "
             "a safetensors header's only arrays are shapes and data offsets"
         )
+
+
+def _offsets_like(values: list[Any]) -> bool:
+    return all(type(v) is int and v >= 0 for v in values)
 
 
 def _is_object(value: Any) -> bool:
