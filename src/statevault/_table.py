@@ -14,6 +14,7 @@ of text, so what a hostile one costs is bounded by what one pass over it costs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from array import array
@@ -176,10 +177,14 @@ def bounded_numel(shape: Sequence[int], limit: int) -> int | None:
 
 
 def brief(value: Any) -> str:
-    """``repr(value)`` cut to a line: a hostile value may be a list of millions."""
-    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
-        value = list(value)[:8] if not isinstance(value, dict) else dict(list(value.items())[:8])
-        text = repr(value)[:-1] + ", ...]"
+    """``repr(value)`` cut to a line, without a full repr (or copy) of a hostile value that
+    may be a list of millions or a string of megabytes."""
+    if isinstance(value, str) and len(value) > 80:
+        text = repr(value[:80])
+    elif isinstance(value, dict) and len(value) > 8:
+        text = repr(dict(itertools.islice(value.items(), 8)))[:-1] + ", ...}"
+    elif isinstance(value, (list, tuple)) and len(value) > 8:
+        text = repr(list(value[:8]))[:-1] + ", ...]"
     else:
         text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
