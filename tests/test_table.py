@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from statevault._dtypes import CODE_ITEMSIZE
@@ -106,6 +106,7 @@ def layout(spec: dict[str, tuple[str, tuple[int, ...]]]) -> list[TensorEntry]:
 
 @settings(max_examples=200, deadline=None)
 @given(spec=specs, meta=metadata, shuffle=st.randoms(use_true_random=False))
+@example(spec={}, meta={"dtype": ""}, shuffle=random.Random(0))  # metadata named like a field
 def test_fast_and_checked_parsers_agree(
     spec: dict[str, tuple[str, tuple[int, ...]]],
     meta: dict[str, str] | None,

@@ -283,7 +283,10 @@ class _Columns:
             self.names = [key for key, value in pairs if value is _ROW]
             self.others = [(key, value) for key, value in pairs if value is not _ROW]
             return self
-        if any(key in table and not _is_object(table[key]) for key in _ENTRY_KEYS):
+        if any(key in table and not _is_object(table[key]) for key in _ENTRY_KEYS) and not all(
+            type(value) is str
+            for value in table.values()  # metadata may have a "dtype" key
+        ):
             # a tensor in another field order, or with extra fields (ignored, as safetensors
             # does, unless they hold arrays of other than non-negative integers, which no
             # header holds: the scan of large headers refuses those before the parse)
