@@ -339,7 +339,7 @@ import statevault
 from statevault.errors import StateVaultError
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 base = int(status["VmSize"].split()[0]) * 1024
-limit = base + 6 * int(sys.argv[1])  # a small multiple of the largest header, no more
+limit = base + 8 * int(sys.argv[1])  # a small multiple of the largest header, no more
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 for path in sys.argv[2:]:
     for call in (statevault.load, statevault.verify):

@@ -73,7 +73,8 @@ class _Flattener:
             self.tensors[name] = value
             return {"tensor": name}
         if isinstance(value, str):
-            check_text(value, _path_text(path), "string")
+            if not value.isascii():  # the path text is built only when it may be needed
+                check_text(value, _path_text(path), "string")
             return value
         if value is None or isinstance(value, bool):
             return value
@@ -114,7 +115,7 @@ class _Flattener:
                     f"{_path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
                     "supported; keys must be str or int"
                 )
-            if isinstance(key, str):
+            if isinstance(key, str) and not key.isascii():
                 check_text(key, _path_text((*path, key)), "key")
             pairs.append([key, self.visit(item, (*path, key))])
         node: dict[str, Any] = {"dict": pairs}
