@@ -391,3 +391,22 @@ def test_a_header_is_judged_alike_below_and_above_the_scan_size(
         else:
             with pytest.raises(HeaderError):
                 statevault.load(path)
+
+
+def test_a_huge_shape_stops_multiplying_at_the_bound() -> None:
+    from statevault._table import bounded_numel
+
+    seen: list[int] = []
+
+    class Counted(list[int]):
+        def __iter__(self) -> Any:
+            for dim in super().__iter__():
+                seen.append(dim)
+                yield dim
+
+    # a million dims of 10**6: multiplied out, a bigint of 20 million digits
+    assert bounded_numel(Counted([10**6] * 1_000_000), 2**63 - 1) is None
+    assert len(seen) == 4  # 10**24 > 2**63 after the fourth: no further work
+    assert bounded_numel([0, 2**62, 1], 2**63 - 1) == 0  # empty, and its dims fit int64
+    assert bounded_numel([0, 2**63], 2**63 - 1) is None
+    assert bounded_numel([3, 1, 5], 2**63 - 1) == 15

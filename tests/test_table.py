@@ -107,7 +107,7 @@ def layout(spec: dict[str, tuple[str, tuple[int, ...]]]) -> list[TensorEntry]:
 @settings(max_examples=200, deadline=None)
 @given(spec=specs, meta=metadata, shuffle=st.randoms(use_true_random=False))
 @example(spec={}, meta={"dtype": ""}, shuffle=random.Random(0))  # metadata named like a field
-def test_fast_and_checked_parsers_agree(
+def test_parser_agrees_with_the_reference(
     spec: dict[str, tuple[str, tuple[int, ...]]],
     meta: dict[str, str] | None,
     shuffle: random.Random,
