@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
 import subprocess
@@ -183,21 +182,39 @@ def test_ctrl_c_exits_130_not_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert "interrupted" in result.stderr
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+# A verify that is still running when Ctrl-C comes: the hashing is held at its first read
+# (readers refuse named pipes now, so a pipe can no longer hold the command open).
+_SLOW_VERIFY = """
+import sys, time
+import statevault._scan as scan
+from statevault.cli import main
+
+real = scan.hash_rows
+def held(*args, **kwargs):
+    print("hashing", flush=True)
+    time.sleep(60)
+    return real(*args, **kwargs)
+scan.hash_rows = held
+import statevault._verify as verify_module
+verify_module.hash_rows = held
+main(["verify", sys.argv[1]])
+"""
+
+
 def test_ctrl_c_in_a_real_process_exits_130(tmp_path: Path) -> None:
-    fifo = tmp_path / "pipe.safetensors"
-    os.mkfifo(fifo)
+    good = _good(tmp_path)
     src = Path(statevault.__file__).parents[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "statevault", "verify", str(fifo)],
+        [sys.executable, "-c", _SLOW_VERIFY, str(good)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={"PYTHONPATH": str(src), "PATH": ""},
     )
     try:
-        with fifo.open("wb"):  # returns once verify has opened the file and waits to read it
-            process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=120)
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"hashing\n"  # verify is under way
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 130, stderr

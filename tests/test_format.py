@@ -71,12 +71,19 @@ def test_header_length_checks() -> None:
     assert header_length(struct.pack("<Q", 16), file_size=24, source="x") == 16
     with pytest.raises(TruncatedFileError, match="too short"):
         header_length(b"\x01\x02", file_size=2, source="x")
-    with pytest.raises(HeaderError, match="limit"):
+    implausible = "not a plausible header length"
+    with pytest.raises(HeaderError, match=implausible):
         header_length(struct.pack("<Q", MAX_HEADER_BYTES + 1), file_size=10**12, source="x")
-    with pytest.raises(HeaderError, match="limit"):
+    with pytest.raises(HeaderError, match=implausible):
         header_length(b"\xff" * 8, file_size=100, source="x")
     with pytest.raises(TruncatedFileError, match="x: header needs 100 bytes"):
         header_length(struct.pack("<Q", 100), file_size=50, source="x")
+    with pytest.raises(TruncatedFileError, match="x: header needs 100 bytes"):
+        header_length(struct.pack("<Q", 100) + b"{", file_size=50, source="x")
+    # any other ninth byte: not a checkpoint, so the decoded number is not echoed
+    with pytest.raises(HeaderError, match=implausible) as caught:
+        header_length(struct.pack("<Q", 100) + b"x", file_size=50, source="x")
+    assert "100" not in str(caught.value)
 
 
 GOOD = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}

@@ -34,15 +34,19 @@ from typing import Any
 
 import torch
 
-from statevault._foreign import ShardedInput, WeightsOnlyRefusal, check_shard_name, open_file
+from statevault._foreign import (
+    MAX_INDEX_BYTES,
+    ShardedInput,
+    WeightsOnlyRefusal,
+    check_shard_name,
+    open_file,
+)
+from statevault._io import read_regular
 from statevault._progress import Progress
 from statevault._reader import FolderEntry, Reader, TensorMeta
 from statevault._sniff import TORCH_SUFFIXES
 from statevault._tree import Skeleton, flatten
-from statevault.errors import (
-    CheckpointNotFoundError,
-    HeaderError,
-)
+from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
 
 MODEL_KEY = "model"
 _WEIGHT_STEMS = {"pytorch_model": MODEL_KEY}  # Hugging Face's .bin weights name
@@ -82,8 +86,8 @@ def _kind_of(path: Path) -> str | None:
 def _shard_names(index: Path) -> set[str]:
     """The shard file names an index names (empty when it cannot be read: opening says why)."""
     try:
-        document = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        document = json.loads(read_regular(index, limit=MAX_INDEX_BYTES).decode("utf-8"))
+    except (OSError, StateVaultError, UnicodeDecodeError, ValueError, RecursionError):
         return set()
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
@@ -101,13 +105,15 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
     shards = {
         name: p
         for p in files
-        if p.is_file() and (_kind_of(p) or "").endswith("index")
+        if not p.is_dir() and (_kind_of(p) or "").endswith("index")
         for name in _shard_names(p)
     }
     listing: list[FolderEntry] = []
     chosen: dict[str, _Candidate] = {}
     for path in files:
-        kind = _kind_of(path) if path.is_file() else None
+        # by name for anything but a folder: a named pipe must be refused when opened, not
+        # skipped as if it were not there
+        kind = _kind_of(path) if not path.is_dir() else None
         if path.name in shards:
             key = key_for(shards[path.name].name)
             listing.append(FolderEntry(path.name, key, "shard", "shard", shards[path.name].name))
@@ -375,8 +381,10 @@ class FolderInput(Reader):
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path, limit=MAX_INDEX_BYTES).decode("utf-8"))
     except OSError as exc:
         raise CheckpointNotFoundError(f"{path}: cannot read this file ({exc})") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise HeaderError(f"{path}: a JSON file that does not parse ({exc})") from None
+    except RecursionError:
+        raise HeaderError(f"{path}: a JSON file nested too deeply to read") from None

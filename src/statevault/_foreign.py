@@ -9,7 +9,9 @@
 * Hugging Face-style shard indexes: ``model.safetensors.index.json`` or
   ``pytorch_model.bin.index.json`` plus shards. Shard names come from a file we did not
   write, so each one must be a plain file name inside the index's directory (no ``/``,
-  ``..`` or absolute paths); symlinks are allowed, as HF caches use them.
+  ``..`` or absolute paths). Symlinks are followed only when they stay in the directory,
+  or, in a Hugging Face cache snapshot, in its repository's ``blobs/``.
+* Only regular files are read (a named pipe would block forever), see ``_io.open_regular``.
 
 Each is a :class:`~statevault._reader.Reader`; folders are in ``_folder``, the dispatch in
 ``_open``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,12 +34,14 @@ import torch
 from statevault._checkpoint import Checkpoint, usable_device
 from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
+from statevault._io import read_regular
 from statevault._progress import Progress
 from statevault._reader import Reader, top_level_objects
 from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
 from statevault._sniff import DESCRIPTIONS, TORCH_SUFFIXES, sniff
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten, unflatten
+from statevault._vault import reject_constant
 from statevault._weights_only import numpy_arrays_allowed
 from statevault.errors import (
     CheckpointKindError,
@@ -383,6 +388,53 @@ def check_shard_name(name: object, *, index: Path) -> str:
     return name
 
 
+def allowed_roots(directory: Path) -> tuple[Path, ...]:
+    """Where a sharded checkpoint's files may really live once symlinks are followed.
+
+    The directory itself; and, for a Hugging Face cache snapshot
+    (``<repo>/snapshots/<revision>/``, whose files are symlinks into ``<repo>/blobs/``),
+    that repository's ``blobs`` folder. Nothing else: a shard linked to ``/etc/passwd``
+    must not be read.
+    """
+    real = directory.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent / "blobs")
+    return tuple(roots)
+
+
+def contained(path: Path, *, directory: Path, what: str) -> Path:
+    """``path`` with symlinks resolved, refused unless it stays inside ``directory``."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError on a link loop
+        raise HeaderError(
+            f"{path}: this {what} cannot be resolved ({exc}); fix or remove the link"
+        ) from exc
+    if not any(real.is_relative_to(root) for root in allowed_roots(directory)):
+        raise HeaderError(
+            f"{path}: this {what} resolves to {real}, outside the checkpoint directory "
+            f"{directory}; refusing to follow it. Replace the link with the file it should be"
+        )
+    return real
+
+
+MAX_INDEX_BYTES = 100_000_000  # as for a header: a real index is kilobytes
+
+
+def _read_index(index: Path, directory: Path) -> Any:
+    """The index's JSON document; refuses non-regular, oversized or over-deep files."""
+    raw = read_regular(contained(index, directory=directory, what="index"), limit=MAX_INDEX_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
+    except UnicodeDecodeError as exc:
+        raise HeaderError(f"{index}: not valid UTF-8 (at byte {exc.start})") from None
+    except ValueError as exc:
+        raise HeaderError(f"{index}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise HeaderError(f"{index}: JSON is nested too deeply to be an index") from None
+
+
 class ShardedInput(Reader):
     """Shards (safetensors or torch files) tied together by an index's ``weight_map``.
 
@@ -396,33 +448,29 @@ class ShardedInput(Reader):
         self.label = label or str(index)
         self.index = index
         directory = index.parent
-        try:
-            document = json.loads(self.index.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HeaderError(
-                f"{self.index}: an index file that is not valid JSON ({exc})"
-            ) from None
-        except OSError as exc:
-            raise CheckpointNotFoundError(
-                f"{self.index}: cannot read the index file ({exc})"
-            ) from exc
+        document = _read_index(self.index, directory)
         weight_map = document.get("weight_map") if isinstance(document, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise HeaderError(
                 f"{self.index}: an index file with no 'weight_map' object naming the shards"
             )
         extra = document.get("metadata") or {}
-        self.metadata = {
-            str(k): v if isinstance(v, str) else json.dumps(v)
-            for k, v in (extra.items() if isinstance(extra, dict) else [])
-        }
+        if not isinstance(extra, dict):
+            raise HeaderError(f"{self.index}: 'metadata' must be an object")
+        try:
+            self.metadata = {
+                str(k): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()
+            }
+        except RecursionError:
+            raise HeaderError(f"{self.index}: 'metadata' is nested too deeply") from None
         shard_names = sorted({check_shard_name(v, index=self.index) for v in weight_map.values()})
         self._shards: dict[str, Reader] = {}
         self._owner: dict[str, Reader] = {}
         try:
             for shard_name in shard_names:
                 shard_path = directory / shard_name
-                if not shard_path.is_file():
+                contained(shard_path, directory=directory, what="shard")
+                if not os.path.lexists(shard_path):  # a pipe is refused by open_file
                     raise CheckpointNotFoundError(
                         f"{self.index}: names shard {shard_name}, which is not in {directory}"
                     )
@@ -525,9 +573,15 @@ class ShardedInput(Reader):
             shard.close()
 
 
-def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key putting ``layers.2`` before ``layers.10``."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
+def _natural(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key putting ``layers.2`` before ``layers.10``.
+
+    Digit runs compare by length, then text: no int() of a name from the file (other
+    Unicode digits and 5,000-digit runs make int() raise).
+    """
+    return tuple(
+        (0, len(p), p) if p.isascii() and p.isdigit() else (1, 0, p) for p in name.split(".")
+    )
 
 
 # -- one file ---------------------------------------------------------------------------

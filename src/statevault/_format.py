@@ -13,15 +13,18 @@ hostile header cannot make us allocate, read or seek outside what the file reall
 from __future__ import annotations
 
 import json
-import math
 import struct
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from statevault._dtypes import CODE_ITEMSIZE, LAYOUT_RANK
-from statevault._table import NotSimple, TensorEntry, TensorTable, parse_fast
+from statevault._table import (
+    HeaderProblem,
+    TensorEntry,
+    TensorTable,
+    first_misplaced,
+    parse_columns,
+)
 from statevault.errors import HeaderError, TruncatedFileError
 
 PREFIX_BYTES = 8
@@ -114,19 +117,25 @@ def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | 
     return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
 
 
+NOT_SAFETENSORS = "not a safetensors file (its first 8 bytes are not a plausible header length)"
+
+
 def header_length(prefix: bytes, *, file_size: int, source: str) -> int:
-    """Validate the 8-byte prefix and return N, the header's length in bytes."""
+    """Validate the 8-byte prefix and return N, the header's length in bytes.
+
+    ``prefix`` may carry the byte after the prefix too: a header always opens with ``{``,
+    which tells a truncated checkpoint from some other file. The length is echoed only
+    then; decoded from any other file it would quote that file's first bytes as a number.
+    """
     if file_size < PREFIX_BYTES or len(prefix) < PREFIX_BYTES:
         raise TruncatedFileError(
             f"{source}: file is {file_size} bytes, too short to be a safetensors file "
             f"(needs at least {PREFIX_BYTES}); it was probably truncated or is not a checkpoint"
         )
     (length,) = struct.unpack("<Q", prefix[:PREFIX_BYTES])
-    if length > MAX_HEADER_BYTES:
-        raise HeaderError(
-            f"{source}: header length field says {length} bytes, above the {MAX_HEADER_BYTES} "
-            "byte limit; the file is damaged or not a safetensors file"
-        )
+    opens_json = prefix[PREFIX_BYTES : PREFIX_BYTES + 1] in (b"{", b"")
+    if length > MAX_HEADER_BYTES or length < 2 or not opens_json:
+        raise HeaderError(f"{source}: {NOT_SAFETENSORS}; the file is damaged or not a checkpoint")
     if PREFIX_BYTES + length > file_size:
         raise TruncatedFileError(
             f"{source}: header needs {length} bytes but the file holds only "
@@ -135,63 +144,13 @@ def header_length(prefix: bytes, *, file_size: int, source: str) -> int:
     return int(length)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise HeaderError(f"duplicate key {key!r} in header")
-        seen[key] = value
-    return seen
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _parse_entry(name: str, raw: Any, source: str) -> TensorEntry:
-    where = f"{source}: tensor {name!r}"
-    if not isinstance(raw, dict):
-        raise HeaderError(f"{where}: expected an object with dtype/shape/data_offsets")
-    code, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
-    if not isinstance(code, str):
-        raise HeaderError(f"{where}: missing or non-string 'dtype'")
-    if code not in CODE_ITEMSIZE:
-        raise HeaderError(
-            f"{where}: dtype code {code!r} is not supported by this statevault version "
-            f"(known: {', '.join(sorted(CODE_ITEMSIZE))})"
-        )
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise HeaderError(
-            f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}"
-        )
-    # torch sizes and strides are int64; an empty tensor (a 0 in its shape) passes the byte
-    # check below with any other dims, so bound them here or torch.empty() fails later.
-    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
-        raise HeaderError(f"{where}: shape {shape} is too large for a torch tensor")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_int(o) and o >= 0 for o in offsets)
-        or offsets[0] > offsets[1]
-    ):
-        raise HeaderError(f"{where}: 'data_offsets' must be [begin, end] with 0 <= begin <= end")
-    expected = math.prod(shape) * CODE_ITEMSIZE[code]
-    if expected != offsets[1] - offsets[0]:
-        raise HeaderError(
-            f"{where}: dtype {code} x shape {shape} needs {expected} bytes but data_offsets "
-            f"span {offsets[1] - offsets[0]}"
-        )
-    return TensorEntry(name, code, tuple(shape), offsets[0], offsets[1])
-
-
 def parse_header(raw: bytes, *, file_size: int, source: str) -> Header:
     """Parse and validate header bytes (without the prefix) against the file's size.
 
     Checks: UTF-8 JSON object, unique names, string->string metadata, known dtype codes,
     dtype x shape == byte span, offsets contiguous from 0 with no gap or overlap, and the
-    data section's size equal to what remains of the file. Well-formed headers take the
-    fast column-wise parser (``_table``); anything it declines goes through the checked
-    parser, whose errors name the tensor and field at fault.
+    data section's size equal to what remains of the file. One pass of the column-wise
+    parser (``_table``) does it all; its errors name the tensor and field at fault.
     """
     return parse_header_text(
         header_text(raw, source=source), header_bytes=len(raw), file_size=file_size, source=source
@@ -204,34 +163,47 @@ def header_text(raw: bytes, *, source: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        # not ``exc`` itself: its message quotes the offending byte of a file we cannot trust
         raise HeaderError(
-            f"{source}: header is not valid JSON ({type(exc).__name__}: {exc}); the file is "
-            "damaged or not a safetensors file"
+            f"{source}: header is not valid UTF-8 (at byte {exc.start} of the header); the "
+            "file is damaged or not a safetensors file"
         ) from None
 
 
 def parse_header_text(text: str, *, header_bytes: int, file_size: int, source: str) -> Header:
     """:func:`parse_header` of :func:`header_text`, ``header_bytes`` long in the file."""
     try:
-        table, top = parse_fast(
+        table, metadata = parse_columns(
             text, itemsizes=CODE_ITEMSIZE, max_elements=MAX_ELEMENTS, metadata_key=METADATA_KEY
         )
-        position = _check_contiguous(table, source)
-    except NotSimple:
-        table, top = _parse_checked(text, source)
-        position = table.ends[-1] if table.ends else 0
-    metadata = top.get(METADATA_KEY) or {}
-    if not isinstance(metadata, dict) or not all(
+    except HeaderProblem as exc:
+        raise HeaderError(f"{source}: {exc}; the header is damaged") from None
+    misplaced = first_misplaced(table)
+    if misplaced is not None:
+        start = table.starts[misplaced]
+        expected = table.ends[misplaced - 1] if misplaced else 0
+        problem = "overlaps the previous tensor" if start < expected else "leaves a gap"
+        raise HeaderError(
+            f"{source}: tensor {table.names[misplaced]!r} starts at data offset {start}, "
+            f"expected {expected}: it {problem}; the header is damaged"
+        )
+    position = table.ends[-1] if table.ends else 0
+    if metadata is None:
+        metadata = {}
+    if type(metadata) is not dict or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise HeaderError(f"{source}: '{METADATA_KEY}' must map strings to strings")
     data_offset = PREFIX_BYTES + header_bytes
     available = file_size - data_offset
     if available < position:
-        cut = [name for name, end in zip(table.names, table.ends, strict=True) if end > available]
+        cut = next(
+            name for name, end in zip(table.names, table.ends, strict=True) if end > available
+        )
+        count = sum(1 for end in table.ends if end > available)
         raise TruncatedFileError(
             f"{source}: file is truncated: data section needs {position} bytes, found "
-            f"{available}; {len(cut)} tensor(s) cut off, first {cut[0]!r}"
+            f"{available}; {count} tensor(s) cut off, first {cut!r}"
         )
     if available > position:
         raise HeaderError(
@@ -239,50 +211,3 @@ def parse_header_text(text: str, *, header_bytes: int, file_size: int, source: s
             f"(data section should be {position} bytes); the file is damaged"
         )
     return Header(table, metadata, data_offset, position)
-
-
-def _parse_checked(text: str, source: str) -> tuple[TensorTable, dict[str, Any]]:
-    """The reference parser: one validated entry per tensor, errors that name it."""
-    try:
-        top = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except HeaderError as exc:
-        raise HeaderError(f"{source}: {exc}; the header is damaged") from None
-    except (ValueError, RecursionError) as exc:
-        raise HeaderError(
-            f"{source}: header is not valid JSON ({type(exc).__name__}: {exc}); the file is "
-            "damaged or not a safetensors file"
-        ) from None
-    if not isinstance(top, dict):
-        raise HeaderError(f"{source}: header must be a JSON object, got {type(top).__name__}")
-    metadata = top.pop(METADATA_KEY, None)
-    entries = sorted(
-        (_parse_entry(name, value, source) for name, value in top.items()),
-        key=lambda e: (e.start, e.end),
-    )
-    position = 0
-    for entry in entries:
-        if entry.start != position:
-            problem = "overlaps the previous tensor" if entry.start < position else "leaves a gap"
-            raise HeaderError(
-                f"{source}: tensor {entry.name!r} starts at data offset {entry.start}, expected "
-                f"{position}: it {problem}; the header is damaged"
-            )
-        position = entry.end
-    if position > MAX_ELEMENTS:  # no file is that big; columns hold int64 offsets
-        raise TruncatedFileError(
-            f"{source}: file is truncated: data section needs {position} bytes; first tensor "
-            f"cut off {next(e.name for e in entries if e.end > MAX_ELEMENTS)!r}"
-        )
-    return TensorTable.from_entries(entries), {METADATA_KEY: metadata}
-
-
-def _check_contiguous(table: TensorTable, source: str) -> int:
-    """The data section's size; raises unless tensors tile it from 0 with no gap or overlap.
-
-    The fast parser sorted its rows by offset but left this check here, on the columns; a
-    failure is re-parsed by the checked path, whose message names the tensor.
-    """
-    starts, ends = table.starts, table.ends
-    if starts[:1] in (array("q"), array("q", [0])) and starts[1:] == ends[:-1]:
-        return ends[-1] if ends else 0
-    raise NotSimple

@@ -109,6 +109,9 @@ class CheckpointSummary:
 # -- the module tree -----------------------------------------------------------------------
 
 
+MAX_MODULE_DEPTH = 64
+
+
 class _Builder:
     def __init__(self) -> None:
         self.children: dict[str, _Builder] = {}
@@ -117,7 +120,9 @@ class _Builder:
 
     def at(self, name: str) -> _Builder:
         node = self
-        for part in name.split("."):
+        # bounded: a name of 5,000 dotted parts would otherwise recurse past Python's limit
+        # in freeze(); what lies deeper stays one leaf named by the rest of the name
+        for part in name.split(".", MAX_MODULE_DEPTH - 1):
             node = node.children.setdefault(part, _Builder())
         return node
 
@@ -155,6 +160,13 @@ def module_tree(tensors: Mapping[str, TensorMeta], aliases: Mapping[str, str]) -
 _ABSENT = object()
 
 
+def _placeholder(node: Skeleton) -> str:
+    """What stands in a list for an item with no plain values: a tensor, or a container of
+    only tensors (``[None, [t]]``; indexing it as a tensor node was a KeyError)."""
+    name = node.get("tensor") if isinstance(node, dict) else None
+    return f"<tensor {name}>" if isinstance(name, str) else "<tensors>"
+
+
 def _plain(node: Skeleton) -> Any:
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
@@ -165,7 +177,7 @@ def _plain(node: Skeleton) -> Any:
         return str(body)  # "nan" / "inf": JSON has no such numbers
     if kind in ("list", "tuple") and isinstance(body, list):
         items = [_plain(item) for item in body]
-        if all(item is _ABSENT for item in items):
+        if items and all(item is _ABSENT for item in items):
             return _ABSENT
         # keep positions meaningful when tensors and plain values are mixed
         return [_placeholder(body[i]) if item is _ABSENT else item for i, item in enumerate(items)]
@@ -174,13 +186,6 @@ def _plain(node: Skeleton) -> Any:
         kept = {k: v for k, v in pairs.items() if v is not _ABSENT}
         return kept or _ABSENT
     return _ABSENT  # tensors
-
-
-def _placeholder(node: Skeleton) -> str:
-    """What stands in a list for an item that holds only tensors."""
-    if isinstance(node, dict) and isinstance(node.get("tensor"), str):
-        return f"<tensor {node['tensor']}>"
-    return "<tensors>"  # a nested dict or list of tensors: listed in the tensor tree
 
 
 def plain_state(skeleton: Skeleton | None) -> Any:

@@ -36,13 +36,21 @@ from typing import Any, NamedTuple, Protocol, TypeAlias, TypeGuard
 import torch
 
 from statevault import _checksum, _target, _temps
-from statevault._format import Header, header_length, header_text, parse_header_text
+from statevault._format import (
+    PREFIX_BYTES,
+    Header,
+    header_length,
+    header_text,
+    parse_header_text,
+)
 from statevault._progress import Progress
 from statevault._table import TensorEntry
 from statevault._vault import signed_digest
 from statevault.errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
+    CorruptFileError,
+    HeaderError,
     StateVaultError,
     TruncatedFileError,
 )
@@ -458,37 +466,106 @@ def _from_the_os(exc: BaseException) -> TypeGuard[OSError]:
     )
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path`` and its status, refusing anything but a regular file.
+
+    The open itself must not block: a named pipe blocks ``open`` until a writer appears
+    and then ``read`` until it writes, which hangs load/inspect/verify forever. O_NONBLOCK
+    makes that open return at once; the kind is then checked on the open descriptor (not
+    on the path, which could be swapped in between) and the flag cleared for ordinary reads.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
+    except PermissionError:
+        raise  # what a caller catches for this; there is nothing to add to it
+    except OSError as exc:  # a symlink loop, a name too long, a file where a folder should be
+        raise CheckpointNotFoundError(
+            f"{path}: cannot be opened as a checkpoint file ({exc.strerror})"
+        ) from exc
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            what = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "not a file")
+            raise CheckpointNotFoundError(
+                f"{path}: is {what}, not a regular file; statevault reads checkpoints only from "
+                "regular files (copy the data into a file first)"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status
+
+
+def read_regular(path: Path, *, limit: int) -> bytes:
+    """The whole of a small regular file (an index), refusing other kinds and files over
+    ``limit`` bytes before reading any of it."""
+    fd, status = open_regular(path)
+    try:
+        if status.st_size > limit:
+            raise HeaderError(
+                f"{path}: is {status.st_size} bytes, above the {limit} byte limit for this kind "
+                "of file; it is damaged or not what its name says"
+            )
+        parts = []
+        size = 0
+        while size <= limit:
+            part = os.read(fd, limit + 1 - size)
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        if size > limit:  # grew while being read
+            raise HeaderError(f"{path}: grew past the {limit} byte limit while being read")
+        return b"".join(parts)
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: could not be read ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
+
+
 class FileReader:
     """An open checkpoint file: its validated header and verified reads of its tensors."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"{self.path}: no such checkpoint file") from None
-        except IsADirectoryError:
-            raise CheckpointNotFoundError(
-                f"{self.path}: is a directory, not a checkpoint file"
-            ) from None
+        self._fd, status = open_regular(self.path)
         self._map: mmap.mmap | None = None
         self._map_anchor: ctypes.c_char | None = None  # exports the mapping's address
         try:
-            status = os.fstat(self._fd)
-            if stat.S_ISDIR(status.st_mode):  # Linux opens directories read-only without error
-                raise CheckpointNotFoundError(f"{self.path}: is a directory, not a checkpoint file")
             self.file_size = status.st_size
-            prefix = os.pread(self._fd, 8, 0)
+            prefix = os.pread(self._fd, PREFIX_BYTES + 1, 0)
             length = header_length(prefix, file_size=self.file_size, source=str(self.path))
-            raw = os.pread(self._fd, length, 8)
+            raw = os.pread(self._fd, length, PREFIX_BYTES)
+            if len(raw) != length:
+                raise TruncatedFileError(
+                    f"{self.path}: file shrank while its header was read (read {len(raw)} of "
+                    f"{length} bytes); it is being rewritten in place or was truncated"
+                )
             # hashed before parsing: a format-2 header's digest covers its raw bytes
-            self.signed_digest = signed_digest(prefix, raw)
+            self.signed_digest = signed_digest(prefix[:PREFIX_BYTES], raw)
             text = header_text(raw, source=str(self.path))
             del raw  # megabytes for 20,000 tensors: parse with one copy alive, not two
             self.header: Header = parse_header_text(
                 text, header_bytes=length, file_size=self.file_size, source=str(self.path)
             )
             del text
+        except OSError as exc:
+            os.close(self._fd)
+            raise CorruptFileError(f"{self.path}: could not be read ({exc.strerror})") from exc
         except BaseException:
             os.close(self._fd)
             raise

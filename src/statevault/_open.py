@@ -34,7 +34,7 @@ def open_reader(
         return SafetensorsInput(source)  # the caller's: closing the reader leaves it open
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
+        if not os.path.lexists(path):  # a symlink loop exists: opening it says so
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
         if path.is_dir():
             return open_folder(path, tree=tree, weights=weights)

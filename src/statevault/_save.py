@@ -16,7 +16,7 @@ from statevault._gcpause import gc_paused
 from statevault._io import WriteJob, write_atomically
 from statevault._progress import Progress
 from statevault._ties import find_ties
-from statevault._tree import flatten
+from statevault._tree import check_text, flatten
 from statevault.errors import UnsupportedObjectError
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -102,6 +102,8 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
             )
         if key in _vault.RESERVED_KEYS:
             raise UnsupportedObjectError(f"metadata[{key!r}]: this key is reserved for statevault")
+        check_text(key, f"metadata[{key!r}]", "key")
+        check_text(value, f"metadata[{key!r}]", "value")
     return dict(metadata)
 
 

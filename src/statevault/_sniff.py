@@ -6,9 +6,11 @@ entry point cannot read it, instead of calling a healthy file damaged.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from statevault._format import PREFIX_BYTES
+from statevault._io import open_regular
 
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl"})
 # what torch.save wrote first before 1.6: its magic number, pickled. After the protocol
@@ -32,10 +34,14 @@ def sniff(path: Path) -> str:
 
     The bytes decide; a name alone never makes a torch file (a damaged ``.pt`` is
     ``"unknown"``). JSON needs a ``.json`` name and a JSON start.
-    Raises OSError when the file cannot be read.
+    Raises OSError when the file cannot be read, CheckpointNotFoundError when it is not a
+    regular file (a named pipe, a device: checked on the open descriptor).
     """
-    with path.open("rb") as handle:
-        head = handle.read(HEAD_BYTES)
+    fd, _ = open_regular(path)  # a named pipe would block a plain open() forever
+    try:
+        head = os.pread(fd, HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
     if head[PREFIX_BYTES : PREFIX_BYTES + 1] == b"{":
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):

@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import torch
 
+from statevault._table import brief
 from statevault.errors import HeaderError, UnsupportedObjectError
 
 Skeleton = Any  # a JSON value as described in the module docstring
@@ -43,10 +44,32 @@ NUMPY_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
     | {"float16", "float32", "float64", "complex64", "complex128"}
 )
+# Containers nested deeper than this are refused on save and on load: real training state
+# is a handful of levels deep, and a bound keeps every walk of a hostile tree (ours, JSON's)
+# far from Python's recursion limit.
+MAX_DEPTH = 100
 
 
 def _path_text(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in path) or "<root>"
+    # backslashreplace: a name with a lone surrogate cannot even be printed as it is
+    text = ".".join(str(part) for part in path) or "<root>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(text: str, where: str, what: str) -> None:
+    """Refuse a string the header cannot hold: UTF-8 has no lone surrogates (``"\\udc80"``,
+    what ``os.fsdecode`` makes of undecodable bytes). isascii() is a flag lookup, so
+    common names cost nothing. ``where`` says which value it is, ``what`` what kind."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsupportedObjectError(
+            f"{where}: {what} {text!a} contains a lone surrogate, which UTF-8 (and so "
+            "the file's JSON header) cannot hold; rename it, e.g. with "
+            "name.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
 
 
 class _Flattener:
@@ -65,7 +88,11 @@ class _Flattener:
             name = self.name_for(path)
             self.tensors[name] = value
             return {"tensor": name}
-        if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            if not value.isascii():  # the path text is built only when it may be needed
+                check_text(value, _path_text(path), "string")
+            return value
+        if value is None or isinstance(value, bool):
             return value
         if type(value) is int:
             return value
@@ -73,6 +100,12 @@ class _Flattener:
             if math.isfinite(value):
                 return value
             return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        if len(path) >= MAX_DEPTH and type(value) in (dict, OrderedDict, list, tuple, torch.Size):
+            raise UnsupportedObjectError(
+                f"{_path_text(path)}: state is nested too deeply (over {MAX_DEPTH} containers), "
+                "more than statevault stores; flatten that part, or check it for a container "
+                "that contains itself"
+            )
         if type(value) in (dict, OrderedDict):
             return self.visit_dict(value, path)
         if type(value) is list:
@@ -104,6 +137,8 @@ class _Flattener:
                     f"{_path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
                     "supported; keys must be str or int"
                 )
+            if isinstance(key, str) and not key.isascii():
+                check_text(key, _path_text((*path, key)), "key")
             pairs.append([key, self.visit(item, (*path, key))])
         node: dict[str, Any] = {"dict": pairs}
         versions = getattr(value, "_metadata", None)
@@ -136,11 +171,16 @@ def _numpy_tensor(value: Any, path: tuple[str | int, ...]) -> tuple[torch.Tensor
     return torch.from_numpy(array), name
 
 
-def _numpy_value(tensor: torch.Tensor, kind: str) -> Any:
-    """The numpy array (or scalar) a ``{"tensor", "type": "numpy...."}`` node was saved from."""
+def _numpy_value(tensor: torch.Tensor | None, kind: str) -> Any:
+    """The numpy array (or scalar) a ``{"tensor", "type": "numpy...."}`` node was saved from.
+
+    ``tensor`` is None when the tree is only being checked (:func:`check_tree`).
+    """
     what, _, dtype_name = kind.partition(":")
     if what not in (NUMPY_ARRAY, NUMPY_SCALAR) or dtype_name not in NUMPY_DTYPES:
-        raise _bad(f"unknown tensor type {kind!r}")
+        raise _BadNode(f"unknown tensor type {brief(kind)}")
+    if tensor is None:
+        return None
     try:
         array = tensor.detach().cpu().numpy()
     except RuntimeError as exc:  # torch raises this when numpy is not installed
@@ -148,10 +188,10 @@ def _numpy_value(tensor: torch.Tensor, kind: str) -> Any:
             f"this checkpoint holds a numpy value ({kind}); loading it needs numpy ({exc})"
         ) from None
     if array.dtype.name != dtype_name:
-        raise _bad(f"numpy {dtype_name} value stored as a {tensor.dtype} tensor")
+        raise _BadNode(f"numpy {dtype_name} value stored as a {tensor.dtype} tensor")
     if what == NUMPY_SCALAR:
         if array.ndim != 0:
-            raise _bad(f"numpy scalar stored with shape {list(array.shape)}")
+            raise _BadNode(f"numpy scalar stored with shape {list(array.shape)}")
         return array[()]
     return array
 
@@ -203,40 +243,112 @@ def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     return skeleton, flattener.tensors
 
 
-def _bad(message: str) -> HeaderError:
-    return HeaderError(f"statevault tree in header is damaged: {message}")
+class _BadNode(Exception):
+    """A damaged skeleton node; ``path`` collects its location (innermost first)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str | int] = []
 
 
-def unflatten(skeleton: Skeleton, tensor: Callable[[str], torch.Tensor]) -> Any:
-    """Rebuild the saved object, fetching each tensor by name through ``tensor``."""
-    if skeleton is None or isinstance(skeleton, (bool, int, float, str)):
-        return skeleton
-    if not isinstance(skeleton, dict) or not skeleton:
-        raise _bad(f"unexpected node {skeleton!r}")
-    kind = next(iter(skeleton))
-    body = skeleton[kind]
+_KINDS = frozenset({"tensor", "float", "list", "tuple", "dict"})
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
+    """One node of :func:`unflatten`; raises :class:`_BadNode` for anything save never writes."""
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if type(node) is not dict or not (
+        len(node) == 1 or node.keys() == _DICT_WITH_VERSIONS or node.keys() == _TYPED_TENSOR
+    ):
+        raise _BadNode(f"unexpected node {brief(node)}")
+    kind, body = next(iter(node.items()))
     if kind == "tensor" and isinstance(body, str):
-        if "type" not in skeleton:  # an operator, not a call: this runs once per tensor
-            return tensor(body)
-        typed = skeleton["type"]
+        try:
+            value = tensor(body)
+        except KeyError:
+            raise _BadNode(
+                f"refers to unknown tensor {body!r}, which the file does not hold"
+            ) from None
+        if len(node) == 1:  # the common case: a plain tensor
+            return value
+        typed = node["type"]
         if not isinstance(typed, str):
-            raise _bad(f"unexpected node {skeleton!r}")
-        return _numpy_value(tensor(body), typed)
-    if kind == "float" and body in ("nan", "inf", "-inf"):
-        return float(body)
-    if kind in ("list", "tuple") and isinstance(body, list):
-        items = [unflatten(item, tensor) for item in body]
+            raise _BadNode(f"unexpected node {brief(node)}")
+        return _numpy_value(value, typed)
+    if kind == "float" and isinstance(body, str) and body in _FLOATS:
+        return _FLOATS[body]
+    if kind not in _KINDS or kind == "tensor" or kind == "float" or not isinstance(body, list):
+        raise _BadNode(f"unknown node kind {brief(kind)} or malformed body {brief(body)}")
+    if depth >= MAX_DEPTH:
+        raise _BadNode(f"containers are nested more than {MAX_DEPTH} deep")
+    if kind != "dict":
+        items = []
+        for i, item in enumerate(body):
+            try:
+                items.append(_build(item, tensor, depth + 1))
+            except _BadNode as bad:
+                bad.path.append(i)
+                raise
         return items if kind == "list" else tuple(items)
-    if kind == "dict" and isinstance(body, list):
-        result: dict[Any, Any] = {}
-        for pair in body:
-            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
-                raise _bad(f"bad dict entry {pair!r}")
-            result[pair[0]] = unflatten(pair[1], tensor)
-        versions = skeleton.get("torch_metadata")
-        if isinstance(versions, dict):
-            ordered: OrderedDict[Any, Any] = OrderedDict(result)
-            ordered._metadata = versions  # type: ignore[attr-defined]
-            return ordered
+    result: dict[Any, Any] = {}
+    for pair in body:
+        if not (
+            type(pair) is list
+            and len(pair) == 2
+            and (type(pair[0]) is str or type(pair[0]) is int)
+            and pair[0] not in result
+        ):
+            raise _BadNode(f"bad or repeated dict entry {brief(pair)}")
+        try:
+            result[pair[0]] = _build(pair[1], tensor, depth + 1)
+        except _BadNode as bad:
+            bad.path.append(pair[0])
+            raise
+    if len(node) == 1:
         return result
-    raise _bad(f"unknown node kind {kind!r}")
+    versions = node["torch_metadata"]
+    if not (
+        type(versions) is dict
+        and all(
+            type(entry) is dict and all(isinstance(v, (int, str)) for v in entry.values())
+            for entry in versions.values()
+        )
+    ):
+        raise _BadNode(f"bad torch_metadata {brief(versions)}")
+    ordered: OrderedDict[Any, Any] = OrderedDict(result)
+    ordered._metadata = versions  # type: ignore[attr-defined]
+    return ordered
+
+
+_DICT_WITH_VERSIONS = {"dict", "torch_metadata"}
+_TYPED_TENSOR = {"tensor", "type"}  # a numpy value stored as a tensor
+
+
+def unflatten(skeleton: Skeleton, tensor: Callable[[str], Any]) -> Any:
+    """Rebuild the saved object, fetching each tensor by name through ``tensor``.
+
+    ``tensor`` raises KeyError for a name the file does not hold. This is also the one
+    check of a skeleton (:func:`check_tree`), so whatever it refuses, load refuses too:
+    a HeaderError naming the node's path. Recursion is bounded by ``MAX_DEPTH``.
+    """
+    try:
+        return _build(skeleton, tensor, 0)
+    except _BadNode as bad:
+        path = ".".join(str(part) for part in reversed(bad.path)) or "<root>"
+        where = path.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise HeaderError(
+            f"statevault tree in header is damaged at node {where}: {bad.problem}"
+        ) from None
+
+
+def check_tree(skeleton: Skeleton, known: Container[str]) -> None:
+    """Raise what :func:`unflatten` would for ``skeleton`` when the file holds ``known``."""
+
+    def fetch(name: str) -> None:
+        if name not in known:
+            raise KeyError(name)
+
+    unflatten(skeleton, fetch)

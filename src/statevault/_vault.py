@@ -207,6 +207,11 @@ def decode(header: Header, *, source: str, signed: tuple[str, str] | None = None
         raise HeaderError(
             f"{source}: statevault metadata is not valid JSON ({exc}); header damaged"
         ) from None
+    except MemoryError as exc:
+        raise HeaderError(
+            f"{source}: parsing the {len(raw):,}-character statevault metadata ran out of "
+            "memory; it is hostile or larger than this process can hold"
+        ) from exc
     if not isinstance(stored, dict):
         raise HeaderError(f"{source}: statevault metadata must be a JSON object; header damaged")
     version = stored.get("version")
