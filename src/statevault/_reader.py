@@ -192,6 +192,14 @@ class Reader(abc.ABC):
             return False, None
         return True, unflatten(node, lambda name: self.read([name])[name])
 
+    def torch_versions(self) -> dict[str, Any] | None:
+        """torch's per-module version table (a state dict's ``_metadata``) saved with it.
+
+        Modules that migrate old checkpoints (BatchNorm) read their version from it in
+        ``_load_from_state_dict``; None when the state was saved without one.
+        """
+        return tree_versions(self.tree)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release file handles (idempotent)."""
@@ -214,3 +222,9 @@ def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
         and isinstance(pair[0], str)
         and not (isinstance(pair[1], dict) and "tensor" in pair[1])
     }
+
+
+def tree_versions(tree: Skeleton | None) -> dict[str, Any] | None:
+    """The version table kept with a saved state dict at the tree's root (see ``_tree``)."""
+    versions = tree.get("torch_metadata") if isinstance(tree, dict) else None
+    return versions if isinstance(versions, dict) else None
