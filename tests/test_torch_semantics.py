@@ -190,6 +190,32 @@ def test_a_custom_override_gets_its_local_metadata_and_migrates(tmp_path: Path) 
     assert state._metadata["1"] == {"version": 1}  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_versions_saved_under_a_key_reach_the_modules_loaded_from_it(
+    version: int, tmp_path: Path
+) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    statevault.save({"model": _old_batchnorm_state(version), "epoch": 3}, path)
+    module = _seeded(_conv_bn, 2)
+    if version == 1:
+        assert statevault.load_into(module, path, prefix="model.").ok
+    else:
+        with pytest.raises(StateDictMismatchError, match="num_batches_tracked"):
+            statevault.load_into(module, path, prefix="model.")
+
+
+def test_a_custom_override_under_a_prefix_gets_its_version(tmp_path: Path) -> None:
+    state = _seeded(_with_renamed, 1).state_dict()
+    state["1.w"] = state.pop("1.weight")
+    state._metadata["1"]["version"] = 1  # type: ignore[attr-defined]
+    path = tmp_path / "ckpt.safetensors"
+    statevault.save({"model": state}, path)
+    module = _seeded(_with_renamed, 2)
+    assert statevault.load_into(module, path, prefix="model.").ok
+    assert module[1].seen == [{"version": 1}]
+    assert torch.equal(module[1].weight, state["1.w"])
+
+
 # -- 2. assign= ---------------------------------------------------------------------------
 
 

@@ -381,6 +381,21 @@ def _fill_fast(
     source.fill(later, verify=verify)
 
 
+def _by_model_names(versions: Mapping[str, Any], planned: _Plan) -> dict[str, Any]:
+    """The saved version table keyed by the model's module names, as torch looks it up.
+
+    Copies (torch writes ``assign`` into the entries); a module whose keys were renamed
+    (``prefix=``, ``auto_fix``, ...) gets the entry saved under its name in the checkpoint.
+    """
+    table = {k: dict(v) for k, v in versions.items() if isinstance(v, Mapping)}
+    for key, name in (*planned.pairs.items(), *planned.extra.items()):
+        module, saved = key.rpartition(".")[0], name.rpartition(".")[0]
+        entry = versions.get(saved) if module != saved else None
+        if isinstance(entry, Mapping):
+            table[module] = dict(entry)
+    return table
+
+
 def _fill_with_torch(
     module: nn.Module, planned: _Plan, source: Reader, verify: bool, assign: bool, why: str
 ) -> LoadReport:
@@ -402,10 +417,7 @@ def _fill_with_torch(
     state.update(planned.objects)
     versions = source.torch_versions()
     if versions is not None:
-        state._metadata = {  # type: ignore[attr-defined]
-            prefix: dict(entry) if isinstance(entry, Mapping) else entry
-            for prefix, entry in versions.items()
-        }
+        state._metadata = _by_model_names(versions, planned)  # type: ignore[attr-defined]
     result = module.load_state_dict(state, strict=False, assign=assign)
     del state
     expected_absent = set(report.skipped)

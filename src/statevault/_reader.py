@@ -225,6 +225,25 @@ def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
 
 
 def tree_versions(tree: Skeleton | None) -> dict[str, Any] | None:
-    """The version table kept with a saved state dict at the tree's root (see ``_tree``)."""
-    versions = tree.get("torch_metadata") if isinstance(tree, dict) else None
-    return versions if isinstance(versions, dict) else None
+    """The version tables kept with saved state dicts (see ``_tree``), by module name as the
+    checkpoint's tensors name it: a table saved under ``"model"`` keys ``"model.bn"``.
+
+    Only dicts nested in dicts are looked into (where state dicts sit in a checkpoint).
+    """
+    found: dict[str, Any] = {}
+    stack: list[tuple[str, Skeleton]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        body = node.get("dict") if isinstance(node, dict) else None
+        if not isinstance(body, list):
+            continue
+        versions = node.get("torch_metadata")
+        if isinstance(versions, dict):
+            for prefix, entry in versions.items():
+                found.setdefault(f"{path}.{prefix}" if path and prefix else path or prefix, entry)
+        stack.extend(
+            (f"{path}.{pair[0]}" if path else str(pair[0]), pair[1])
+            for pair in body
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict)
+        )
+    return found or None
