@@ -468,3 +468,45 @@ def test_a_non_tensor_under_a_parameters_key_is_named_with_its_type(tmp_path: Pa
             statevault.load_into(nn.Linear(2, 2), path, strict=strict)
     with pytest.raises(UnsupportedObjectError, match="'weight' holds a tuple"):
         statevault.load_into(nn.Linear(2, 2), state)
+
+
+@pytest.fixture
+def one_rank_group() -> Any:
+    """A real one-rank gloo process group, destroyed after the test."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_dtensor_parameter_gets_torchs_outcome_not_a_raw_write(
+    one_rank_group: Any, tmp_path: Path
+) -> None:
+    """torch refuses to copy a plain tensor into a DTensor; so does load_into (no Bad address)."""
+    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+
+    mesh = DeviceMesh("cpu", [0])
+
+    def sharded() -> nn.Module:
+        module = _seeded(lambda: nn.Linear(3, 2), 2)
+        module.weight = nn.Parameter(distribute_tensor(module.weight.detach(), mesh, [Shard(0)]))
+        return module
+
+    state = _seeded(lambda: nn.Linear(3, 2), 1).state_dict()
+    with pytest.raises(RuntimeError, match=r"mixed torch\.Tensor and DTensor") as by_torch:
+        sharded().load_state_dict(state)
+    for source in (state, _saved(state, tmp_path)):
+        module = sharded()
+        before = module.weight.full_tensor().clone()
+        with pytest.raises(RuntimeError, match=r"mixed torch\.Tensor and DTensor") as ours:
+            statevault.load_into(module, source)
+        assert str(ours.value) == str(by_torch.value)
+        assert torch.equal(module.weight.full_tensor(), before)
