@@ -5,12 +5,13 @@ with the model using the header only, diagnose (``_diagnose``), and raise when s
 before a single weight is touched or a byte of tensor data is read. Then one of two fill paths,
 with the same report. Modules without custom load hooks take the fast path: every parameter and
 persistent buffer is filled in place, straight from the file, with no per-key Python
-filtering. Everything else goes through ``module.load_state_dict`` itself, so it behaves as
-torch defines it: modules that customise loading (load_state_dict pre/post hooks, an
-overridden ``_load_from_state_dict``, extra state), a version upgrade that may fill or rename
-the keys that differ (BatchNorm's ``num_batches_tracked``; the saved ``_metadata`` is handed
-over), tensor-subclass parameters (no plain memory to read into) and ``assign=True``. There
-the strict verdict is torch's, after its hooks ran: a post-hook may forgive keys.
+filtering (torch's own BatchNorm version upgrade is applied there, in the plan: see
+``_upgraded_counters``). Everything else goes through ``module.load_state_dict`` itself, so it
+behaves as torch defines it: modules that customise loading (load_state_dict pre/post hooks,
+an overridden ``_load_from_state_dict`` with the saved ``_metadata`` as its
+``local_metadata``, extra state), tensor-subclass parameters (no plain memory to read into)
+and ``assign=True``. There missing and unexpected keys get torch's strict verdict, after its
+hooks ran: a post-hook may forgive keys.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from statevault.errors import MetaDeviceError, StateDictMismatchError, Unsupport
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
 # (BatchNorm fills num_batches_tracked for version<2 files): the fast path loads exactly what
-# they would when every key matched, so they go through torch only when keys differ (see
-# _upgrades_keys).
+# they would when every key matched, and the plan applies their one upgrade when a key is
+# missing (see _upgraded_counters).
 _BENIGN_OVERRIDES = frozenset({"torch.nn.modules.batchnorm"})
 # Tensors the fast path reads into raw memory; any other type (a wrapper subclass such as
 # DTensor, a lazy parameter) is loaded the way torch loads it (copy_ or swap_tensors).
@@ -596,7 +597,7 @@ def load_with(
             raise StateDictMismatchError(report.error_message(), report)
         if dry_run:
             if why is not None:
-                note = f"dry run: {why}, which load_state_dict would run; it may change the outcome"
+                note = f"dry run: {why}: load_state_dict would run it, which may change the outcome"
                 return replace(report, notes=(*report.notes, note))
             return report
         if planned.on_meta and not assign:  # assign=True replaces meta tensors: its purpose
