@@ -417,6 +417,19 @@ class TiedNet(nn.Module):
         self.register_buffer("cache", torch.zeros(2), persistent=False)
 
 
+def _shared_module() -> nn.Module:
+    shared = nn.Linear(2, 2)
+    return nn.Sequential(shared, nn.ReLU(), shared)  # one module under two names
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_module_shared_under_two_names_loads_like_torch(strict: bool, tmp_path: Path) -> None:
+    state = _seeded(_shared_module, 1).state_dict()
+    assert_like_torch(_shared_module, state, tmp_path, strict=strict)
+    separate = dict(state, **{"2.weight": torch.full((2, 2), 3.0)})  # the later key wins
+    assert_like_torch(_shared_module, separate, tmp_path, strict=strict)
+
+
 @pytest.mark.parametrize("strict", [True, False])
 def test_tied_parameters_and_buffers_load_like_torch(strict: bool, tmp_path: Path) -> None:
     state = _seeded(TiedNet, 1).state_dict()
