@@ -131,6 +131,9 @@ def test_old_batchnorm_checkpoints_load_as_torch_loads_them(
     for module, report in ours:
         assert report.ok and "1.num_batches_tracked" in report.matched
         assert int(module[1].num_batches_tracked) == 0  # its own value, as torch keeps it
+        # torch's BatchNorm upgrade is applied on the fast path, not through load_state_dict
+        assert not any("load_state_dict" in note for note in report.notes)
+        assert any("predates them" in note for note in report.notes)
 
 
 def test_a_current_checkpoint_without_the_counter_is_refused_as_torch_refuses(
