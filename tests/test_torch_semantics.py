@@ -526,3 +526,30 @@ def test_a_dtensor_parameter_gets_torchs_outcome_not_a_raw_write(
             statevault.load_into(module, source)
         assert str(ours.value) == str(by_torch.value)
         assert torch.equal(module.weight.full_tensor(), before)
+
+
+def test_the_torch_path_is_linear_in_the_number_of_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch filters the whole dict once per child (quadratic for a ModuleList); we split it.
+
+    Counts the keys each module's split looks at: 4 per Linear (its 2 keys at the root's split
+    and its own), however many layers there are.
+    """
+    from statevault import _torch_load
+
+    looked_at = [0]
+    split = _torch_load._by_child
+
+    def counting(local: Any, prefix: str, children: Any) -> Any:
+        looked_at[0] += len(local)
+        return split(local, prefix, children)
+
+    monkeypatch.setattr(_torch_load, "_by_child", counting)
+    for layers in (100, 400):
+        looked_at[0] = 0
+        model = nn.ModuleList([nn.Linear(2, 2) for _ in range(layers)])
+        model.register_load_state_dict_post_hook(lambda module, keys: None)
+        report = statevault.load_into(model, model.state_dict())
+        assert report.ok and "load_state_dict" in report.notes[-1]
+        assert looked_at[0] == 4 * layers

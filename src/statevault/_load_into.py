@@ -36,6 +36,7 @@ from statevault._open import Source, open_source
 from statevault._reader import Reader
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey, capped
 from statevault._ties import any_repeated, identity_groups, start_addresses
+from statevault._torch_load import load_state_dict as torch_load_state_dict
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
@@ -419,7 +420,7 @@ def _fill_with_torch(
     versions = source.torch_versions()
     if versions is not None:
         state._metadata = _by_model_names(versions, planned)  # type: ignore[attr-defined]
-    result = module.load_state_dict(state, strict=False, assign=assign)
+    result = torch_load_state_dict(module, state, assign=assign)
     del state
     expected_absent = set(report.skipped)
     if not assign:  # assigned tensors replace one side of a tie; the other is not filled
