@@ -49,10 +49,12 @@ def test_colliding_flat_names_get_suffixes() -> None:
     assert back["a.b"] is x and back["a"]["b"] is y and back["a.b#2"] is z
 
 
-def test_torch_version_table_is_kept_only_at_root() -> None:
+def test_torch_version_table_is_kept_at_every_level() -> None:
     sd = torch.nn.BatchNorm1d(2).state_dict()
-    back, _ = through_json({"inner": sd})
-    assert not hasattr(back["inner"], "_metadata")
+    back, _ = through_json({"inner": sd, "plain": {"a": 1}})
+    assert isinstance(back["inner"], OrderedDict)
+    assert back["inner"]._metadata == sd._metadata  # type: ignore[attr-defined]
+    assert not hasattr(back["plain"], "_metadata") and type(back["plain"]) is dict
     back_root, _ = through_json(sd)
     assert isinstance(back_root, OrderedDict)
     assert back_root._metadata == sd._metadata  # type: ignore[attr-defined]

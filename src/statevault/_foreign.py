@@ -36,7 +36,7 @@ from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
 from statevault._io import read_regular
 from statevault._progress import Progress
-from statevault._reader import Reader, top_level_objects
+from statevault._reader import Reader, top_level_objects, tree_versions
 from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
 from statevault._sniff import DESCRIPTIONS, TORCH_SUFFIXES, sniff
 from statevault._ties import memory_identity
@@ -188,6 +188,13 @@ class SafetensorsInput(Reader):
             return True, unflatten(node, lambda name: self._checkpoint.read([name])[name])
         except HeaderError as exc:
             raise HeaderError(f"{self.path}: {exc}") from None
+
+    def torch_versions(self) -> dict[str, Any] | None:
+        """See :meth:`Reader.torch_versions`; a tree dropped on open is parsed again."""
+        if not self._dropped_tree:
+            return tree_versions(self._checkpoint.tree)
+        with Checkpoint(self.path) as again:
+            return tree_versions(again.tree)
 
     def raw_chunks(
         self, name: str, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = False

@@ -5,15 +5,20 @@ with the model using the header only, diagnose (``_diagnose``), and raise when s
 before a single weight is touched or a byte of tensor data is read. Then one of two fill paths,
 with the same report. Modules without custom load hooks take the fast path: every parameter and
 persistent buffer is filled in place, straight from the file, with no per-key Python
-filtering. Modules that customise loading (load_state_dict pre/post hooks, an overridden
-``_load_from_state_dict``) go through ``module.load_state_dict`` itself so their hooks run as
-torch would run them.
+filtering (torch's own BatchNorm version upgrade is applied there, in the plan: see
+``_upgraded_counters``). Everything else goes through ``module.load_state_dict`` itself, so it
+behaves as torch defines it: modules that customise loading (load_state_dict pre/post hooks,
+an overridden ``_load_from_state_dict`` with the saved ``_metadata`` as its
+``local_metadata``, extra state), tensor-subclass parameters (no plain memory to read into)
+and ``assign=True``. There missing and unexpected keys get torch's strict verdict, after its
+hooks ran: a post-hook may forgive keys.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -31,11 +36,17 @@ from statevault._open import Source, open_source
 from statevault._reader import Reader
 from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey, capped
 from statevault._ties import any_repeated, identity_groups, start_addresses
+from statevault._torch_load import load_state_dict as torch_load_state_dict
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
-# (BatchNorm fills num_batches_tracked for version<2 files); safe for the fast path.
+# (BatchNorm fills num_batches_tracked for version<2 files): the fast path loads exactly what
+# they would when every key matched, and the plan applies their one upgrade when a key is
+# missing (see _upgraded_counters).
 _BENIGN_OVERRIDES = frozenset({"torch.nn.modules.batchnorm"})
+# Tensors the fast path reads into raw memory; any other type (a wrapper subclass such as
+# DTensor, a lazy parameter) is loaded the way torch loads it (copy_ or swap_tensors).
+_PLAIN_TENSOR_TYPES = (torch.Tensor, nn.Parameter)
 
 
 def _class_loads_its_way(cls: type[nn.Module]) -> bool:
@@ -61,6 +72,46 @@ def has_custom_loading(module: nn.Module) -> bool:
     )
 
 
+_COUNTER = "num_batches_tracked"
+
+
+def _upgraded_counters(
+    module: nn.Module, missing: list[str], source: Reader, pairs: Mapping[str, str]
+) -> list[str]:
+    """Missing BatchNorm counters that torch's version upgrade fills, as it fills them.
+
+    ``_NormBase._load_from_state_dict`` (torch's only such override the fast path takes)
+    treats a checkpoint whose saved version of that module is absent or below 2 (torch <
+    0.4.1) as predating the counter, and loads the module's own value into it: the counter
+    keeps its value. The version is looked up under the checkpoint's name of that module.
+    A module the checkpoint has nothing of is missing, counter included (torch's upgrade
+    would "fill" that counter from the module itself and report only the others).
+    """
+    found: list[str] = []
+    versions: dict[str, Any] | None = None
+    for key in missing:
+        path, _, leaf = key.rpartition(".")
+        if leaf != _COUNTER:
+            continue
+        try:
+            owner = module.get_submodule(path)
+        except AttributeError:
+            continue
+        if not (isinstance(owner, nn.modules.batchnorm._NormBase) and owner.track_running_stats):
+            continue
+        if versions is None:
+            versions = source.torch_versions() or {}
+        prefix = f"{path}." if path else ""
+        sibling = pairs.get(f"{prefix}running_mean")  # the module's name in the checkpoint
+        if sibling is None:  # nothing of this module is in the checkpoint: it is missing
+            continue
+        entry = versions.get(sibling[: -len("running_mean") - 1])
+        version = entry.get("version") if isinstance(entry, Mapping) else None
+        if version is None or (isinstance(version, int) and version < 2):
+            found.append(key)
+    return found
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -82,6 +133,7 @@ class _Plan:
     on_meta: bool  # some model tensor is on the meta device: there is nothing to fill
     # model key -> the saved value of a module's non-tensor extra state (get_extra_state)
     objects: Mapping[str, Any] = field(default_factory=dict)
+    subclassed: bool = False  # some model tensor is not a plain Tensor/Parameter
 
     def sources(self, model: ModelState) -> Iterator[tuple[str, str, torch.Tensor]]:
         """(model key, checkpoint name, tensor) for every matched key read from the file."""
@@ -161,6 +213,7 @@ def plan(
     addresses = start_addresses()
     found = 0  # model keys the checkpoint has
     objects: dict[str, Any] = {}
+    subclassed = False
     for key, dest in model.items():
         if not isinstance(dest, torch.Tensor):  # a module's extra state, e.g. a dict
             if key in pairs:  # saved as one tensor: torch hands that to set_extra_state
@@ -172,7 +225,9 @@ def plan(
             if saved:
                 objects[key] = value
             continue
-        if dest.numel():
+        if type(dest) not in _PLAIN_TENSOR_TYPES:  # no plain memory: data_ptr() may be 0
+            subclassed = True
+        elif dest.numel():
             addresses.append(dest.data_ptr())
         name = pairs.get(key)
         if name is None:
@@ -191,6 +246,14 @@ def plan(
         target = dtype if dtype is not None and dest.is_floating_point() else dest.dtype
         if stored_dtype != target:
             casts.append(DtypeCast(key, _dtype_name(stored_dtype), _dtype_name(target)))
+    upgraded: list[str] = []
+    if missing:
+        _refuse_non_tensors(source, missing, type(module).__name__)
+        upgraded = _upgraded_counters(module, missing, source, pairs)
+        if upgraded:
+            filled = set(upgraded)
+            missing = [k for k in missing if k not in filled]
+            matched += upgraded
     skipped = frozenset(m.key for m in mismatches)
     maybe_tied = any_repeated(addresses)
     # only a meta tensor with elements has address 0 (asked of torch: ``0 in addresses``
@@ -231,6 +294,12 @@ def plan(
             call=call,
         )
     notes = list(keymap.notes)
+    if upgraded:
+        notes.append(
+            f"{len(upgraded)} BatchNorm counter(s) ({', '.join(capped(upgraded, 3))}) are absent "
+            "from a checkpoint that predates them (module version < 2): they keep their "
+            "values, as torch's version upgrade does"
+        )
     if dtype is not None:
         notes.append(f"dtype={_dtype_name(dtype)}: floating-point tensors are stored as that")
     report = LoadReport(
@@ -248,7 +317,29 @@ def plan(
         notes=tuple(notes),
         dry_run=dry_run,
     )
-    return _Plan(report, model, pairs, skipped, extra, maybe_tied, on_meta, objects)
+    return _Plan(report, model, pairs, skipped, extra, maybe_tied, on_meta, objects, subclassed)
+
+
+def _refuse_non_tensors(source: Reader, missing: list[str], target: str) -> None:
+    """A saved value that is not a tensor under a tensor's key is an error, not a gap.
+
+    torch's load_state_dict refuses it too ("expected torch.Tensor ... but received"),
+    strict or not; reporting the key as missing would hide what the file holds.
+    """
+    for key in missing:
+        saved, value = source.stored_object(key)
+        if saved:
+            raise UnsupportedObjectError(
+                f"{source.label}: '{key}' holds a {type(value).__name__} "
+                f"({_short(value)}), but '{key}' of {target} is a tensor: expected a "
+                "tensor there. Save the tensor itself under that key"
+            )
+
+
+def _short(value: object) -> str:
+    """A short form of a stored value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _holds_optimizer_state(source: Reader, pairs: Mapping[str, str]) -> bool:
@@ -292,28 +383,60 @@ def _fill_fast(
     source.fill(later, verify=verify)
 
 
-def _fill_with_torch(module: nn.Module, planned: _Plan, source: Reader, verify: bool) -> LoadReport:
-    """Let torch load (so custom hooks run), then report in the same terms as the fast path."""
+def _by_model_names(versions: Mapping[str, Any], planned: _Plan) -> dict[str, Any]:
+    """The saved version table keyed by the model's module names, as torch looks it up.
+
+    Copies (torch writes ``assign`` into the entries); a module whose keys were renamed
+    (``prefix=``, ``auto_fix``, ...) gets the entry saved under its name in the checkpoint.
+    """
+    table = {k: dict(v) for k, v in versions.items() if isinstance(v, Mapping)}
+    for key, name in (*planned.pairs.items(), *planned.extra.items()):
+        module, saved = key.rpartition(".")[0], name.rpartition(".")[0]
+        entry = versions.get(saved) if module != saved else None
+        if isinstance(entry, Mapping):
+            table[module] = dict(entry)
+    return table
+
+
+def _fill_with_torch(
+    module: nn.Module, planned: _Plan, source: Reader, verify: bool, assign: bool, why: str
+) -> LoadReport:
+    """Let torch load (hooks, overrides, version upgrades, subclasses, ``assign``), then
+    report in the same terms as the fast path.
+
+    Tensors are read into fresh memory (``assign=True`` makes them the module's own). The
+    state dict carries the saved ``_metadata`` (a copy: torch writes ``assign`` into it), so
+    each module's ``_load_from_state_dict`` gets its own ``local_metadata``.
+    """
     report = planned.report
     wanted = {
         **{key: name for key, name, _ in planned.sources(planned.model)},
         **planned.extra,
     }  # mismatched shapes are left out, as on the fast path
     read = source.read(list(dict.fromkeys(wanted.values())), verify=verify)
-    state = {key: read[name] for key, name in wanted.items()}
+    state: OrderedDict[str, Any] = OrderedDict((key, read[name]) for key, name in wanted.items())
+    del read
     state.update(planned.objects)
-    result = module.load_state_dict(state, strict=False)
-    expected_absent = set(report.skipped) | {
-        t.key for t in report.tied if t.how == "filled through tie"
-    }
+    versions = source.torch_versions()
+    if versions is not None:
+        state._metadata = _by_model_names(versions, planned)  # type: ignore[attr-defined]
+    result = torch_load_state_dict(module, state, assign=assign)
+    del state
+    expected_absent = set(report.skipped)
+    if not assign:  # assigned tensors replace one side of a tie; the other is not filled
+        expected_absent |= {t.key for t in report.tied if t.how == "filled through tie"}
     missing = tuple(k for k in result.missing_keys if k not in expected_absent)
     missing_set = set(missing)
+    unexpected = tuple(result.unexpected_keys)
+    # the plan's diagnosis explains the plan's keys: kept only while torch agrees on them
+    same_keys = missing == report.missing and unexpected == report.unexpected
     return replace(
         report,
         matched=tuple(k for k in report.matched if k not in missing_set),
         missing=missing,
-        unexpected=tuple(result.unexpected_keys),
-        notes=(*report.notes, "custom load hooks found: loaded through module.load_state_dict"),
+        unexpected=unexpected,
+        causes=report.causes if same_keys else (),
+        notes=(*report.notes, f"{why}: loaded through module.load_state_dict"),
     )
 
 
@@ -328,6 +451,7 @@ _DEFAULTS: dict[str, object] = {
     "auto_fix": True,
     "dtype": None,
     "dry_run": False,
+    "assign": False,
     "device": "cpu",
     "args": (),
     "kwargs": None,
@@ -419,6 +543,17 @@ def _refuse_meta(module: nn.Module, planned: _Plan, call: Call) -> None:
     raise MetaDeviceError(message)
 
 
+def _torch_loads(module: nn.Module, planned: _Plan, assign: bool) -> str | None:
+    """Why this load must go through ``module.load_state_dict``, or None for the fast path."""
+    if assign:
+        return "assign=True"
+    if planned.subclassed:
+        return "tensor-subclass parameters found"
+    if has_custom_loading(module):
+        return "custom load hooks found"
+    return None
+
+
 @gc_paused  # many-small-tensor loads: see _gcpause
 def load_with(
     module: nn.Module,
@@ -433,6 +568,7 @@ def load_with(
     auto_fix: bool = True,
     dtype: torch.dtype | None = None,
     dry_run: bool = False,
+    assign: bool = False,
 ) -> LoadReport:
     """What every entry point runs; ``call`` says which one, for the fixes it prints."""
     require_instance(module, call)
@@ -453,21 +589,25 @@ def load_with(
             call=call,
         )
         report = planned.report
-        if strict and not report.ok:
+        why = _torch_loads(module, planned, assign)
+        # Refused before any weight is touched, unless torch has a part: then missing and
+        # unexpected keys get torch's verdict after its hooks ran (a post-hook may forgive
+        # keys). Shapes are judged here always: torch's strict refuses them too, but only
+        # after it has loaded everything else.
+        if strict and not report.ok and (why is None or report.shape_mismatches):
             raise StateDictMismatchError(report.error_message(), report)
-        custom = has_custom_loading(module)
         if dry_run:
-            if custom:
-                note = "dry run: custom load hooks were not run; they may change the outcome"
+            if why is not None:
+                note = f"dry run: {why}: load_state_dict would run it, which may change the outcome"
                 return replace(report, notes=(*report.notes, note))
             return report
-        if planned.on_meta:
+        if planned.on_meta and not assign:  # assign=True replaces meta tensors: its purpose
             _refuse_meta(module, planned, call)
         if dtype is not None:
             module.to(dtype)  # floating-point tensors only; ties survive (same Parameter)
-        if custom:
-            report = _fill_with_torch(module, planned, opened, verify)
-            if strict and not report.ok:  # a hook changed the keys: torch would raise too
+        if why is not None:
+            report = _fill_with_torch(module, planned, opened, verify, assign, why)
+            if strict and not report.ok:  # what torch's strict=True raises on
                 raise StateDictMismatchError(report.error_message(), report)
             return report
         # module.to(dtype) replaces buffer objects, so only then is a planned state_dict()
@@ -492,6 +632,7 @@ def load_into(
     auto_fix: bool = True,
     dtype: torch.dtype | None = None,
     dry_run: bool = False,
+    assign: bool = False,
 ) -> LoadReport:
     """Load a checkpoint (any file or folder :func:`open_checkpoint` takes, or a state dict)
     into ``module``; a training folder gives its model weights.
@@ -510,6 +651,13 @@ def load_into(
     module's floating-point tensors to that dtype and loads into them. ``dry_run`` only reports
     (strict still raises); ``verify`` checks tensor checksums while reading.
 
+    ``assign=True`` is torch's ``load_state_dict(..., assign=True)``: the module's tensors
+    become the loaded ones (read into fresh memory; parameters stay parameters and keep
+    ``requires_grad``), the way to fill a model built on the meta device. Build optimizers
+    after such a load. Modules that customise loading, tensor-subclass parameters and
+    version upgrades are loaded through ``load_state_dict`` itself; see docs/loading.md,
+    "Differences from torch's load_state_dict".
+
     Example::
 
         report = statevault.load_into(model, "model.safetensors")
@@ -524,6 +672,7 @@ def load_into(
         "auto_fix": auto_fix,
         "dtype": dtype,
         "dry_run": dry_run,
+        "assign": assign,
     }
     return load_with(
         module,
@@ -537,6 +686,7 @@ def load_into(
         auto_fix=auto_fix,
         dtype=dtype,
         dry_run=dry_run,
+        assign=assign,
     )
 
 
@@ -551,6 +701,7 @@ def load_model(
     rename: Rename | None = None,
     auto_fix: bool = True,
     dtype: torch.dtype | None = None,
+    assign: bool = False,
 ) -> LoadReport:
     """Load ``source`` into the existing ``model``, as ``safetensors.torch.load_model`` does.
 
@@ -570,6 +721,7 @@ def load_model(
         "rename": rename,
         "auto_fix": auto_fix,
         "dtype": dtype,
+        "assign": assign,
     }
     return load_with(
         model,
@@ -582,6 +734,7 @@ def load_model(
         rename=rename,
         auto_fix=auto_fix,
         dtype=dtype,
+        assign=assign,
     )
 
 

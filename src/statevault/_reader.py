@@ -192,6 +192,14 @@ class Reader(abc.ABC):
             return False, None
         return True, unflatten(node, lambda name: self.read([name])[name])
 
+    def torch_versions(self) -> dict[str, Any] | None:
+        """torch's per-module version table (a state dict's ``_metadata``) saved with it.
+
+        Modules that migrate old checkpoints (BatchNorm) read their version from it in
+        ``_load_from_state_dict``; None when the state was saved without one.
+        """
+        return tree_versions(self.tree)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release file handles (idempotent)."""
@@ -214,3 +222,28 @@ def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
         and isinstance(pair[0], str)
         and not (isinstance(pair[1], dict) and "tensor" in pair[1])
     }
+
+
+def tree_versions(tree: Skeleton | None) -> dict[str, Any] | None:
+    """The version tables kept with saved state dicts (see ``_tree``), by module name as the
+    checkpoint's tensors name it: a table saved under ``"model"`` keys ``"model.bn"``.
+
+    Only dicts nested in dicts are looked into (where state dicts sit in a checkpoint).
+    """
+    found: dict[str, Any] = {}
+    stack: list[tuple[str, Skeleton]] = [("", tree)]
+    while stack:
+        path, node = stack.pop()
+        body = node.get("dict") if isinstance(node, dict) else None
+        if not isinstance(body, list):
+            continue
+        versions = node.get("torch_metadata")
+        if isinstance(versions, dict):
+            for prefix, entry in versions.items():
+                found.setdefault(f"{path}.{prefix}" if path and prefix else path or prefix, entry)
+        stack.extend(
+            (f"{path}.{pair[0]}" if path else str(pair[0]), pair[1])
+            for pair in body
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict)
+        )
+    return found or None

@@ -37,8 +37,14 @@ class MemoryInput(Reader):
             if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or _is_extra_state(k))
         ]
         if bad:
+            key = bad[0]
+            what = (
+                f"has a {type(key).__name__} key"
+                if not isinstance(key, str)
+                else f"holds a {type(state[key]).__name__}, where a tensor was expected"
+            )
             raise UnsupportedObjectError(
-                f"state dict entry {bad[0]!r} is not a str -> tensor pair; load_into takes a flat "
+                f"state dict entry {key!r} {what}; load_into takes a flat str -> tensor "
                 "state dict (use statevault.load(path)['model'] for nested checkpoints)"
             )
         self.state = state
@@ -69,6 +75,11 @@ class MemoryInput(Reader):
     def stored_object(self, key: str) -> tuple[bool, Any]:
         value = self.state.get(key)
         return (key in self.state and not isinstance(value, torch.Tensor)), value
+
+    def torch_versions(self) -> dict[str, Any] | None:
+        """The dict's own ``_metadata`` (what ``state_dict()`` attaches), if it has one."""
+        versions = getattr(self.state, "_metadata", None)
+        return versions if isinstance(versions, dict) else None
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         tensor = self.state[name]

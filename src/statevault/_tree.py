@@ -142,7 +142,7 @@ class _Flattener:
             pairs.append([key, self.visit(item, (*path, key))])
         node: dict[str, Any] = {"dict": pairs}
         versions = getattr(value, "_metadata", None)
-        if isinstance(versions, dict) and not path:
+        if isinstance(versions, dict):  # nested ones too, e.g. {"model": model.state_dict()}
             node["torch_metadata"] = _json_versions(versions)
         return node
 
