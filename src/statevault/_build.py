@@ -32,7 +32,7 @@ from statevault._checkpoint import usable_device
 from statevault._diagnose import Call
 from statevault._io import advise_huge_pages
 from statevault._keymap import Rename
-from statevault._load_into import describe_call, load_with, require_instance
+from statevault._load_into import LoadOptions, describe_call, load_with, require_instance
 from statevault._open import Source
 from statevault._report import LoadReport, capped
 from statevault.errors import StateVaultError, UnsupportedObjectError
@@ -250,21 +250,20 @@ def _initialise(
     return notes, sorted(keys)
 
 
+# the load options build_model and materialize take (load_into's, less dry_run and assign)
+_BUILD_OPTIONS = ("strict", "verify", "prefix", "strip_prefix", "rename", "auto_fix", "dtype")
+
+
 def _materialize(
     module: nn.Module,
     source: Source,
     *,
     call: Call,
-    strict: bool,
-    verify: bool,
+    options: LoadOptions,
     device: str | torch.device,
-    prefix: str | None,
-    strip_prefix: str | None,
-    rename: Rename | None,
-    auto_fix: bool,
-    dtype: torch.dtype | None,
 ) -> LoadReport:
     require_instance(module, call)
+    strict, dtype = options.strict, options.dtype
     target = usable_device(device)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         module.to(dtype)  # on meta parameters: free, and each is allocated once in that dtype
@@ -274,19 +273,7 @@ def _materialize(
     initialised: list[str] = []
 
     def load(*, dry_run: bool) -> LoadReport:
-        return load_with(
-            module,
-            source,
-            call=call,
-            strict=strict,
-            verify=verify,
-            prefix=prefix,
-            strip_prefix=strip_prefix,
-            rename=rename,
-            auto_fix=auto_fix,
-            dtype=dtype,
-            dry_run=dry_run,
-        )
+        return load_with(module, source, call=call, options=replace(options, dry_run=dry_run))
 
     try:
         if not strict:  # initialise first: what the file then fills is overwritten
@@ -343,29 +330,10 @@ def materialize(
     :func:`build_model`) and ``report.initialised`` lists them. On any error the module is
     left as it was, on meta.
     """
-    options = {
-        "strict": strict,
-        "verify": verify,
-        "device": device,
-        "prefix": prefix,
-        "strip_prefix": strip_prefix,
-        "rename": rename,
-        "auto_fix": auto_fix,
-        "dtype": dtype,
-    }
-    return _materialize(
-        module,
-        source,
-        call=describe_call("materialize", "model", source, options),
-        strict=strict,
-        verify=verify,
-        device=device,
-        prefix=prefix,
-        strip_prefix=strip_prefix,
-        rename=rename,
-        auto_fix=auto_fix,
-        dtype=dtype,
-    )
+    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype)
+    given = {**options.given(*_BUILD_OPTIONS), "device": device}
+    call = describe_call("materialize", "model", source, given)
+    return _materialize(module, source, call=call, options=options, device=device)
 
 
 def _factory_name(factory: object) -> str:
@@ -408,19 +376,14 @@ def build_model(
 
         model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
-    options = {
+    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype)
+    given = {
         "args": tuple(args) if isinstance(args, list) else args,
         "kwargs": kwargs,
-        "strict": strict,
-        "verify": verify,
+        **options.given(*_BUILD_OPTIONS),
         "device": device,
-        "prefix": prefix,
-        "strip_prefix": strip_prefix,
-        "rename": rename,
-        "auto_fix": auto_fix,
-        "dtype": dtype,
     }
-    call = describe_call("build_model", _factory_name(factory), source, options)
+    call = describe_call("build_model", _factory_name(factory), source, given)
     if isinstance(factory, nn.Module):
         name = type(factory).__qualname__
         raise UnsupportedObjectError(
@@ -440,19 +403,7 @@ def build_model(
         raise UnsupportedObjectError(
             f"build_model: {factory!r} returned {type(module).__name__}, not a torch.nn.Module"
         )
-    report = _materialize(
-        module,
-        source,
-        call=call,
-        strict=strict,
-        verify=verify,
-        device=device,
-        prefix=prefix,
-        strip_prefix=strip_prefix,
-        rename=rename,
-        auto_fix=auto_fix,
-        dtype=dtype,
-    )
+    report = _materialize(module, source, call=call, options=options, device=device)
     if not report.ok:
         logger.warning("%s", report)
     return module

@@ -20,7 +20,7 @@ import ast
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from operator import itemgetter
 from typing import Any
 
@@ -554,23 +554,36 @@ def _torch_loads(module: nn.Module, planned: _Plan, assign: bool) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """The options every loading entry point shares (``load_into``'s keywords), as one value.
+
+    One value instead of nine keywords passed down each layer; ``given`` gives an entry
+    point's own keywords back for the call a printed fix repeats.
+    """
+
+    strict: bool = True
+    verify: bool = True
+    prefix: str | None = None
+    strip_prefix: str | None = None
+    rename: Rename | None = None
+    auto_fix: bool = True
+    dtype: torch.dtype | None = None
+    dry_run: bool = False
+    assign: bool = False
+
+    def given(self, *names: str) -> dict[str, object]:
+        """The named options (all by default) as the keywords the caller wrote."""
+        wanted = names or tuple(f.name for f in fields(self))
+        return {name: getattr(self, name) for name in wanted}
+
+
 @gc_paused  # many-small-tensor loads: see _gcpause
-def load_with(
-    module: nn.Module,
-    source: Source,
-    *,
-    call: Call,
-    strict: bool = True,
-    verify: bool = True,
-    prefix: str | None = None,
-    strip_prefix: str | None = None,
-    rename: Rename | None = None,
-    auto_fix: bool = True,
-    dtype: torch.dtype | None = None,
-    dry_run: bool = False,
-    assign: bool = False,
-) -> LoadReport:
+def load_with(module: nn.Module, source: Source, *, call: Call, options: LoadOptions) -> LoadReport:
     """What every entry point runs; ``call`` says which one, for the fixes it prints."""
+    strict, verify, dtype = options.strict, options.verify, options.dtype
+    prefix, strip_prefix, rename = options.prefix, options.strip_prefix, options.rename
+    auto_fix, dry_run, assign = options.auto_fix, options.dry_run, options.assign
     require_instance(module, call)
     _refuse_optimizer_state(source, call)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -663,31 +676,11 @@ def load_into(
         report = statevault.load_into(model, "model.safetensors")
         print(report)  # Loaded 2 of 2 model tensor(s) from ...: all keys matched successfully
     """
-    options = {
-        "strict": strict,
-        "verify": verify,
-        "prefix": prefix,
-        "strip_prefix": strip_prefix,
-        "rename": rename,
-        "auto_fix": auto_fix,
-        "dtype": dtype,
-        "dry_run": dry_run,
-        "assign": assign,
-    }
-    return load_with(
-        module,
-        source,
-        call=describe_call("load_into", "model", source, options),
-        strict=strict,
-        verify=verify,
-        prefix=prefix,
-        strip_prefix=strip_prefix,
-        rename=rename,
-        auto_fix=auto_fix,
-        dtype=dtype,
-        dry_run=dry_run,
-        assign=assign,
+    options = LoadOptions(
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, dry_run, assign
     )
+    call = describe_call("load_into", "model", source, options.given())
+    return load_with(module, source, call=call, options=options)
 
 
 def load_model(
@@ -713,29 +706,11 @@ def load_model(
 
         report = statevault.load_model(model, "model.safetensors")
     """
-    options = {
-        "strict": strict,
-        "verify": verify,
-        "prefix": prefix,
-        "strip_prefix": strip_prefix,
-        "rename": rename,
-        "auto_fix": auto_fix,
-        "dtype": dtype,
-        "assign": assign,
-    }
-    return load_with(
-        model,
-        source,
-        call=describe_call("load_model", "model", source, options),
-        strict=strict,
-        verify=verify,
-        prefix=prefix,
-        strip_prefix=strip_prefix,
-        rename=rename,
-        auto_fix=auto_fix,
-        dtype=dtype,
-        assign=assign,
+    options = LoadOptions(
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, assign=assign
     )
+    call = describe_call("load_model", "model", source, options.given())
+    return load_with(model, source, call=call, options=options)
 
 
 def check(
@@ -759,17 +734,7 @@ def check(
         if not report.ok:
             print(report)
     """
-    options = {
-        "prefix": prefix,
-        "strip_prefix": strip_prefix,
-        "rename": rename,
-        "auto_fix": auto_fix,
-        "dtype": dtype,
-    }
-    return load_with(
-        module,
-        source,
-        call=describe_call("check", "model", source, options),
+    options = LoadOptions(
         strict=False,
         prefix=prefix,
         strip_prefix=strip_prefix,
@@ -777,4 +742,8 @@ def check(
         auto_fix=auto_fix,
         dtype=dtype,
         dry_run=True,
+    )
+    given = options.given("prefix", "strip_prefix", "rename", "auto_fix", "dtype")
+    return load_with(
+        module, source, call=describe_call("check", "model", source, given), options=options
     )
