@@ -45,6 +45,7 @@ def test_errors_module_exports_the_same_exceptions() -> None:
 
 LEAVES = [
     (statevault.CheckpointNotFoundError, FileNotFoundError),
+    (statevault.CheckpointPermissionError, PermissionError),
     (statevault.CheckpointKindError, ValueError),
     (statevault.CheckpointWriteError, OSError),
     (statevault.UnsupportedObjectError, TypeError),

@@ -23,6 +23,7 @@ from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
+    CheckpointPermissionError,
     CheckpointWriteError,
     ChecksumMismatchError,
     CorruptFileError,
@@ -47,6 +48,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointKindError",
     "CheckpointNotFoundError",
+    "CheckpointPermissionError",
     "CheckpointSummary",
     "CheckpointWriteError",
     "ChecksumMismatchError",

@@ -49,6 +49,7 @@ from statevault.errors import (
     CorruptFileError,
     HeaderError,
     NotACheckpointError,
+    StateVaultError,
     UnsupportedObjectError,
 )
 
@@ -598,6 +599,8 @@ def open_file(path: Path, *, tree: bool = True) -> Reader:
     """Open one file of any supported kind (a shard index opens its shards)."""
     try:
         kind = sniff(path)
+    except StateVaultError:
+        raise  # already says what is wrong (a pipe, no permission), in our words
     except OSError as exc:
         raise CheckpointNotFoundError(f"{path}: cannot read this file ({exc})") from exc
     if kind == "index":

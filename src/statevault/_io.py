@@ -48,6 +48,7 @@ from statevault._table import TensorEntry
 from statevault._vault import signed_digest
 from statevault.errors import (
     CheckpointNotFoundError,
+    CheckpointPermissionError,
     ChecksumMismatchError,
     CorruptFileError,
     HeaderError,
@@ -498,8 +499,12 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
         raise CheckpointNotFoundError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:
         raise CheckpointNotFoundError(f"{path}: is a directory, not a checkpoint file") from None
-    except PermissionError:
-        raise  # what a caller catches for this; there is nothing to add to it
+    except PermissionError as exc:  # still a PermissionError for callers that catch that
+        raise CheckpointPermissionError(
+            f"{path}: cannot be read by this process ({exc.strerror}); check the permissions "
+            "of the file and of the directories above it (read access to the file is needed)",
+            exc.errno,
+        ) from exc
     except OSError as exc:  # a symlink loop, a name too long, a file where a folder should be
         raise CheckpointNotFoundError(
             f"{path}: cannot be opened as a checkpoint file ({exc.strerror})"

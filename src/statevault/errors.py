@@ -8,6 +8,8 @@ leaf also subclasses the builtin a caller would naturally catch::
     │                                                     directory) does not exist
     ├── CheckpointKindError          (ValueError)         a healthy file of a kind this entry
     │                                                     point does not read (names the kind)
+    ├── CheckpointPermissionError    (PermissionError)    the checkpoint may not be read by
+    │                                                     this process
     ├── CheckpointWriteError         (OSError)            save() could not write the path
     │                                                     (``.errno`` is the OS error's)
     ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointKindError",
     "CheckpointNotFoundError",
+    "CheckpointPermissionError",
     "CheckpointWriteError",
     "ChecksumMismatchError",
     "CorruptFileError",
@@ -73,6 +76,18 @@ class CheckpointWriteError(StateVaultError, OSError):
     The message names the path the caller gave (never the hidden temporary file) and the
     fix; ``errno`` is the OS error's (``ENOSPC``, ``EACCES``, ...), and the OS error itself
     is the ``__cause__``. The previous file at the path is untouched.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # set alone: str() stays the message, not "[Errno n] ..."
+
+
+class CheckpointPermissionError(StateVaultError, PermissionError):
+    """The checkpoint exists but this process may not read it (names the path and the fix).
+
+    Also a ``PermissionError``, so ``except PermissionError`` keeps working; ``errno`` is
+    the OS error's and the OS error is the ``__cause__``.
     """
 
     def __init__(self, message: str, errno: int | None = None) -> None:
