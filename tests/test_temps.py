@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import statevault
 from statevault import _io, _temps
 from statevault._io import TEMP_SUFFIX
+from statevault.cli import main
 from test_cli_samples import write_sharded
 
 SRC = str(Path(statevault.__file__).resolve().parents[1])
@@ -205,3 +207,5 @@ def test_inspect_and_verify_of_a_directory_mention_leftovers(tmp_path: Path) -> 
     summary = statevault.inspect(directory)
     assert summary.notes == (note,)
     assert json.loads(json.dumps(summary.to_dict()))["notes"] == [note]
+    shown = CliRunner().invoke(main, ["inspect", str(directory)])  # a person sees it too
+    assert shown.exit_code == 0 and leftover.name in shown.output and "notes" in shown.output

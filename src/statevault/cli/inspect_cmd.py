@@ -86,6 +86,10 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
         console.print("[bold]non-tensor state[/]")
         for path, value in state_lines(summary.state):
             console.print(f"  {_text(path)} = {escape(value)}")
+    if summary.notes:  # e.g. temporary files that killed saves left in a directory
+        console.print("[bold]notes[/]")
+        for note in summary.notes:
+            console.print(f"  {_text(note, VALUE_CHARS)}")
 
 
 def state_lines(value: Any, path: str = "") -> list[tuple[str, str]]:
