@@ -206,7 +206,7 @@ def convert(
             chosen, dropped = select(source.keys(), keys=keys, strip_prefix=strip_prefix)
             if progress is not None:
                 progress.start(sum(source.resolve(n).nbytes for n in chosen.values()))
-            flat = source.read_flat(list(chosen.values()), progress=progress)
+            flat = source.read(list(chosen.values()), progress=progress)
             obj: Any = {new: flat[old] for new, old in chosen.items()}
             renamed = sum(new != old for new, old in chosen.items())
         else:
@@ -214,7 +214,7 @@ def convert(
             if progress is not None:
                 progress.start(total)
             if isinstance(source, (SafetensorsInput, ShardedInput)):
-                flat = source.read_flat(progress=progress)
+                flat = source.read(progress=progress)
                 obj = flat if source.tree is None else unflatten(source.tree, flat.__getitem__)
             else:
                 obj = source.load()

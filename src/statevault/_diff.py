@@ -372,7 +372,7 @@ class _Side:
     def chunks(self, meta: TensorMeta, readers: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
         reader = readers.get(meta.file)
         if reader is None:  # a torch file: its tensors are in memory (or mapped) already
-            flat = _flat(self.source.read_flat([meta.name])[meta.name])
+            flat = _flat(self.source.read([meta.name])[meta.name])
             for start in range(0, max(1, flat.numel()), CHUNK_ELEMENTS):
                 yield flat[start : start + CHUNK_ELEMENTS]
             return
@@ -400,7 +400,7 @@ class _Side:
                 views.update(((label, n), v) for n, v in readers[label].read(stored).items())
             else:
                 others += stored
-        flat = self.source.read_flat(others) if others else {}
+        flat = self.source.read(others) if others else {}
         result = []
         for meta in metas:
             view = views.get((meta.file, meta.name))

@@ -132,16 +132,6 @@ class Reader(abc.ABC):
     ) -> dict[str, torch.Tensor]:
         """The named keys (all by default) as a flat name -> tensor dict, tied ones shared."""
 
-    def read_flat(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Same as :meth:`read` (the name the CLI tools use)."""
-        return self.read(names, verify=verify, progress=progress)
-
     def fill(
         self,
         pairs: Iterable[tuple[str, torch.Tensor]],

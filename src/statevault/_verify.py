@@ -269,9 +269,8 @@ def _verify_leaves(
     count, nbytes = report.tensors_checked, report.bytes_checked
     zips = 0
     for other in others:
-        other_path = Path(other.label)
-        if isinstance(other, TorchInput) and other_path.is_file() and sniff(other_path) == "torch":
-            zipped = _verify_torch_zip(other_path, None, threads)
+        if isinstance(other, TorchInput) and other.kind == "torch":  # zip: CRC-32s to check
+            zipped = _verify_torch_zip(Path(other.label), None, threads)
             if zipped.header_error is not None:
                 return replace(zipped, path=label, kind=kind)
             bad += zipped.bad
