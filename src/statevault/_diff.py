@@ -323,25 +323,6 @@ class _Tensor:
         return t.mismatched, t.max_abs, rel
 
 
-def compare_chunks(
-    pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], *, atol: float, rtol: float
-) -> tuple[int, float | None, float | None]:
-    """(mismatched, max abs, relative L2) over aligned 1-D chunk pairs held in memory."""
-    chunks = list(pairs)
-    tensor = _Tensor(atol, rtol)
-    for index, (x, y) in enumerate(chunks):
-        tensor.add(index, x, y)
-    return tensor.result(lambda indices: sum(_sq_ref(chunks[i][1]) for i in indices))
-
-
-# -- streaming both files ------------------------------------------------------------------
-
-
-def _chunks_of(meta: TensorMeta) -> int:
-    """How many chunks a tensor streams as: the same on both sides for equal shapes."""
-    return 1 if meta.numel <= CHUNK_ELEMENTS else -(-meta.numel // CHUNK_ELEMENTS)
-
-
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor's elements as one 1-D tensor (sparse and other layouts made dense)."""
     if tensor.layout != torch.strided:
@@ -482,7 +463,7 @@ def _deltas(
     size = 0
     for name in todo:
         meta = a.resolve(name)
-        if _chunks_of(meta) > 1:
+        if meta.numel > CHUNK_ELEMENTS:  # streamed in chunks
             tasks.append(partial(job.large, name))
             sizes.append(meta.nbytes)
             continue

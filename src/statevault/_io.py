@@ -175,15 +175,6 @@ class WriteJob(NamedTuple):
     source: torch.Tensor | Callable[[], torch.Tensor]
 
 
-def _small_memory(tensor: torch.Tensor) -> memoryview:
-    """The bytes of a small contiguous CPU tensor, as a buffer ``writev`` and xxh3 accept.
-
-    A slice of ``_ADDRESS_SPACE`` (no new type: see there); it runs for every small tensor.
-    """
-    address = tensor.data_ptr()
-    return _ADDRESS_SPACE[address : address + tensor.nbytes]
-
-
 ByteBuffer: TypeAlias = "memoryview | ctypes.Array[ctypes.c_ubyte]"  # len() is its size in bytes
 
 
@@ -236,10 +227,7 @@ class _WriteBehind:
         """Queue ``buffers`` (views of ``keep_alive``'s memory) to be written after the rest."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statevault-write")
-        if len(buffers) == 1:
-            future = self._pool.submit(_write_all, self._fd, buffers[0])
-        else:
-            future = self._pool.submit(_writev_all, self._fd, buffers)
+        future = self._pool.submit(_writev_all, self._fd, buffers)
         self._pending.append((future, keep_alive))
         while len(self._pending) > WRITE_AHEAD:
             self._wait_oldest()
@@ -312,7 +300,7 @@ def _write_small(
     straight from the tensors' memory by one gathered ``writev``.
     """
     tensors = [_cpu_tensor(jobs[index]) for index in run]
-    buffers: list[ByteBuffer] = [_small_memory(tensor) for tensor in tensors if tensor.nbytes]
+    buffers: list[ByteBuffer] = [tensor_memory(tensor) for tensor in tensors if tensor.nbytes]
     if record is None:
         if buffers:
             behind.write(buffers, tensors)
@@ -346,26 +334,19 @@ def _write_large(
     """
     tensor = _cpu_tensor(job)  # held here: ``view`` does not keep a copy made for us alive
     hasher = _checksum.new_hasher() if record is not None else None
-    if hasher is None or not isinstance(job.source, torch.Tensor):
-        view = tensor_memory(tensor)
-        for start in range(0, len(view), WRITE_CHUNK_BYTES):
-            chunk = view[start : start + WRITE_CHUNK_BYTES]
-            if hasher is not None:
-                hasher.update(chunk)
-            _write_all(fd, chunk)
-            if progress is not None:
-                progress.advance(len(chunk))
-    else:
-        stage, stage_view = staging.buffer()
-        address, nbytes = tensor.data_ptr(), tensor.nbytes
-        for start in range(0, nbytes, WRITE_CHUNK_BYTES):
-            size = min(WRITE_CHUNK_BYTES, nbytes - start)
-            ctypes.memmove(stage, address + start, size)
-            chunk = stage_view[:size]
+    copy = hasher is not None and isinstance(job.source, torch.Tensor)  # the caller's memory
+    stage, stage_view = staging.buffer() if copy else (0, None)
+    view = tensor_memory(tensor)
+    for start in range(0, len(view), WRITE_CHUNK_BYTES):
+        chunk = view[start : start + WRITE_CHUNK_BYTES]
+        if stage_view is not None:
+            ctypes.memmove(stage, tensor.data_ptr() + start, len(chunk))
+            chunk = stage_view[: len(chunk)]
+        if hasher is not None:
             hasher.update(chunk)
-            _write_all(fd, chunk)
-            if progress is not None:
-                progress.advance(size)
+        _write_all(fd, chunk)
+        if progress is not None:
+            progress.advance(len(chunk))
     if record is not None and hasher is not None:
         record(index, hasher.hexdigest())
 
@@ -677,7 +658,7 @@ class FileReader:
         ``preadv`` fills every destination straight from the page cache in one syscall; the
         bytes are hashed right after, while the batch (at most ``BATCH_BYTES``) is in cache.
         """
-        memory = [_small_memory(dest) if dest.nbytes else b"" for _, dest, _ in batch]
+        memory = [tensor_memory(dest) if dest.nbytes else b"" for _, dest, _ in batch]
         views: list[ByteBuffer] = [view for view in memory if not isinstance(view, bytes)]
         offset = self.header.data_offset + batch[0][0].start
         total = sum(len(view) for view in views)

@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
+from statevault._display import shown
 from statevault.cli._output import (
     ERROR_CHARS,
     EXIT_INTERRUPTED,
     exit_code_for,
-    terminal_safe,
 )
 from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
@@ -55,7 +55,7 @@ class _Group(click.Group):
         except Exception as exc:
             if ctx.meta.get(_DEBUG):
                 raise
-            click.echo(f"error: {terminal_safe(_message(exc), limit=ERROR_CHARS)}", err=True)
+            click.echo(f"error: {shown(_message(exc), limit=ERROR_CHARS)}", err=True)
             ctx.exit(exit_code_for(exc))
 
 

@@ -40,7 +40,6 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 PIPED_WIDTH = 120  # rich assumes 80 columns off a terminal, which wraps long tensor names
 ERROR_CHARS = 2000  # an error line on stderr: long enough for any message of ours
-terminal_safe = shown
 
 
 def exit_code_for(exc: BaseException) -> int:
