@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import statevault
-from statevault._foreign import TensorMeta
 from statevault._inspect import module_tree, plain_state, state_leaves
+from statevault._reader import TensorMeta
 from statevault._tree import flatten
 from test_cli_samples import (
     legacy_state,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -261,15 +262,15 @@ class FolderInput(Reader):
         }
         self.file_size = sum(part.file_size for part in self._parts.values())
         self.format_version = None
-        self._tensors = {
+
+    @functools.cached_property
+    def tensors(self) -> Mapping[str, TensorMeta]:
+        # built on first use, as each part's: load() of a folder never needs them
+        return {
             f"{key}.{name}": dataclasses.replace(meta, name=f"{key}.{name}")
             for key, part in self._parts.items()
             for name, meta in part.tensors.items()
         }
-
-    @property
-    def tensors(self) -> Mapping[str, TensorMeta]:
-        return self._tensors
 
     @property
     def tree(self) -> Skeleton:  # type: ignore[override]

@@ -36,8 +36,7 @@ from statevault._dtypes import spec_for
 from statevault._format import PREFIX_BYTES
 from statevault._io import read_regular
 from statevault._progress import Progress
-from statevault._reader import Reader, top_level_objects, tree_versions
-from statevault._reader import TensorMeta as TensorMeta  # the CLI tools import it from here
+from statevault._reader import Reader, TensorMeta, top_level_objects, tree_versions
 from statevault._sniff import DESCRIPTIONS, TORCH_SUFFIXES, sniff
 from statevault._ties import memory_identity
 from statevault._tree import Skeleton, flatten, unflatten
@@ -56,9 +55,6 @@ from statevault.errors import (
 CHUNK_BYTES = 16 << 20  # working-set size for streamed reads: bounded, yet few syscalls
 READ_BATCH_BYTES = 256 << 20  # whole-tensor reads between two progress ticks
 INDEX_NAME = "model.safetensors.index.json"
-
-
-Input = Reader  # the name the CLI tools use for the reader type
 
 
 # -- safetensors files (ours or anyone's) ------------------------------------------------
@@ -83,7 +79,6 @@ class SafetensorsInput(Reader):
             self.kind = "statevault" if self.format_version is not None else "safetensors"
             self.metadata = self._checkpoint.metadata
             self.aliases = self._checkpoint.aliases
-            self.header_digest = self._checkpoint.vault.header_digest is not None
             self._dropped_tree = False
             if not tree and self._owned and self._checkpoint.vault.has_tree:
                 vault = self._checkpoint.vault
@@ -92,7 +87,7 @@ class SafetensorsInput(Reader):
         except BaseException:
             self.close()
             raise
-        self._objects: dict[str, Skeleton] | None = None  # see stored_object
+        self._facts: tuple[dict[str, Skeleton], dict[str, Any] | None] | None = None
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -116,9 +111,6 @@ class SafetensorsInput(Reader):
         return self._checkpoint.has_checksums
 
     def keys(self) -> list[str]:
-        return self._checkpoint.keys()
-
-    def names(self) -> list[str]:
         return self._checkpoint.keys()
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
@@ -170,19 +162,24 @@ class SafetensorsInput(Reader):
                 for name, dest in staged:
                     dest.copy_(fresh[name])
 
-    def stored_object(self, key: str) -> tuple[bool, Any]:
-        """A module's non-tensor extra state at ``key`` (see :meth:`Reader.stored_object`).
+    def _tree_facts(self) -> tuple[dict[str, Skeleton], dict[str, Any] | None]:
+        """The tree's top-level objects and its module versions, worked out once per reader.
 
-        The tree is looked at once per load, however many modules have extra state; a tree
-        dropped on open is parsed again from the file, paid only by models with extra state.
+        A tree dropped on open is parsed again from the file here, once, and only the small
+        results are kept: paid only by loads that need extra state or torch's path.
         """
-        if self._objects is None:
+        if self._facts is None:
             if self._dropped_tree:
                 with Checkpoint(self.path) as again:
-                    self._objects = top_level_objects(again.tree)
+                    tree = again.tree
             else:
-                self._objects = top_level_objects(self._checkpoint.tree)
-        node = self._objects.get(key)
+                tree = self._checkpoint.tree
+            self._facts = (top_level_objects(tree), tree_versions(tree))
+        return self._facts
+
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        """A module's non-tensor extra state at ``key`` (see :meth:`Reader.stored_object`)."""
+        node = self._tree_facts()[0].get(key)
         if node is None:
             return False, None
         try:
@@ -191,11 +188,8 @@ class SafetensorsInput(Reader):
             raise HeaderError(f"{self.path}: {exc}") from None
 
     def torch_versions(self) -> dict[str, Any] | None:
-        """See :meth:`Reader.torch_versions`; a tree dropped on open is parsed again."""
-        if not self._dropped_tree:
-            return tree_versions(self._checkpoint.tree)
-        with Checkpoint(self.path) as again:
-            return tree_versions(again.tree)
+        """See :meth:`Reader.torch_versions`."""
+        return self._tree_facts()[1]
 
     def raw_chunks(
         self, name: str, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = False
@@ -505,10 +499,6 @@ class ShardedInput(Reader):
     def tensors(self) -> Mapping[str, TensorMeta]:
         return self._tensors
 
-    @property
-    def header_digest(self) -> bool:  # type: ignore[override]
-        return all(shard.header_digest for shard in self._shards.values())
-
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         return self._owner[name].signature(name)
 
@@ -566,15 +556,15 @@ class ShardedInput(Reader):
         unknown = [n for n in wanted if n not in self._owner]
         if unknown:
             raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
+        by_shard: dict[int, list[str]] = {}
+        for name in wanted:  # one pass: not every name once per shard
+            by_shard.setdefault(id(self._owner[name]), []).append(name)
         flat: dict[str, torch.Tensor] = {}
         for shard in self._shards.values():
-            mine = [n for n in wanted if self._owner[n] is shard]
+            mine = by_shard.get(id(shard))
             if mine:
                 flat.update(shard.read(mine, verify=verify, progress=progress))
         return {name: flat[name] for name in wanted}
-
-    def shards(self) -> list[Reader]:
-        return list(self._shards.values())
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from statevault._foreign import Input, TensorMeta
 from statevault._open import open_checkpoint
-from statevault._reader import FolderEntry
+from statevault._reader import FolderEntry, Reader, TensorMeta
 from statevault._temps import describe_temporaries
 from statevault._tree import Skeleton
 
@@ -219,7 +218,7 @@ def state_leaves(skeleton: Skeleton | None) -> dict[str, Any]:
     return leaves
 
 
-def summarize(source: Input) -> CheckpointSummary:
+def summarize(source: Reader) -> CheckpointSummary:
     """The summary of an already opened input (no tensor data is read)."""
     return CheckpointSummary(
         path=source.label,

@@ -442,17 +442,34 @@ def _fill_with_torch(
 
 # Option defaults of every entry point: an option the caller left at its default is not
 # repeated in a printed fix.
+@dataclass(frozen=True)
+class LoadOptions:
+    """The options every loading entry point shares (``load_into``'s keywords), as one value.
+
+    One value instead of nine keywords passed down each layer; ``given`` gives an entry
+    point's own keywords back for the call a printed fix repeats.
+    """
+
+    strict: bool = True
+    verify: bool = True
+    prefix: str | None = None
+    strip_prefix: str | None = None
+    rename: Rename | None = None
+    auto_fix: bool = True
+    dtype: torch.dtype | None = None
+    dry_run: bool = False
+    assign: bool = False
+
+    def given(self, *names: str) -> dict[str, object]:
+        """The named options (all by default) as the keywords the caller wrote."""
+        wanted = names or tuple(f.name for f in fields(self))
+        return {name: getattr(self, name) for name in wanted}
+
+
+# each option's default: a printed fix leaves out what the caller left at its default
 _DEFAULTS: dict[str, object] = {
-    "strict": True,
-    "verify": True,
-    "prefix": None,
-    "strip_prefix": None,
-    "rename": None,
-    "auto_fix": True,
-    "dtype": None,
-    "dry_run": False,
-    "assign": False,
-    "device": "cpu",
+    **{f.name: f.default for f in fields(LoadOptions)},
+    "device": "cpu",  # build_model and materialize
     "args": (),
     "kwargs": None,
 }
@@ -552,30 +569,6 @@ def _torch_loads(module: nn.Module, planned: _Plan, assign: bool) -> str | None:
     if has_custom_loading(module):
         return "custom load hooks found"
     return None
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """The options every loading entry point shares (``load_into``'s keywords), as one value.
-
-    One value instead of nine keywords passed down each layer; ``given`` gives an entry
-    point's own keywords back for the call a printed fix repeats.
-    """
-
-    strict: bool = True
-    verify: bool = True
-    prefix: str | None = None
-    strip_prefix: str | None = None
-    rename: Rename | None = None
-    auto_fix: bool = True
-    dtype: torch.dtype | None = None
-    dry_run: bool = False
-    assign: bool = False
-
-    def given(self, *names: str) -> dict[str, object]:
-        """The named options (all by default) as the keywords the caller wrote."""
-        wanted = names or tuple(f.name for f in fields(self))
-        return {name: getattr(self, name) for name in wanted}
 
 
 @gc_paused  # many-small-tensor loads: see _gcpause

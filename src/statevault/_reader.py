@@ -79,7 +79,6 @@ class Reader(abc.ABC):
     aliases: Mapping[str, str]
     tree: Skeleton | None
     file_size: int
-    header_digest: bool = False
     folder_contents: tuple[FolderEntry, ...] | None = None  # set when opened from a folder
 
     @property
@@ -165,12 +164,10 @@ class Reader(abc.ABC):
         if tree is None:
             return tensors
 
-        def fetch(name: str) -> torch.Tensor:
-            if name not in tensors:
-                raise HeaderError(f"{self.label}: tree refers to unknown tensor {name!r}")
-            return tensors[name]
-
-        return unflatten(tree, fetch)
+        try:  # unflatten names the node of a reference to a tensor the file lacks
+            return unflatten(tree, tensors.__getitem__)
+        except HeaderError as exc:
+            raise HeaderError(f"{self.label}: {exc}") from None
 
     def stored_object(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` when the saved state dict has a non-tensor value at ``key``.
