@@ -34,7 +34,10 @@ from statevault._io import WriteJob
 
 
 def _unstaged_write_data(
-    fd: int, jobs: Sequence[WriteJob], record: Callable[[int, str], None] | None
+    fd: int,
+    jobs: Sequence[WriteJob],
+    record: Callable[[int, str], None] | None,
+    progress: object = None,  # the writer's progress hook; the previous writer had none
 ) -> None:
     """The previous ``_write_data``: hash the caller's memory, then write that memory."""
     pool = ThreadPoolExecutor(max_workers=1)
@@ -63,10 +66,10 @@ def _unstaged_write_data(
                     record(run[0], hasher.hexdigest())
                 continue
             tensors = [_io._cpu_tensor(jobs[index]) for index in run]
-            buffers: list[_io.ByteBuffer] = [_io._small_memory(t) for t in tensors if t.nbytes]
+            buffers: list[_io.ByteBuffer] = [_io.tensor_memory(t) for t in tensors if t.nbytes]
             if record is not None:
                 for index, tensor in zip(run, tensors, strict=True):
-                    record(index, _checksum.digest(_io._small_memory(tensor)))
+                    record(index, _checksum.digest(_io.tensor_memory(tensor)))
             pending.append((pool.submit(_io._writev_all, fd, buffers), tensors))
             while len(pending) > _io.WRITE_AHEAD:
                 wait_oldest()
