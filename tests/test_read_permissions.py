@@ -44,6 +44,19 @@ UNREADABLE = textwrap.dedent(
 )
 
 
+def _as_nobody(directory: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", UNREADABLE, str(directory)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
 def test_an_unreadable_checkpoint_is_named_with_the_fix(tmp_path: Path) -> None:
     directory = tmp_path / "runs"
     directory.mkdir()
@@ -53,15 +66,7 @@ def test_an_unreadable_checkpoint_is_named_with_the_fix(tmp_path: Path) -> None:
     directory.chmod(0o755)
     if os.geteuid() != 0 and os.access(secret, os.R_OK):
         pytest.skip("cannot drop privileges and the file stays readable for this user")
-    done = subprocess.run(
-        [sys.executable, "-c", UNREADABLE, str(directory)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    case = json.loads(done.stdout)
+    case = _as_nobody(directory)
     assert case["type"] == "CheckpointPermissionError" and case["ours"], case
     assert case["errno"] == errno.EACCES and case["cause"] == "PermissionError"
     assert case["message"].startswith("secret.safetensors: cannot be read by this process")
@@ -70,3 +75,5 @@ def test_an_unreadable_checkpoint_is_named_with_the_fix(tmp_path: Path) -> None:
     # the CLI refuses it as a bad argument before opening it (click checks readability)
     assert exit_code == 2 and "'secret.safetensors' is not readable" in output
     assert "internal error" not in output and "Traceback" not in output
+    secret.chmod(0o644)  # the fix the message points to: give read access
+    assert _as_nobody(directory)["loaded"] is True
