@@ -56,8 +56,8 @@ def _tensors(count: int) -> bytes:
 
 def _format2_tree(tree: str) -> bytes:
     """A format-2 file (correct header digest, no tensors) whose tree member is ``tree``."""
-    from statevault import _checksum
-    from statevault._vault import TREE_KEY
+    from statevault.fileformat import checksums
+    from statevault.fileformat.metadata import TREE_KEY
 
     def build(digest: str) -> bytes:
         vault = json.dumps(
@@ -67,7 +67,7 @@ def _format2_tree(tree: str) -> bytes:
             f'{{"__metadata__":{{"statevault":{vault},"{TREE_KEY}":{json.dumps(tree)}}}}}'
         )
 
-    return build(_checksum.digest(build(_checksum.PLACEHOLDER)))
+    return build(checksums.digest(build(checksums.PLACEHOLDER)))
 
 
 CASES: dict[str, Callable[[], bytes]] = {

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 import statevault
-from statevault import _checksum, _io
-from statevault._io import WriteJob
+from statevault.engine import transfer as _io
+from statevault.engine.transfer import WriteJob
+from statevault.fileformat import checksums
 
 
 def _unstaged_write_data(
@@ -57,7 +58,7 @@ def _unstaged_write_data(
                     wait_oldest()
                 tensor = _io._cpu_tensor(jobs[run[0]])
                 view = _io.tensor_memory(tensor)
-                hasher = _checksum.new_hasher()
+                hasher = checksums.new_hasher()
                 for start in range(0, len(view), 8 << 20):
                     chunk = view[start : start + (8 << 20)]
                     hasher.update(chunk)
@@ -69,7 +70,7 @@ def _unstaged_write_data(
             buffers: list[_io.ByteBuffer] = [_io.tensor_memory(t) for t in tensors if t.nbytes]
             if record is not None:
                 for index, tensor in zip(run, tensors, strict=True):
-                    record(index, _checksum.digest(_io.tensor_memory(tensor)))
+                    record(index, checksums.digest(_io.tensor_memory(tensor)))
             pending.append((pool.submit(_io._writev_all, fd, buffers), tensors))
             while len(pending) > _io.WRITE_AHEAD:
                 wait_oldest()

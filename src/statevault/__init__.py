@@ -6,20 +6,6 @@ dtypes and checksums are kept as JSON in the header's metadata.
 
 from __future__ import annotations
 
-from statevault._build import build_model, materialize, skip_init
-from statevault._checkpoint import Checkpoint, TensorInfo
-from statevault._convert import ConvertReport, convert
-from statevault._diagnose import Cause
-from statevault._diff import DiffReport, TensorDelta, diff
-from statevault._inspect import CheckpointSummary, inspect
-from statevault._keymap import AppliedMapping
-from statevault._load import load
-from statevault._load_into import check, load_into, load_model
-from statevault._open import open_checkpoint
-from statevault._reader import FolderEntry, Reader, TensorMeta
-from statevault._report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
-from statevault._save import save
-from statevault._verify import BadTensor, VerifyReport, verify
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
@@ -38,6 +24,20 @@ from statevault.errors import (
     TruncatedFileError,
     UnsupportedObjectError,
 )
+from statevault.loading.build import build_model, materialize, skip_init
+from statevault.loading.diagnose import Cause
+from statevault.loading.keymap import AppliedMapping
+from statevault.loading.load import load
+from statevault.loading.load_into import check, load_into, load_model
+from statevault.readers.base import FolderEntry, Reader, TensorMeta
+from statevault.readers.dispatch import open_checkpoint
+from statevault.readers.safetensors_file import Checkpoint, TensorInfo
+from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
+from statevault.saving.save import save
+from statevault.tools.conversion import ConvertReport, convert
+from statevault.tools.diffing import DiffReport, TensorDelta, diff
+from statevault.tools.inspection import CheckpointSummary, inspect
+from statevault.tools.verification import BadTensor, VerifyReport, verify
 
 __version__ = "0.1.0"
 

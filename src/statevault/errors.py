@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from statevault._report import LoadReport
+    from statevault.reports.load_report import LoadReport
 
 __all__ = [
     "CheckpointKindError",

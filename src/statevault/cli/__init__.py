@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from statevault._display import shown
 from statevault.cli._output import (
     ERROR_CHARS,
     EXIT_INTERRUPTED,
@@ -24,6 +23,7 @@ from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
 from statevault.cli.verify_cmd import verify_command
 from statevault.errors import DestinationExistsError, StateVaultError
+from statevault.reports.display import shown
 
 _DEBUG = "statevault.debug"
 

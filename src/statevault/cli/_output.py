@@ -31,8 +31,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from statevault._display import shown
 from statevault.errors import CorruptFileError, NotACheckpointError
+from statevault.reports.display import shown
 
 EXIT_OK = 0
 EXIT_FINDING = 1

@@ -6,8 +6,8 @@ import re
 
 import click
 
-from statevault._convert import DTYPE_NAMES, convert
 from statevault.cli._output import emit_json, progress_bars
+from statevault.tools.conversion import DTYPE_NAMES, convert
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

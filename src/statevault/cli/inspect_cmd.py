@@ -9,9 +9,9 @@ import click
 from rich.markup import escape
 from rich.tree import Tree
 
-from statevault._display import NAME_CHARS, VALUE_CHARS, shown
-from statevault._inspect import CheckpointSummary, ModuleNode, inspect
 from statevault.cli._output import emit_json, human_bytes, stdout_console
+from statevault.reports.display import NAME_CHARS, VALUE_CHARS, shown
+from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
 
 
 def _text(text: str, limit: int = NAME_CHARS) -> str:

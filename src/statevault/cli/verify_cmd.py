@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from statevault._verify import verify
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
+from statevault.tools.verification import verify
 
 
 @click.command("verify")

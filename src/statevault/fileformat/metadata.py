@@ -1,0 +1,350 @@
+"""statevault's own metadata, kept as JSON in the header's ``__metadata__``.
+
+It records what safetensors cannot: the format version, the skeleton of nested state, true
+dtypes of encoded tensors, tied-weight aliases, per-tensor checksums, and a digest of the
+whole header so that damage to names, shapes or metadata is caught, not only to tensor data.
+Plain safetensors files simply have none of this and load as flat state dicts.
+
+Format 2, which ``save`` writes, lays the header out as (``<...>`` filled in)::
+
+    {"__metadata__":{"statevault":"{\\"header_digest\\":\\"<16 hex>\\",\\"version\\":2,
+      \\"aliases\\":{...},\\"dtypes\\":{...},\\"checksums\\":{\\"algorithm\\":\\"xxh3-64\\",
+      \\"packed\\":\\"<16 hex per tensor, in data order>\\"}}",
+      "statevault.tree":"<skeleton JSON>","format":"pt",<user metadata>},<tensor table>}
+
+The header digest is the xxh3-64 of the file's first 8 + N bytes (length prefix and header)
+with its own 16 characters read as zeros. It sits at a fixed offset, so checking it is one
+hash over the header bytes, before and without any parsing. Digests are one string, not a
+name -> digest table, and the skeleton is a string of its own that only ``load`` parses:
+opening a 20,000-tensor file builds no per-tensor objects for either. Format 1 files (a
+canonical-JSON digest, ``_format1``) are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from statevault.errors import HeaderError
+from statevault.fileformat import checksums as _checksum
+from statevault.fileformat import format1
+from statevault.fileformat.container import METADATA_KEY, PREFIX_BYTES, Header, tensor_table
+from statevault.fileformat.dtypes import dtype_from_name, spec_for
+from statevault.fileformat.table import TensorEntry, TensorTable
+from statevault.fileformat.tree import Skeleton
+
+VAULT_KEY = "statevault"
+TREE_KEY = "statevault.tree"
+FORMAT_KEY = "format"
+FORMAT_VERSION = 2
+RESERVED_KEYS = frozenset({VAULT_KEY, TREE_KEY})
+# How every format-2 header begins; the header digest's 16 characters follow.
+LEAD = f'{{"{METADATA_KEY}":{{"{VAULT_KEY}":"{{\\"header_digest\\":\\"'.encode()
+_HEX_DIGESTS = re.compile(r"[0-9a-f]*")
+
+
+@dataclass(frozen=True)
+class VaultInfo:
+    """Decoded statevault metadata of one file (empty for a plain safetensors file)."""
+
+    version: int | None = None
+    tree: Skeleton | None = None  # format 1: parsed anyway, to check the digest
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    header_digest: str | None = None
+    # A tree of JSON ``null`` (``save(None, ...)``) is still a tree; only plain
+    # safetensors files have none, so presence cannot be inferred from ``tree``.
+    has_tree: bool = False
+    tree_text: str | None = None  # format 2: the skeleton as JSON, parsed when needed
+
+    @property
+    def has_checksums(self) -> bool:
+        return bool(self.checksums)
+
+
+def user_metadata(metadata: Mapping[str, str], version: int | None = None) -> dict[str, str]:
+    """The caller's metadata, i.e. everything but statevault's reserved keys.
+
+    Format 1 reserved only ``"statevault"``: in its files, and in plain safetensors files,
+    ``"statevault.tree"`` is the user's own key (in format 1, covered by its digest).
+    """
+    reserved = RESERVED_KEYS if version is not None and version >= 2 else (VAULT_KEY,)
+    return {k: v for k, v in metadata.items() if k not in reserved}
+
+
+def _escaped(text: str) -> str:
+    """``text`` as it appears inside a JSON string (json.dumps, without the quotes)."""
+    if '"' not in text and "\\" not in text and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def encoded_members(info: VaultInfo) -> dict[str, str]:
+    """Our metadata's aliases, dtypes and tree, each as canonical JSON text.
+
+    Encoded up front so that a save can drop the skeleton before it builds the header.
+    """
+    members = {
+        "aliases": _checksum.canonical_json(dict(info.aliases)),
+        "dtypes": _checksum.canonical_json(dict(info.dtypes)),
+    }
+    if info.has_tree or info.tree is not None:
+        members["tree"] = _checksum.canonical_json(info.tree)
+    return members
+
+
+class SlottedHeader:
+    """The file header of a save, encoded once with blank digests that are filled in place.
+
+    Digests are fixed-width hex, so the header's length and every digest's byte offset are
+    known before the data is written. ``size`` is its length; ``put`` records tensor
+    ``index``'s digest (entries' order, which is data order); ``finish`` hashes the header
+    and fills in the header digest. ``members`` are ``encoded_members``' texts.
+    """
+
+    def __init__(
+        self,
+        members: Mapping[str, str],
+        entries: list[TensorEntry],
+        user: Mapping[str, str],
+        checksum: bool,
+    ) -> None:
+        self._entries = entries
+        self._has_checksums = checksum and bool(entries)
+        self._packed_at = 0
+        self.data = bytearray(PREFIX_BYTES)
+        self._encode(members, {FORMAT_KEY: "pt", **user})  # transformers checks "format"
+        self.size = len(self.data)
+
+    def _add(self, text: str) -> None:
+        self.data += text.encode("utf-8")
+
+    def _encode(self, members: Mapping[str, str], metadata: Mapping[str, str]) -> None:
+        self.data += LEAD
+        self._add(f'{_checksum.PLACEHOLDER}\\",\\"version\\":{FORMAT_VERSION}')
+        for key in ("aliases", "dtypes"):
+            self._add(_escaped(f',"{key}":{members[key]}'))
+        if self._has_checksums:
+            self._add(_escaped(f',"checksums":{{"algorithm":"{_checksum.ALGORITHM}","packed":"'))
+            self._packed_at = len(self.data)
+            self._add(_checksum.PLACEHOLDER * len(self._entries))
+            self._add(_escaped('"}'))
+        self._add('}"')
+        if "tree" in members:
+            self._add(f',"{TREE_KEY}":"{_escaped(members["tree"])}"')
+        # the rest of __metadata__, then the tensor table, as json.dumps writes them
+        self._add("," + json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)[1:])
+        for start in range(0, len(self._entries), _CHUNK):
+            self._add("," + tensor_table(self._entries[start : start + _CHUNK]))
+        self._add("}")
+        self._add(" " * (-(len(self.data) - PREFIX_BYTES) % 8))
+        self.data[:PREFIX_BYTES] = struct.pack("<Q", len(self.data) - PREFIX_BYTES)
+
+    def put(self, index: int, digest: str) -> None:
+        offset = self._packed_at + index * _checksum.DIGEST_CHARS
+        self.data[offset : offset + _checksum.DIGEST_CHARS] = digest.encode("ascii")
+
+    def finish(self) -> bytearray:
+        """The complete header, once every tensor's digest has been ``put``."""
+        digest = _checksum.digest(self.data).encode("ascii")
+        slot = PREFIX_BYTES + len(LEAD)
+        self.data[slot : slot + _checksum.DIGEST_CHARS] = digest
+        return self.data
+
+
+_CHUNK = 1024  # tensor entries encoded per piece: no megabyte-long intermediate text
+
+
+def signed_digest(prefix: bytes, raw: bytes) -> tuple[str, str] | None:
+    """(recorded, actual) digest of a header laid out as format 2 writes it, else None.
+
+    ``prefix`` is the file's 8-byte length prefix and ``raw`` the header bytes after it.
+    """
+    end = len(LEAD) + _checksum.DIGEST_CHARS
+    if not raw.startswith(LEAD) or len(raw) < end:
+        return None
+    view = memoryview(raw)
+    hasher = _checksum.new_hasher()
+    for part in (prefix, view[: len(LEAD)], _checksum.PLACEHOLDER.encode(), view[end:]):
+        hasher.update(part)
+    return raw[len(LEAD) : end].decode("ascii", "replace"), str(hasher.hexdigest())
+
+
+class PackedDigests(Mapping[str, str]):
+    """Format 2's digests: name -> hex digest, sliced out of one string in data order."""
+
+    def __init__(self, table: TensorTable, packed: str) -> None:
+        self._table = table
+        self._packed = packed
+
+    def __getitem__(self, name: str) -> str:
+        start = self._table.row(name) * _checksum.DIGEST_CHARS
+        return self._packed[start : start + _checksum.DIGEST_CHARS]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def decode(header: Header, *, source: str, signed: tuple[str, str] | None = None) -> VaultInfo:
+    """Parse and cross-check our metadata against the header it came with.
+
+    ``signed`` is :func:`signed_digest` of the header's bytes (format 2 checks against it).
+    """
+    raw = header.metadata.get(VAULT_KEY)
+    if raw is None:
+        _refuse_misplaced_vault(header.metadata, source)
+        return VaultInfo()
+    try:
+        stored = json.loads(raw, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise HeaderError(
+            f"{source}: statevault metadata is not valid JSON ({exc}); header damaged"
+        ) from None
+    except MemoryError as exc:
+        raise HeaderError(
+            f"{source}: parsing the {len(raw):,}-character statevault metadata ran out of "
+            "memory; it is hostile or larger than this process can hold"
+        ) from exc
+    if not isinstance(stored, dict):
+        raise HeaderError(f"{source}: statevault metadata must be a JSON object; header damaged")
+    version = stored.get("version")
+    if type(version) is not int or version < 1:
+        raise HeaderError(f"{source}: statevault metadata has no valid format version")
+    if version > FORMAT_VERSION:
+        raise HeaderError(
+            f"{source}: written by a newer statevault (format {version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade statevault to read it"
+        )
+    # Every file we write carries the digest; without it nothing protects the header.
+    recorded = stored.pop("header_digest", None)
+    if not isinstance(recorded, str):
+        raise HeaderError(f"{source}: statevault metadata lacks its header digest; header damaged")
+    if version == 1:
+        info = _decode_format1(header, stored, recorded, source)
+    else:
+        info = _decode_format2(header, stored, recorded, signed, source)
+    _check_consistency(info, header, source)
+    return info
+
+
+def _mismatch(source: str, recorded: str, actual: str) -> HeaderError:
+    return HeaderError(
+        f"{source}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
+        "names, shapes, offsets or metadata were altered after saving; the file is damaged"
+    )
+
+
+def _decode_format2(
+    header: Header,
+    stored: dict[str, Any],
+    recorded: str,
+    signed: tuple[str, str] | None,
+    source: str,
+) -> VaultInfo:
+    if signed is None:
+        raise HeaderError(
+            f"{source}: format-2 header does not begin with its header digest; header damaged"
+        )
+    if signed != (recorded, recorded):
+        raise _mismatch(source, recorded, signed[1])
+    tree_text = header.metadata.get(TREE_KEY)
+    return VaultInfo(
+        version=stored["version"],
+        has_tree=tree_text is not None,
+        tree_text=tree_text,
+        checksums=_packed_digests(stored.get("checksums"), header.entries, source),
+        aliases=_string_map(stored.get("aliases", {}), "alias", source),
+        dtypes=_string_map(stored.get("dtypes", {}), "dtype", source),
+        header_digest=recorded,
+    )
+
+
+def _packed_digests(value: Any, table: TensorTable, source: str) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    packed = value.get("packed") if isinstance(value, dict) else None
+    if not (
+        isinstance(packed, str)
+        and value.get("algorithm") == _checksum.ALGORITHM
+        and len(packed) == len(table) * _checksum.DIGEST_CHARS
+        and _HEX_DIGESTS.fullmatch(packed)
+    ):
+        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
+    return PackedDigests(table, packed)
+
+
+def _decode_format1(
+    header: Header, stored: dict[str, Any], recorded: str, source: str
+) -> VaultInfo:
+    entries = list(header.entries.values())
+    try:
+        actual = format1.header_digest(entries, user_metadata(header.metadata, 1), stored)
+    except RecursionError:  # JSON parsed just below the limit, re-encoding went over it
+        raise HeaderError(f"{source}: statevault metadata is nested too deeply") from None
+    if actual != recorded:
+        raise _mismatch(source, recorded, actual)
+    checksums = stored.get("checksums", {"digests": {}})
+    if not isinstance(checksums, dict):
+        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
+    digests = _string_map(checksums.get("digests"), "checksum", source)
+    if digests and set(digests) != set(header.entries):
+        missing = sorted(set(header.entries) - set(digests))[:5]
+        raise HeaderError(
+            f"{source}: checksum table does not cover tensors {missing}; header damaged"
+        )
+    return VaultInfo(
+        version=stored["version"],
+        tree=stored.get("tree"),
+        has_tree="tree" in stored,
+        checksums=digests,
+        aliases=_string_map(stored.get("aliases", {}), "alias", source),
+        dtypes=_string_map(stored.get("dtypes", {}), "dtype", source),
+        header_digest=recorded,
+    )
+
+
+def _refuse_misplaced_vault(metadata: Mapping[str, str], source: str) -> None:
+    """Catch damage to the ``"statevault"`` key itself, which would pass as a plain file."""
+    for key, value in metadata.items():
+        if value.startswith("{") and '"header_digest":' in value and '"version":' in value:
+            raise HeaderError(
+                f"{source}: metadata key {key!r} holds statevault metadata, expected under "
+                f"{VAULT_KEY!r}; the header is damaged"
+            )
+
+
+def reject_constant(name: str) -> None:
+    # Python's json accepts NaN/Infinity, which we never write and cannot re-hash canonically.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _string_map(value: Any, what: str, source: str) -> dict[str, str]:
+    """A str->str table from our metadata; anything else means the header was tampered with."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise HeaderError(f"{source}: statevault {what} table is damaged; header damaged")
+    return value
+
+
+def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
+    names = header.entries
+    for alias, target in info.aliases.items():
+        if target not in names or alias in names:
+            raise HeaderError(
+                f"{source}: alias {alias!r} -> {target!r} does not resolve; header damaged"
+            )
+    for name, dtype_name in info.dtypes.items():
+        dtype = dtype_from_name(dtype_name) if isinstance(dtype_name, str) else None
+        spec = spec_for(dtype) if dtype is not None else None
+        if name not in names or spec is None or spec.code != names[name].code:
+            raise HeaderError(
+                f"{source}: tensor {name!r} is recorded as dtype {dtype_name!r}, which does not "
+                f"fit its stored code; header damaged or written by a newer statevault"
+            )

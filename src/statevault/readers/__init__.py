@@ -1,0 +1,4 @@
+"""One reader type for every checkpoint: single files, shards, torch files, folders, memory.
+
+May import: ``engine``, ``fileformat``, ``statevault.errors``.
+"""

@@ -1,0 +1,116 @@
+"""In-memory state dicts as readers.
+
+A state dict answers the same questions as a file through :class:`Reader`: which names
+exist, what shape/dtype each has, and "fill these destination tensors", so load_into has
+one code path for both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from statevault.engine.progress import Progress
+from statevault.errors import UnsupportedObjectError
+from statevault.fileformat.dtypes import spec_for
+from statevault.readers.base import Reader, TensorMeta
+
+EXTRA_STATE = "_extra_state"  # torch's state_dict key for get_extra_state()
+MEMORY_LABEL = "<in-memory state dict>"
+
+
+def _is_extra_state(key: object) -> bool:
+    return isinstance(key, str) and key.rpartition(".")[2] == EXTRA_STATE
+
+
+class MemoryInput(Reader):
+    """A flat state dict already in memory (e.g. what ``torch.load`` returned); never copied
+    or modified."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        bad = [
+            k
+            for k, v in state.items()
+            if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or _is_extra_state(k))
+        ]
+        if bad:
+            key = bad[0]
+            what = (
+                f"has a {type(key).__name__} key"
+                if not isinstance(key, str)
+                else f"holds a {type(state[key]).__name__}, where a tensor was expected"
+            )
+            raise UnsupportedObjectError(
+                f"state dict entry {key!r} {what}; load_into takes a flat str -> tensor "
+                "state dict (use statevault.load(path)['model'] for nested checkpoints)"
+            )
+        self.state = state
+        self.kind = "memory"
+        self.label = MEMORY_LABEL
+        self.metadata = {}
+        self.aliases = {}
+        self.tree = None
+        self.file_size = 0
+
+    @functools.cached_property
+    def tensors(self) -> Mapping[str, TensorMeta]:
+        result = {}
+        for name, t in self.state.items():
+            if isinstance(t, torch.Tensor):
+                spec = spec_for(t.dtype)
+                code = spec.code if spec is not None else None
+                nbytes = t.numel() * t.element_size()
+                result[name] = TensorMeta(name, t.dtype, tuple(t.shape), nbytes, code, None, "")
+        return result
+
+    def names(self) -> list[str]:
+        return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
+
+    def keys(self) -> list[str]:
+        return self.names()
+
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        value = self.state.get(key)
+        return (key in self.state and not isinstance(value, torch.Tensor)), value
+
+    def torch_versions(self) -> dict[str, Any] | None:
+        """The dict's own ``_metadata`` (what ``state_dict()`` attaches), if it has one."""
+        versions = getattr(self.state, "_metadata", None)
+        return versions if isinstance(versions, dict) else None
+
+    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        tensor = self.state[name]
+        return tuple(tensor.shape), tensor.dtype
+
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        with torch.no_grad():
+            for name, dest in pairs:
+                dest.copy_(self.state[name])
+
+    def read(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        verify: bool = True,
+        progress: Progress | None = None,
+    ) -> dict[str, torch.Tensor]:
+        wanted = self.names() if names is None else list(names)
+        return {n: self.state[n] for n in wanted}
+
+    def close(self) -> None:
+        pass  # the caller's dict: nothing of ours to release
+
+    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
+        flat = self.state[name].detach().reshape(-1)
+        step = max(1, elements)
+        for start in range(0, flat.numel(), step):
+            yield flat[start : start + step]

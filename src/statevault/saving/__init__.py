@@ -1,0 +1,4 @@
+"""Saving nested state to one atomic, checksummed file.
+
+May import: ``engine``, ``fileformat``, ``statevault.errors``.
+"""

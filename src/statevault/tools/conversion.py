@@ -1,0 +1,245 @@
+"""convert(): any supported checkpoint -> one statevault file, optionally cast or filtered.
+
+Sources: statevault/safetensors files, ``.pt``/``.pth`` (zip and legacy, weights-only loader
+only) and Hugging Face sharded directories. Without ``keys``/``strip_prefix`` the whole
+object is kept as saved (nested state, non-tensor values, tied weights). With either, the
+output is the flat ``name -> tensor`` dict of the selected tensors, named as ``inspect``
+shows them, which is what extracting a model's weights from a training checkpoint needs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statevault.engine.progress import Progress
+from statevault.engine.ties import memory_identity
+from statevault.errors import DestinationExistsError
+from statevault.fileformat.tree import flatten, numpy_names, unflatten
+from statevault.readers.base import Reader
+from statevault.readers.dispatch import open_checkpoint
+from statevault.readers.files import SafetensorsInput, ShardedInput
+from statevault.reports.display import shown
+from statevault.reports.load_report import capped
+from statevault.saving.save import save
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "f16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "f32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp64": torch.float64, "f64": torch.float64, "float64": torch.float64, "double": torch.float64,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What convert wrote."""
+
+    source: str
+    destination: str
+    source_kind: str
+    tensors: int  # tensor keys written (tied aliases included)
+    file_size: int
+    dropped: tuple[str, ...] = ()  # keys left out by ``keys``
+    renamed: int = 0  # keys shortened by ``strip_prefix``
+    cast: int = 0  # distinct tensors cast to ``dtype``
+    dtype: str | None = None
+    flattened: bool = False  # output is a flat dict (keys/strip_prefix given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "source_kind": self.source_kind,
+            "tensors": self.tensors,
+            "file_size": self.file_size,
+            "dropped": list(self.dropped),
+            "renamed": self.renamed,
+            "cast": self.cast,
+            "dtype": self.dtype,
+            "flattened": self.flattened,
+        }
+
+    def __str__(self) -> str:
+        text = (
+            f"{shown(self.source)} ({self.source_kind}) -> {shown(self.destination)}: "
+            f"{self.tensors} tensor(s), "
+            f"{self.file_size:,} bytes"
+        )
+        if self.cast:
+            text += f", {self.cast} cast to {self.dtype}"
+        if self.renamed:
+            text += f", {self.renamed} renamed"
+        if self.dropped:
+            text += f", {len(self.dropped)} left out by the key pattern"
+        return text
+
+
+def parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    """``"bf16"``, ``"float16"``, ... or a torch floating dtype; anything else is refused."""
+    if isinstance(value, torch.dtype):
+        found: torch.dtype | None = value if value.is_floating_point else None
+    else:
+        found = DTYPE_NAMES.get(value.lower().removeprefix("torch."))
+    if found is None:
+        raise ValueError(
+            f"cannot cast to {value!r}: choose a floating-point dtype "
+            f"({', '.join(sorted(DTYPE_NAMES))})"
+        )
+    return found
+
+
+def select(
+    names: Sequence[str], *, keys: str | None, strip_prefix: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """({new name: source name}, dropped names) after filtering and prefix stripping. Pure."""
+    pattern = re.compile(keys) if keys is not None else None
+    chosen: dict[str, str] = {}
+    dropped: list[str] = []
+    for name in names:
+        if pattern is not None and not pattern.search(name):
+            dropped.append(name)
+            continue
+        new = next((name[len(p) :] for p in strip_prefix if p and name.startswith(p)), name)
+        if not new:
+            raise ValueError(f"stripping a prefix from {name!r} leaves an empty name")
+        if new in chosen:
+            raise ValueError(
+                f"after stripping prefixes, {chosen[new]!r} and {name!r} would both be named "
+                f"{new!r}; narrow the key pattern or strip a longer prefix"
+            )
+        chosen[new] = name
+    if not chosen:
+        sample = ", ".join(capped(list(names), 5)) or "(the source has no tensors)"
+        raise ValueError(f"no tensor name matches the pattern {keys!r}; names look like: {sample}")
+    return chosen, dropped
+
+
+def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
+    """``obj`` with every floating-point tensor cast to ``dtype`` (tied ones stay tied).
+
+    numpy values keep their numpy dtype (numpy has no bfloat16, and RNG state must not change).
+    """
+    skeleton, tensors = flatten(obj)
+    keep = numpy_names(skeleton)
+    done: dict[tuple[Any, ...], torch.Tensor] = {}
+    cast = 0
+    result: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype or name in keep:
+            result[name] = tensor
+            continue
+        key = memory_identity(tensor) or (id(tensor),)
+        if key not in done:
+            done[key] = tensor.detach().to(dtype)
+            cast += 1
+        result[name] = done[key]
+    return unflatten(skeleton, result.__getitem__), cast
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _source_metadata(source: Reader) -> dict[str, str]:
+    metadata = dict(source.metadata)
+    if isinstance(source, ShardedInput):
+        metadata.pop("total_size", None)  # described the shard set, not the new file
+    return metadata
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype | None = None,
+    keys: str | None = None,
+    strip_prefix: Sequence[str] = (),
+    checksum: bool = True,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    write_progress: Progress | None = None,
+) -> ConvertReport:
+    """Write ``src`` (any supported kind) as a statevault file at ``dst``, atomically.
+
+    ``dtype`` casts floating-point tensors (ints, bools and complex stay as they are);
+    ``keys`` is a regular expression searched in each tensor name; ``strip_prefix`` removes
+    the first matching prefix from each name. ``.pt`` files are read only through torch's
+    weights-only loader; a file it refuses raises :class:`UnsupportedObjectError`. An
+    existing ``dst`` raises :class:`DestinationExistsError` unless ``overwrite=True``; it is
+    then replaced atomically (readers see the old file or the new one, never a mix).
+    ``progress`` hears the reading, ``write_progress`` the writing (two phases, two bars).
+
+    Example::
+
+        statevault.convert("pytorch_model.bin", "model.safetensors", dtype="bf16")
+        statevault.convert("last.ckpt", "weights.safetensors",
+                           keys=r"^state_dict\\.", strip_prefix=["state_dict.model."])
+    """
+    target = parse_dtype(dtype) if dtype is not None else None
+    src_path, dst_path = Path(src), Path(dst)
+    if _same_file(src_path, dst_path) or dst_path.is_dir():
+        raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
+    if not overwrite and (dst_path.exists() or dst_path.is_symlink()):
+        raise DestinationExistsError(
+            f"{dst}: already exists; convert() replaces a file only when told to "
+            "(overwrite=True), then atomically",
+            str(dst),
+        )
+    if progress is not None and src_path.is_file():
+        # opening a torch file loads it (legacy ones in full): the first phase of the read
+        progress.start(src_path.stat().st_size)
+    with open_checkpoint(src_path) as source:
+        flattened = keys is not None or bool(strip_prefix)
+        dropped: list[str] = []
+        renamed = 0
+        if flattened:
+            chosen, dropped = select(source.keys(), keys=keys, strip_prefix=strip_prefix)
+            if progress is not None:
+                progress.start(sum(source.resolve(n).nbytes for n in chosen.values()))
+            flat = source.read(list(chosen.values()), progress=progress)
+            obj: Any = {new: flat[old] for new, old in chosen.items()}
+            renamed = sum(new != old for new, old in chosen.items())
+        else:
+            total = sum(meta.nbytes for meta in source.tensors.values())
+            if progress is not None:
+                progress.start(total)
+            if isinstance(source, (SafetensorsInput, ShardedInput)):
+                flat = source.read(progress=progress)
+                obj = flat if source.tree is None else unflatten(source.tree, flat.__getitem__)
+            else:
+                obj = source.load()
+                if progress is not None:
+                    progress.advance(total)
+        cast = 0
+        if target is not None:
+            obj, cast = cast_floating(obj, target)
+        _, written = flatten(obj)
+        save(
+            obj,
+            dst_path,
+            metadata=_source_metadata(source),
+            checksum=checksum,
+            progress=write_progress,
+        )
+        return ConvertReport(
+            source=source.label,
+            destination=str(dst_path),
+            source_kind=source.kind,
+            tensors=len(written),
+            file_size=dst_path.stat().st_size,
+            dropped=tuple(dropped),
+            renamed=renamed,
+            cast=cast,
+            dtype=str(target).removeprefix("torch.") if target is not None else None,
+            flattened=flattened,
+        )

@@ -1,0 +1,1 @@
+"""Builders shared by tests in several folders: no tests live here."""
