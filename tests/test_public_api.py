@@ -59,6 +59,8 @@ LEAVES = [
     (statevault.MetaDeviceError, RuntimeError),
     (statevault.DestinationExistsError, FileExistsError),
     (statevault.NotACheckpointError, ValueError),
+    (statevault.InvalidArgumentError, ValueError),
+    (statevault.InvalidArgumentError, TypeError),
 ]
 
 

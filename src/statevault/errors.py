@@ -15,6 +15,8 @@ leaf also subclasses the builtin a caller would naturally catch::
     ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
     │                                                     file and was not allowed to
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
+    ├── InvalidArgumentError         (ValueError, TypeError) an argument's value or type is
+    │                                                     not accepted (names it and the choices)
     ├── KeyMappingError              (ValueError)         load_into's prefix/rename maps two
     │                                                     checkpoint keys onto one name
     ├── DeviceUnavailableError       (RuntimeError)       device= names a device torch cannot use
@@ -45,6 +47,7 @@ __all__ = [
     "DestinationExistsError",
     "DeviceUnavailableError",
     "HeaderError",
+    "InvalidArgumentError",
     "KeyMappingError",
     "MetaDeviceError",
     "NotACheckpointError",
@@ -113,6 +116,13 @@ class MetaDeviceError(StateVaultError, RuntimeError):
 
 class UnsupportedObjectError(StateVaultError, TypeError):
     """An object in the state cannot be stored without pickle (message names its path)."""
+
+
+class InvalidArgumentError(StateVaultError, ValueError, TypeError):
+    """An argument's value or type is not one statevault accepts (names it and what is valid).
+
+    Also a ``ValueError`` and a ``TypeError``: code written for either builtin still catches it.
+    """
 
 
 class KeyMappingError(StateVaultError, ValueError):

@@ -7,7 +7,8 @@ import re
 import click
 
 from statevault.cli._output import emit_json, progress_bars
-from statevault.tools.conversion import DTYPE_NAMES, convert
+from statevault.fileformat.dtypes import FLOAT_DTYPE_NAMES
+from statevault.tools.conversion import convert
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -24,7 +25,7 @@ def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=str))
 @click.option(
     "--dtype",
-    type=click.Choice(sorted(DTYPE_NAMES), case_sensitive=False),
+    type=click.Choice(sorted(FLOAT_DTYPE_NAMES), case_sensitive=False),
     default=None,
     help="Cast every floating-point tensor (ints, bools, complex unchanged).",
 )

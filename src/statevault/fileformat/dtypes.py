@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from statevault.errors import InvalidArgumentError
+
 # The order in which the reference implementation lays tensors out (descending), so that
 # every tensor stays aligned to its element size and our bytes match safetensors' own.
 LAYOUT_ORDER: tuple[str, ...] = (
@@ -95,3 +97,37 @@ def spec_for(dtype: torch.dtype) -> DtypeSpec | None:
 def dtype_from_name(name: str) -> torch.dtype | None:
     """Parse a dtype name as recorded in our metadata (``"complex128"``)."""
     return NAME_TO_DTYPE.get(name)
+
+
+# The spellings a ``dtype=`` argument accepts anywhere in the API (torch's own names, the short
+# names people type, and safetensors codes), all lower-case.
+FLOAT_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "f16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "f32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp64": torch.float64, "f64": torch.float64, "float64": torch.float64, "double": torch.float64,
+}  # fmt: skip
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
+    return str(dtype).removeprefix("torch.")
+
+
+def float_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
+    """A floating-point dtype from a torch dtype or any spelling in ``FLOAT_DTYPE_NAMES``.
+
+    ``"torch.bfloat16"``, ``"BF16"`` and ``torch.bfloat16`` all mean the same; anything else
+    raises :class:`InvalidArgumentError` naming ``argument``, the value and the choices.
+    """
+    found: torch.dtype | None = None
+    if isinstance(value, torch.dtype):
+        found = value if value.is_floating_point else None
+    elif isinstance(value, str):
+        found = FLOAT_DTYPE_NAMES.get(value.lower().removeprefix("torch."))
+    if found is None:
+        raise InvalidArgumentError(
+            f"{argument}={value!r} is not a floating-point dtype: pass a torch dtype such as "
+            f"torch.bfloat16 or one of {', '.join(sorted(FLOAT_DTYPE_NAMES))}"
+        )
+    return found

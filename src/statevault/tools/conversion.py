@@ -21,6 +21,7 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError
+from statevault.fileformat.dtypes import float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.readers.base import Reader
 from statevault.readers.dispatch import open_checkpoint
@@ -28,13 +29,6 @@ from statevault.readers.files import SafetensorsInput, ShardedInput
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
-
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "f16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp32": torch.float32, "f32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp64": torch.float64, "f64": torch.float64, "float64": torch.float64, "double": torch.float64,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,20 +73,6 @@ class ConvertReport:
         if self.dropped:
             text += f", {len(self.dropped)} left out by the key pattern"
         return text
-
-
-def parse_dtype(value: str | torch.dtype) -> torch.dtype:
-    """``"bf16"``, ``"float16"``, ... or a torch floating dtype; anything else is refused."""
-    if isinstance(value, torch.dtype):
-        found: torch.dtype | None = value if value.is_floating_point else None
-    else:
-        found = DTYPE_NAMES.get(value.lower().removeprefix("torch."))
-    if found is None:
-        raise ValueError(
-            f"cannot cast to {value!r}: choose a floating-point dtype "
-            f"({', '.join(sorted(DTYPE_NAMES))})"
-        )
-    return found
 
 
 def select(
@@ -185,7 +165,7 @@ def convert(
         statevault.convert("last.ckpt", "weights.safetensors",
                            keys=r"^state_dict\\.", strip_prefix=["state_dict.model."])
     """
-    target = parse_dtype(dtype) if dtype is not None else None
+    target = float_dtype(dtype) if dtype is not None else None
     src_path, dst_path = Path(src), Path(dst)
     if _same_file(src_path, dst_path) or dst_path.is_dir():
         raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
