@@ -6,6 +6,7 @@ dtypes and checksums are kept as JSON in the header's metadata.
 
 from __future__ import annotations
 
+from statevault.engine.progress import Progress
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
@@ -33,11 +34,12 @@ from statevault.loading.load_into import check, load_into, load_model
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
 from statevault.readers.safetensors_file import Checkpoint, TensorInfo
+from statevault.reports.display import shown
 from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
 from statevault.tools.diffing import DiffReport, TensorDelta, diff
-from statevault.tools.inspection import CheckpointSummary, inspect
+from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
 from statevault.tools.verification import BadTensor, VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -65,7 +67,9 @@ __all__ = [
     "KeyMappingError",
     "LoadReport",
     "MetaDeviceError",
+    "ModuleNode",
     "NotACheckpointError",
+    "Progress",
     "Reader",
     "ShapeMismatch",
     "StateDictMismatchError",
@@ -89,6 +93,7 @@ __all__ = [
     "materialize",
     "open_checkpoint",
     "save",
+    "shown",
     "skip_init",
     "verify",
 ]

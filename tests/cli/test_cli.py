@@ -121,6 +121,19 @@ def test_convert_output_loads_equal_to_its_source(tmp_path: Path) -> None:
     assert run("convert", src, tmp_path / "x.sv", "--keys", "(").exit_code == 2
 
 
+def test_convert_dtype_takes_every_spelling_the_library_does(tmp_path: Path) -> None:
+    src = tmp_path / "src.sv"
+    statevault.save({"w": torch.ones(3)}, src)
+    for spelling in ("BF16", "torch.bfloat16", "bfloat16"):
+        out = tmp_path / f"{spelling}.sv"
+        assert run("convert", src, out, "--dtype", spelling).exit_code == 0
+        assert statevault.load(out)["w"].dtype == torch.bfloat16
+    refused = run("convert", src, tmp_path / "int.sv", "--dtype", "int8")
+    assert refused.exit_code == 2
+    assert "'int8' is not a floating-point dtype" in refused.stderr and "bf16" in refused.stderr
+    assert not (tmp_path / "int.sv").exists()
+
+
 def test_errors_are_one_line_without_traceback_unless_debug(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"cfg": Path("/")}, evil)

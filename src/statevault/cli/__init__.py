@@ -1,5 +1,8 @@
 """The ``statevault`` command line: a thin layer over the public Python API.
 
+May import: ``statevault`` (the public package) and ``statevault.errors``, nothing below them
+(tests/test_layers.py checks it). May be imported by: ``statevault.__main__`` only.
+
 Each command lives in its own module and calls one library function (``inspect``,
 ``verify``, ``diff``, ``convert``); this module only wires them together and turns
 exceptions into one clear line on stderr and the exit code of their verdict (``--debug``
@@ -12,6 +15,7 @@ from typing import Any
 
 import click
 
+from statevault import shown
 from statevault.cli._output import (
     ERROR_CHARS,
     EXIT_INTERRUPTED,
@@ -23,7 +27,6 @@ from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
 from statevault.cli.verify_cmd import verify_command
 from statevault.errors import DestinationExistsError, StateVaultError
-from statevault.reports.display import shown
 
 _DEBUG = "statevault.debug"
 

@@ -31,8 +31,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from statevault import shown
 from statevault.errors import CorruptFileError, NotACheckpointError
-from statevault.reports.display import shown
 
 EXIT_OK = 0
 EXIT_FINDING = 1
@@ -40,6 +40,8 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 PIPED_WIDTH = 120  # rich assumes 80 columns off a terminal, which wraps long tensor names
 ERROR_CHARS = 2000  # an error line on stderr: long enough for any message of ours
+NAME_CHARS = 200  # a tensor name, a state path, a file path as inspect shows it
+VALUE_CHARS = 400  # a metadata or state value as inspect shows it
 
 
 def exit_code_for(exc: BaseException) -> int:

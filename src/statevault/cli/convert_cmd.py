@@ -6,9 +6,8 @@ import re
 
 import click
 
+import statevault
 from statevault.cli._output import emit_json, progress_bars
-from statevault.fileformat.dtypes import FLOAT_DTYPE_NAMES
-from statevault.tools.conversion import convert
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -25,9 +24,12 @@ def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=str))
 @click.option(
     "--dtype",
-    type=click.Choice(sorted(FLOAT_DTYPE_NAMES), case_sensitive=False),
     default=None,
-    help="Cast every floating-point tensor (ints, bools, complex unchanged).",
+    metavar="DTYPE",
+    # the library checks the spelling (one parser for every dtype= in the API) and its
+    # error lists every accepted name
+    help="Cast every floating-point tensor (ints, bools, complex unchanged): bf16, fp16, "
+    "fp32, fp64 or a torch name (bfloat16, float16, float32, float64).",
 )
 @click.option(
     "--keys",
@@ -66,7 +68,7 @@ def convert_command(
     An existing DST is refused (exit 2) unless --force is given.
     """
     with progress_bars() as bars:
-        report = convert(
+        report = statevault.convert(
             src,
             dst,
             dtype=dtype,

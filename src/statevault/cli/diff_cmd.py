@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+import statevault
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
-from statevault.tools.diffing import diff
 
 
 @click.command("diff")
@@ -39,7 +39,7 @@ def diff_command(
     parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
     with progress_bar("comparing", a, b) as bar:
-        report = diff(a, b, atol=atol, rtol=rtol, progress=bar)
+        report = statevault.diff(a, b, atol=atol, rtol=rtol, progress=bar)
     if as_json:
         emit_json(report.to_dict())
     else:

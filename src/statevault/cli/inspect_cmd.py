@@ -9,9 +9,9 @@ import click
 from rich.markup import escape
 from rich.tree import Tree
 
-from statevault.cli._output import emit_json, human_bytes, stdout_console
-from statevault.reports.display import NAME_CHARS, VALUE_CHARS, shown
-from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
+import statevault
+from statevault import CheckpointSummary, ModuleNode, shown
+from statevault.cli._output import NAME_CHARS, VALUE_CHARS, emit_json, human_bytes, stdout_console
 
 
 def _text(text: str, limit: int = NAME_CHARS) -> str:
@@ -130,7 +130,7 @@ def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
     weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
     checkpoint-N, accelerate save_state). Only headers are read.
     """
-    summary = inspect(path)
+    summary = statevault.inspect(path)
     if as_json:
         emit_json(summary.to_dict())
     else:

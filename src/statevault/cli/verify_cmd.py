@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+import statevault
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
-from statevault.tools.verification import verify
 
 
 @click.command("verify")
@@ -22,7 +22,7 @@ def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
     130 interrupted.
     """
     with progress_bar("verifying", path) as bar:
-        report = verify(path, progress=bar)
+        report = statevault.verify(path, progress=bar)
     if as_json:
         emit_json(report.to_dict())
     else:
