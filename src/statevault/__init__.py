@@ -38,7 +38,8 @@ from statevault.reports.display import shown
 from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
-from statevault.tools.diffing import DiffReport, TensorDelta, diff
+from statevault.tools.diff_report import DiffReport, TensorDelta
+from statevault.tools.diffing import diff
 from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
 from statevault.tools.verification import BadTensor, VerifyReport, verify
 

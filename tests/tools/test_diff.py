@@ -11,7 +11,7 @@ import torch
 
 import statevault
 from helpers.samples import all_dtypes, legacy_state, random_tensor, training_state
-from statevault.tools import diffing
+from statevault.tools import diff_streams
 
 
 def _save(path: Path, obj: object) -> Path:
@@ -86,7 +86,7 @@ def test_chunked_result_equals_one_shot(tmp_path: Path, monkeypatch: pytest.Monk
     y = x + torch.linspace(-1, 1, 1000)
     a, b = _save(tmp_path / "a", {"w": x}), _save(tmp_path / "b", {"w": y})
     whole = statevault.diff(a, b, atol=0.5).tensors[0]
-    monkeypatch.setattr(diffing, "CHUNK_ELEMENTS", 7)  # 143 uneven chunks
+    monkeypatch.setattr(diff_streams, "CHUNK_ELEMENTS", 7)  # 143 uneven chunks
     chunked = statevault.diff(a, b, atol=0.5).tensors[0]
     assert chunked.mismatched == whole.mismatched == int(((x - y).abs() > 0.5).sum())
     assert chunked.max_abs == whole.max_abs

@@ -13,7 +13,7 @@ import torch
 
 import statevault
 from statevault.engine.transfer import VERIFY_CHUNK_BYTES
-from statevault.tools import diffing
+from statevault.tools import diff_streams
 
 
 def _save(path: Path, obj: object) -> Path:
@@ -23,7 +23,7 @@ def _save(path: Path, obj: object) -> Path:
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    monkeypatch.setattr(diffing, "CHUNK_ELEMENTS", 64)  # every tensor below streams in chunks
+    monkeypatch.setattr(diff_streams, "CHUNK_ELEMENTS", 64)  # every tensor below streams in chunks
     yield 64
 
 
