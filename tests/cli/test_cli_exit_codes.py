@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import struct
 import subprocess
@@ -157,9 +158,9 @@ def test_convert_refuses_an_existing_destination_unless_forced(tmp_path: Path) -
 
 
 def test_library_messages_name_no_cli_flags() -> None:
-    with pytest.raises(ValueError) as no_match:
-        select(["a.w", "b.w"], keys="^z", strip_prefix=[])
-    with pytest.raises(ValueError) as collision:
+    with pytest.raises(statevault.InvalidArgumentError) as no_match:
+        select(["a.w", "b.w"], keys=re.compile("^z"), strip_prefix=[])
+    with pytest.raises(statevault.KeyMappingError) as collision:
         select(["x.c", "c"], keys=None, strip_prefix=["x."])
     for caught in (no_match, collision):
         assert "--" not in str(caught.value)

@@ -26,7 +26,7 @@ def test_shown_escapes_every_control_character_and_shortens_with_the_length() ->
     assert shown("\u202eabc\u2028") == "\\u202eabc\\u2028"
     assert shown("plain é ü 中") == "plain é ü 中"  # printable text is left alone
     long = "\x1b" + "x" * 10_000_000
-    text = shown(long, 50)
+    text = shown(long, limit=50)
     assert text == "\\x1b" + "x" * 49 + "…(10000001 chars)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_pt_converts_to_an_equal_statevault_file(tmp_path: Path, legacy: bool) -
     assert loaded["model"]["head.weight"] is loaded["model"]["embed.weight"]  # still tied
     assert report.source_kind == ("torch-legacy" if legacy else "torch")
     assert report.file_size == dst.stat().st_size
-    assert statevault.verify(dst).ok and statevault.diff(src, dst).equal
+    assert statevault.verify(dst).ok and statevault.diff(src, dst).ok
 
 
 def test_statevault_file_round_trips_with_every_dtype(tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def test_cast_touches_only_floating_tensors_and_keeps_ties(tmp_path: Path) -> No
         if t.is_floating_point() and t.dtype != torch.bfloat16
     }
     assert report.cast == len(floating)  # each distinct tensor once; tied ones share a cast
-    with pytest.raises(ValueError, match="floating-point"):
+    with pytest.raises(statevault.InvalidArgumentError, match="floating-point"):
         statevault.convert(src, dst, dtype="int8")
 
 
@@ -91,14 +92,56 @@ def test_select_is_pure_and_refuses_collisions_and_empty_results() -> None:
         {"a": "module.a", "b": "module.b", "c": "c"},
         [],
     )
-    assert select(names, keys="b$", strip_prefix=[]) == (
+    assert select(names, keys=re.compile("b$"), strip_prefix=[]) == (
         {"module.b": "module.b"},
         ["module.a", "c"],
     )
-    with pytest.raises(ValueError, match="would both be named 'c'"):
+    with pytest.raises(statevault.KeyMappingError, match="would both be named 'c'"):
         select(["x.c", "c"], keys=None, strip_prefix=["x."])
-    with pytest.raises(ValueError, match="no tensor name matches"):
-        select(names, keys="nothing", strip_prefix=[])
+    with pytest.raises(statevault.KeyMappingError, match="leaves an empty name"):
+        select(["x."], keys=None, strip_prefix=["x."])
+    with pytest.raises(statevault.InvalidArgumentError, match="no tensor name matches"):
+        select(names, keys=re.compile("nothing"), strip_prefix=[])
+
+
+def test_strip_prefix_takes_one_prefix_as_a_str_not_its_characters(tmp_path: Path) -> None:
+    src = tmp_path / "a.sv"
+    statevault.save({"model.fc.bias": torch.ones(2), "model.fc.weight": torch.ones(2, 2)}, src)
+    one = statevault.convert(src, tmp_path / "one.sv", strip_prefix="model.")
+    several = statevault.convert(src, tmp_path / "several.sv", strip_prefix=("x.", "model."))
+    assert list(statevault.load(tmp_path / "one.sv")) == ["fc.bias", "fc.weight"]
+    assert list(statevault.load(tmp_path / "several.sv")) == ["fc.bias", "fc.weight"]
+    assert one.renamed == several.renamed == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({"strip_prefix": 1}, "strip_prefix"),
+        ({"strip_prefix": ["model.", 1]}, "strip_prefix"),
+        ({"keys": 1}, "keys"),
+        ({"keys": "("}, "keys='\\('"),
+        ({"dtype": "int8"}, "dtype='int8'"),
+        ({"dtype": 16}, "dtype=16"),
+    ],
+)
+def test_bad_arguments_are_invalid_argument_errors_before_anything_is_read(
+    tmp_path: Path, options: dict[str, object], names: str
+) -> None:
+    src, dst = tmp_path / "a.sv", tmp_path / "out.sv"
+    statevault.save({"model.w": torch.ones(1)}, src)
+    with pytest.raises(statevault.InvalidArgumentError, match=names):
+        statevault.convert(src, dst, **options)  # type: ignore[arg-type]
+    assert not dst.exists()
+
+
+def test_a_path_argument_of_the_wrong_type_is_an_invalid_argument_error(tmp_path: Path) -> None:
+    src = tmp_path / "a.sv"
+    statevault.save({"w": torch.ones(1)}, src)
+    with pytest.raises(statevault.InvalidArgumentError, match="destination must be a path"):
+        statevault.convert(src, 123)  # type: ignore[arg-type]
+    with pytest.raises(statevault.InvalidArgumentError, match="source must be a path"):
+        statevault.convert(None, tmp_path / "b.sv")  # type: ignore[arg-type]
 
 
 def test_refused_pickle_is_never_unpickled_and_nothing_is_written(tmp_path: Path) -> None:
@@ -135,5 +178,5 @@ def test_index_and_shards_must_agree(tmp_path: Path) -> None:
 def test_destination_must_not_be_the_source(tmp_path: Path) -> None:
     src = tmp_path / "a.sv"
     statevault.save({"w": torch.ones(1)}, src)
-    with pytest.raises(ValueError, match="destination"):
+    with pytest.raises(statevault.InvalidArgumentError, match="destination"):
         statevault.convert(src, src)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import statevault
 from helpers.samples import flip_byte, training_state, write_sharded
@@ -108,3 +111,63 @@ def test_sharded_directory_names_damaged_tensor_and_its_shard(tmp_path: Path) ->
     report = statevault.verify(directory)
     assert not report.ok and report.checksummed
     assert [(b.name, Path(b.file).name) for b in report.bad] == [("w1", second.name)]
+
+
+@pytest.mark.parametrize(
+    ("name", "save_options", "method"),
+    [
+        ("zip.pt", {}, "zip CRC-32 of every entry"),
+        ("model.bin", {}, "zip CRC-32 of every entry"),  # the suffix does not decide
+        ("legacy.pt", {"_use_new_zipfile_serialization": False}, "nothing to check"),
+    ],
+)
+def test_a_healthy_torch_file_is_ok_not_corrupt(
+    tmp_path: Path, name: str, save_options: dict[str, bool], method: str
+) -> None:
+    path = tmp_path / name
+    torch.save(nn.Linear(3, 2).state_dict(), path, **save_options)  # type: ignore[arg-type]
+    report = statevault.verify(path)
+    assert report.ok and report.header_error is None and report.bad == ()
+    assert report.method == method and "DAMAGED" not in str(report)
+    assert str(report).startswith(f"{path}: OK")
+
+
+def test_a_healthy_torch_zip_that_needs_a_full_unpickler_is_still_ok(tmp_path: Path) -> None:
+    """Its CRC-32s are checked without unpickling it: the arguments object is no damage."""
+    path = tmp_path / "trainer.pt"
+    torch.save({"w": torch.ones(4), "args": argparse.Namespace(lr=0.1)}, path)
+    report = statevault.verify(path)
+    assert report.ok and report.tensors_checked > 0
+
+
+def test_a_legacy_torch_file_the_safe_loader_refuses_is_not_called_corrupt(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "legacy_args.pt"
+    state = {"w": torch.ones(4), "args": argparse.Namespace(lr=0.1)}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(statevault.UnsupportedObjectError) as caught:
+        statevault.verify(path)
+    assert not isinstance(caught.value, statevault.CorruptFileError)
+    assert "arbitrary code" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threads": 0}, "threads must be None or an int >= 1"),
+        ({"threads": "4"}, "threads must be None or an int >= 1"),
+        ({"threads": True}, "threads must be None or an int >= 1"),
+    ],
+)
+def test_bad_thread_counts_are_invalid_argument_errors(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(statevault.InvalidArgumentError, match=message):
+        statevault.verify(_saved(tmp_path), **options)  # type: ignore[arg-type]
+
+
+def test_a_source_of_the_wrong_type_is_an_invalid_argument_error() -> None:
+    for tool in (statevault.verify, statevault.inspect):
+        with pytest.raises(statevault.InvalidArgumentError, match="source must be a path"):
+            tool(123)  # type: ignore[arg-type]

@@ -71,9 +71,9 @@ def print_report(text: str, *, headline_style: str) -> None:
     """
     console = stdout_console()
     headline, *rest = text.splitlines() or [""]
-    console.print(f"[{headline_style}]{escape(shown(headline, len(headline)))}[/]")
+    console.print(f"[{headline_style}]{escape(shown(headline, limit=len(headline)))}[/]")
     for line in rest:
-        console.print(escape(shown(line, len(line))))
+        console.print(escape(shown(line, limit=len(line))))
 
 
 def emit_json(data: Any) -> None:
@@ -136,7 +136,7 @@ class Bars:
     def bar(self, verb: str, *paths: str) -> _Bar:
         """A new, hidden bar for ``verb NAME [with NAME]``: file names (not whole paths,
         which would crowd out the bar), escaped and shortened."""
-        names = [escape(shown(PurePath(path).name or path, 48)) for path in paths]
+        names = [escape(shown(PurePath(path).name or path, limit=48)) for path in paths]
         return _Bar(self._progress, " ".join([verb, " with ".join(names)]))
 
 

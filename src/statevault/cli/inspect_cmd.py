@@ -16,7 +16,7 @@ from statevault.cli._output import NAME_CHARS, VALUE_CHARS, emit_json, human_byt
 
 def _text(text: str, limit: int = NAME_CHARS) -> str:
     """File-supplied text ready for rich: control characters escaped, shortened, no markup."""
-    return escape(shown(text, limit))
+    return escape(shown(text, limit=limit))
 
 
 def _leaf_label(node: ModuleNode) -> str:
@@ -106,8 +106,8 @@ def state_lines(value: Any, path: str = "") -> list[tuple[str, str]]:
 def _value_text(value: Any) -> str:
     """A leaf as shown: JSON-like, escaped and shortened (a 100 MB string costs ~nothing)."""
     if isinstance(value, str):
-        return f'"{shown(value, VALUE_CHARS)}"'
-    return shown(json.dumps(value, ensure_ascii=False), VALUE_CHARS)
+        return f'"{shown(value, limit=VALUE_CHARS)}"'
+    return shown(json.dumps(value, ensure_ascii=False), limit=VALUE_CHARS)
 
 
 def _join(path: str, key: str) -> str:

@@ -25,7 +25,7 @@ def _escape_table() -> dict[int, str]:
 _ESCAPES = _escape_table()  # constant, built once: str.translate needs the mapping
 
 
-def shown(text: str, limit: int = NAME_CHARS) -> str:
+def shown(text: str, *, limit: int = NAME_CHARS) -> str:
     """``text`` with control characters escaped, cut at ``limit`` characters with its length.
 
     Shortened first, so the cost is bounded by ``limit`` whatever the length of ``text``.
@@ -38,5 +38,5 @@ def shown(text: str, limit: int = NAME_CHARS) -> str:
 def shown_value(value: Any, limit: int = VALUE_CHARS) -> str:
     """``repr(value)`` as :func:`shown` shows it; a long string is cut before ``repr`` runs."""
     if isinstance(value, str) and len(value) > limit:
-        return f"{shown(repr(value[:limit]), 2 * limit)}…({len(value)} chars)"
-    return shown(repr(value), limit)
+        return f"{shown(repr(value[:limit]), limit=2 * limit)}…({len(value)} chars)"
+    return shown(repr(value), limit=limit)

@@ -20,8 +20,8 @@ import torch
 
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
-from statevault.errors import DestinationExistsError
-from statevault.fileformat.dtypes import float_dtype
+from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
+from statevault.fileformat.dtypes import dtype_name, float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.readers.base import Reader
 from statevault.readers.dispatch import open_checkpoint
@@ -29,6 +29,7 @@ from statevault.readers.files import SafetensorsInput, ShardedInput
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
+from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
 
 
 @dataclass(frozen=True)
@@ -76,28 +77,33 @@ class ConvertReport:
 
 
 def select(
-    names: Sequence[str], *, keys: str | None, strip_prefix: Sequence[str]
+    names: Sequence[str], *, keys: re.Pattern[str] | None, strip_prefix: Sequence[str]
 ) -> tuple[dict[str, str], list[str]]:
     """({new name: source name}, dropped names) after filtering and prefix stripping. Pure."""
-    pattern = re.compile(keys) if keys is not None else None
     chosen: dict[str, str] = {}
     dropped: list[str] = []
     for name in names:
-        if pattern is not None and not pattern.search(name):
+        if keys is not None and not keys.search(name):
             dropped.append(name)
             continue
         new = next((name[len(p) :] for p in strip_prefix if p and name.startswith(p)), name)
         if not new:
-            raise ValueError(f"stripping a prefix from {name!r} leaves an empty name")
+            raise KeyMappingError(
+                f"strip_prefix: stripping a prefix from {name!r} leaves an empty name; "
+                "strip a shorter prefix or leave the key out with keys="
+            )
         if new in chosen:
-            raise ValueError(
+            raise KeyMappingError(
                 f"after stripping prefixes, {chosen[new]!r} and {name!r} would both be named "
                 f"{new!r}; narrow the key pattern or strip a longer prefix"
             )
         chosen[new] = name
     if not chosen:
         sample = ", ".join(capped(list(names), 5)) or "(the source has no tensors)"
-        raise ValueError(f"no tensor name matches the pattern {keys!r}; names look like: {sample}")
+        pattern = keys.pattern if keys is not None else None
+        raise InvalidArgumentError(
+            f"keys={pattern!r}: no tensor name matches the pattern; names look like: {sample}"
+        )
     return chosen, dropped
 
 
@@ -130,6 +136,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_destination(source: Path, destination: Path, *, overwrite: bool) -> None:
+    if _same_file(source, destination) or destination.is_dir():
+        raise InvalidArgumentError(
+            f"{destination}: destination must be a new file, not the source or a directory"
+        )
+    if not overwrite and (destination.exists() or destination.is_symlink()):
+        raise DestinationExistsError(
+            f"{destination}: already exists; convert() replaces a file only when told to "
+            "(overwrite=True), then atomically",
+            str(destination),
+        )
+
+
 def _source_metadata(source: Reader) -> dict[str, str]:
     metadata = dict(source.metadata)
     if isinstance(source, ShardedInput):
@@ -137,89 +156,102 @@ def _source_metadata(source: Reader) -> dict[str, str]:
     return metadata
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """What convert read: the object to write and how the key selection changed it."""
+
+    obj: Any
+    dropped: tuple[str, ...] = ()
+    renamed: int = 0
+
+
+def _read_selected(
+    source: Reader,
+    keys: re.Pattern[str] | None,
+    strip_prefix: tuple[str, ...],
+    progress: Progress | None,
+) -> _Selection:
+    """The flat ``name -> tensor`` dict of the tensors ``keys`` selects, prefixes stripped."""
+    chosen, dropped = select(source.keys(), keys=keys, strip_prefix=strip_prefix)
+    if progress is not None:
+        progress.start(sum(source.resolve(n).nbytes for n in chosen.values()))
+    flat = source.read(list(chosen.values()), progress=progress)
+    renamed = sum(new != old for new, old in chosen.items())
+    return _Selection({new: flat[old] for new, old in chosen.items()}, tuple(dropped), renamed)
+
+
+def _read_whole(source: Reader, progress: Progress | None) -> _Selection:
+    """Everything as saved: nested state, non-tensor values, tied weights."""
+    total = sum(meta.nbytes for meta in source.tensors.values())
+    if progress is not None:
+        progress.start(total)
+    if isinstance(source, (SafetensorsInput, ShardedInput)):
+        flat = source.read(progress=progress)
+        return _Selection(flat if source.tree is None else unflatten(source.tree, flat.__getitem__))
+    obj = source.load()
+    if progress is not None:
+        progress.advance(total)
+    return _Selection(obj)
+
+
 def convert(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype | None = None,
     keys: str | None = None,
-    strip_prefix: Sequence[str] = (),
+    strip_prefix: str | Sequence[str] | None = None,
     checksum: bool = True,
     overwrite: bool = False,
     progress: Progress | None = None,
     write_progress: Progress | None = None,
 ) -> ConvertReport:
-    """Write ``src`` (any supported kind) as a statevault file at ``dst``, atomically.
+    """Write ``source`` (any supported kind) as a statevault file at ``destination``, atomically.
 
     ``dtype`` casts floating-point tensors (ints, bools and complex stay as they are);
-    ``keys`` is a regular expression searched in each tensor name; ``strip_prefix`` removes
-    the first matching prefix from each name. ``.pt`` files are read only through torch's
-    weights-only loader; a file it refuses raises :class:`UnsupportedObjectError`. An
-    existing ``dst`` raises :class:`DestinationExistsError` unless ``overwrite=True``; it is
-    then replaced atomically (readers see the old file or the new one, never a mix).
-    ``progress`` hears the reading, ``write_progress`` the writing (two phases, two bars).
+    ``keys`` is a regular expression searched in each tensor name; ``strip_prefix`` (one
+    prefix or several) removes the first matching prefix from each name. ``.pt`` files are
+    read only through torch's weights-only loader; a file it refuses raises
+    :class:`UnsupportedObjectError`. An existing ``destination`` raises
+    :class:`DestinationExistsError` unless ``overwrite=True``; it is then replaced atomically
+    (readers see the old file or the new one, never a mix). ``progress`` hears the reading,
+    ``write_progress`` the writing (two phases, two bars).
 
     Example::
 
         statevault.convert("pytorch_model.bin", "model.safetensors", dtype="bf16")
         statevault.convert("last.ckpt", "weights.safetensors",
-                           keys=r"^state_dict\\.", strip_prefix=["state_dict.model."])
+                           keys=r"^state_dict\\.", strip_prefix="state_dict.model.")
     """
     target = float_dtype(dtype) if dtype is not None else None
-    src_path, dst_path = Path(src), Path(dst)
-    if _same_file(src_path, dst_path) or dst_path.is_dir():
-        raise ValueError(f"{dst}: destination must be a new file, not the source or a directory")
-    if not overwrite and (dst_path.exists() or dst_path.is_symlink()):
-        raise DestinationExistsError(
-            f"{dst}: already exists; convert() replaces a file only when told to "
-            "(overwrite=True), then atomically",
-            str(dst),
-        )
-    if progress is not None and src_path.is_file():
+    pattern, stripped = key_pattern(keys), prefixes(strip_prefix)
+    source_path = checkpoint_path(source)
+    destination_path = checkpoint_path(destination, argument="destination")
+    _check_destination(source_path, destination_path, overwrite=overwrite)
+    if progress is not None and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
-        progress.start(src_path.stat().st_size)
-    with open_checkpoint(src_path) as source:
-        flattened = keys is not None or bool(strip_prefix)
-        dropped: list[str] = []
-        renamed = 0
+        progress.start(source_path.stat().st_size)
+    flattened = pattern is not None or bool(stripped)
+    with open_checkpoint(source_path) as opened:
         if flattened:
-            chosen, dropped = select(source.keys(), keys=keys, strip_prefix=strip_prefix)
-            if progress is not None:
-                progress.start(sum(source.resolve(n).nbytes for n in chosen.values()))
-            flat = source.read(list(chosen.values()), progress=progress)
-            obj: Any = {new: flat[old] for new, old in chosen.items()}
-            renamed = sum(new != old for new, old in chosen.items())
+            selection = _read_selected(opened, pattern, stripped, progress)
         else:
-            total = sum(meta.nbytes for meta in source.tensors.values())
-            if progress is not None:
-                progress.start(total)
-            if isinstance(source, (SafetensorsInput, ShardedInput)):
-                flat = source.read(progress=progress)
-                obj = flat if source.tree is None else unflatten(source.tree, flat.__getitem__)
-            else:
-                obj = source.load()
-                if progress is not None:
-                    progress.advance(total)
-        cast = 0
+            selection = _read_whole(opened, progress)
+        obj, cast = selection.obj, 0
         if target is not None:
             obj, cast = cast_floating(obj, target)
         _, written = flatten(obj)
-        save(
-            obj,
-            dst_path,
-            metadata=_source_metadata(source),
-            checksum=checksum,
-            progress=write_progress,
-        )
+        metadata = _source_metadata(opened)
+        save(obj, destination_path, metadata=metadata, checksum=checksum, progress=write_progress)
         return ConvertReport(
-            source=source.label,
-            destination=str(dst_path),
-            source_kind=source.kind,
+            source=opened.label,
+            destination=str(destination_path),
+            source_kind=opened.kind,
             tensors=len(written),
-            file_size=dst_path.stat().st_size,
-            dropped=tuple(dropped),
-            renamed=renamed,
+            file_size=destination_path.stat().st_size,
+            dropped=selection.dropped,
+            renamed=selection.renamed,
             cast=cast,
-            dtype=str(target).removeprefix("torch.") if target is not None else None,
+            dtype=dtype_name(target) if target is not None else None,
             flattened=flattened,
         )

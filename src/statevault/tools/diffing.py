@@ -16,6 +16,7 @@ from typing import Any
 from statevault.engine.progress import Progress
 from statevault.readers.base import Reader
 from statevault.readers.dispatch import open_checkpoint
+from statevault.tools.arguments import checkpoint_path, tolerance
 from statevault.tools.diff_report import DiffReport
 from statevault.tools.diff_streams import compare_values
 from statevault.tools.inspection import state_leaves
@@ -91,15 +92,17 @@ def diff(
 ) -> DiffReport:
     """Compare two checkpoints of any supported kind (statevault, safetensors, .pt, sharded).
 
+    ``report.ok`` is True when nothing differs beyond ``|a - b| <= atol + rtol * |b|``.
+
     Checksums are verified while reading, so a damaged file raises
     :class:`ChecksumMismatchError` rather than showing up as a numeric difference.
 
     Example::
 
         report = statevault.diff("step1000.safetensors", "step2000.safetensors", atol=1e-6)
-        print(report.equal, [t.name for t in report.different])
+        print(report.ok, [t.name for t in report.different])
     """
-    if atol < 0 or rtol < 0:
-        raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-    with open_checkpoint(a) as left, open_checkpoint(b) as right:
+    atol, rtol = tolerance(atol, argument="atol"), tolerance(rtol, argument="rtol")
+    path_a, path_b = checkpoint_path(a, argument="a"), checkpoint_path(b, argument="b")
+    with open_checkpoint(path_a) as left, open_checkpoint(path_b) as right:
         return _compare(left, right, atol=atol, rtol=rtol, progress=progress)

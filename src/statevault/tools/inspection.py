@@ -18,6 +18,7 @@ from statevault.engine.temps import describe_temporaries
 from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
+from statevault.tools.arguments import checkpoint_path
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def state_leaves(skeleton: Skeleton | None) -> dict[str, Any]:
     return leaves
 
 
-def summarize(source: Reader) -> CheckpointSummary:
+def _summarize(source: Reader) -> CheckpointSummary:
     """The summary of an already opened input (no tensor data is read)."""
     return CheckpointSummary(
         path=source.label,
@@ -235,7 +236,7 @@ def summarize(source: Reader) -> CheckpointSummary:
     )
 
 
-def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
+def inspect(source: str | os.PathLike[str]) -> CheckpointSummary:
     """Summarise a checkpoint without reading its tensors.
 
     Works on statevault and plain safetensors files (header only), Hugging Face sharded
@@ -247,8 +248,9 @@ def inspect(path: str | os.PathLike[str]) -> CheckpointSummary:
         summary = statevault.inspect("ckpt.safetensors")
         print(summary.numel, summary.state["epoch"])
     """
-    with open_checkpoint(path) as source:
-        summary = summarize(source)
-    if os.path.isdir(path):  # what killed saves left beside the shards
+    path = checkpoint_path(source)
+    with open_checkpoint(path) as opened:
+        summary = _summarize(opened)
+    if path.is_dir():  # what killed saves left beside the shards
         summary = replace(summary, notes=tuple(describe_temporaries(path)))
     return summary

@@ -26,6 +26,7 @@ from statevault.readers.safetensors_file import Checkpoint
 from statevault.readers.sniff import sniff
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
+from statevault.tools.arguments import checkpoint_path, thread_count
 from statevault.tools.torchzip import check_zip
 
 XXH3 = "checksums"  # xxh3-64 per tensor, plus the header digest
@@ -87,7 +88,8 @@ class VerifyReport:
     def __str__(self) -> str:
         path = shown(self.path)
         if self.header_error is not None:
-            return f"{path}: DAMAGED header: {shown(self.header_error, len(self.header_error))}"
+            error = shown(self.header_error, limit=len(self.header_error))
+            return f"{path}: DAMAGED header: {error}"
         what = "zip entries" if self.method == ZIP_CRC else "tensor(s)"
         if self.bad:
             check = "CRC-32" if self.method == ZIP_CRC else f"{ALGORITHM} checksum"
@@ -200,7 +202,7 @@ def _verify_torch_zip(path: Path, progress: Progress | None, threads: int | None
 
 
 def verify(
-    path: str | os.PathLike[str],
+    source: str | os.PathLike[str],
     *,
     progress: Progress | None = None,
     threads: int | None = None,
@@ -224,7 +226,8 @@ def verify(
         if not report.ok:
             print(report)  # names each damaged tensor
     """
-    where = Path(path)
+    where = checkpoint_path(source)
+    threads = thread_count(threads)
     try:
         kind = sniff(where) if where.is_file() else None
         if kind == "torch":
@@ -239,15 +242,15 @@ def verify(
                 return _verify_files(str(where), _kind(checkpoint), files, progress, threads)
         if kind == "torch-legacy" and progress is not None:
             progress.start(where.stat().st_size)  # torch reads it in full to check it loads
-        source = open_checkpoint(where)
+        opened = open_checkpoint(where)
         if kind == "torch-legacy" and progress is not None:
             progress.advance(where.stat().st_size)
     except NotACheckpointError:
         raise
     except CorruptFileError as exc:
-        return VerifyReport(path=str(path), header_error=str(exc))
-    with source:
-        return _verify_leaves(where, source.label, source.kind, source.leaves(), progress, threads)
+        return VerifyReport(path=str(where), header_error=str(exc))
+    with opened:
+        return _verify_leaves(where, opened.label, opened.kind, opened.leaves(), progress, threads)
 
 
 def _verify_leaves(
