@@ -46,7 +46,7 @@ def measure(operation: str, paths: list[str]) -> dict[str, Any]:
     elif operation == "verify":
         result = [statevault.verify(p).ok for p in paths]
     elif operation == "diff":
-        result = statevault.diff(paths[0], paths[1]).equal
+        result = statevault.diff(paths[0], paths[1]).ok
     else:
         raise SystemExit(f"unknown operation {operation}")
     seconds = time.perf_counter() - start

@@ -24,7 +24,7 @@ def test_file_equals_itself_with_every_dtype_and_nan(tmp_path: Path) -> None:
     a = _save(tmp_path / "a.safetensors", state)
     b = _save(tmp_path / "b.safetensors", state)
     report = statevault.diff(a, b)
-    assert report.equal, str(report)
+    assert report.ok, str(report)
     assert len(report.tensors) == len(statevault.inspect(a).tensors)  # tied pair compared once
 
 
@@ -33,7 +33,7 @@ def test_statevault_file_equals_its_legacy_pt_source(tmp_path: Path) -> None:
     pt = tmp_path / "ckpt.pt"
     torch.save(state, pt, _use_new_zipfile_serialization=False)
     report = statevault.diff(pt, _save(tmp_path / "ckpt.safetensors", state))
-    assert report.equal, str(report)
+    assert report.ok, str(report)
 
 
 def test_every_kind_of_difference_is_reported(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_every_kind_of_difference_is_reported(tmp_path: Path) -> None:
     other["new"] = torch.zeros(1)
     del other["gone"]
     report = statevault.diff(_save(tmp_path / "a", base), _save(tmp_path / "b", other))
-    assert not report.equal
+    assert not report.ok
     assert report.only_a == ("gone",) and report.only_b == ("new",)
     assert report.shape_changes == (("grow", (2,), (3,)),)
     assert report.dtype_changes == (("cast", "float32", "float64"),)
@@ -55,19 +55,24 @@ def test_every_kind_of_difference_is_reported(tmp_path: Path) -> None:
     assert vals.max_abs == pytest.approx(float((a - b).abs().max()))
     assert vals.rel_l2 == pytest.approx(float(torch.linalg.norm(a - b) / torch.linalg.norm(b)))
     cast = next(t for t in report.tensors if t.name == "cast")
-    assert cast.equal  # same values, only the dtype changed
+    assert cast.ok  # same values, only the dtype changed
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
-    assert data["equal"] is False and data["only_a"] == ["gone"]
+    assert data["ok"] is False and data["only_a"] == ["gone"]
 
 
 def test_tolerances_decide_equality(tmp_path: Path) -> None:
     a = _save(tmp_path / "a", {"w": torch.tensor([1.0, 100.0])})
     b = _save(tmp_path / "b", {"w": torch.tensor([1.001, 100.05])})
-    assert not statevault.diff(a, b).equal
-    assert not statevault.diff(a, b, atol=1e-3).equal  # 0.05 off at 100
-    assert statevault.diff(a, b, atol=1e-3, rtol=1e-3).equal
-    with pytest.raises(ValueError):
-        statevault.diff(a, b, atol=-1)
+    assert not statevault.diff(a, b).ok
+    assert not statevault.diff(a, b, atol=1e-3).ok  # 0.05 off at 100
+    assert statevault.diff(a, b, atol=1e-3, rtol=1e-3).ok
+    for bad in (-1, float("nan"), float("inf"), "0.1", True):
+        with pytest.raises(statevault.InvalidArgumentError, match="atol must be a finite number"):
+            statevault.diff(a, b, atol=bad)  # type: ignore[arg-type]
+    with pytest.raises(statevault.InvalidArgumentError, match="rtol must be a finite number"):
+        statevault.diff(a, b, rtol=-1e-9)
+    with pytest.raises(statevault.InvalidArgumentError, match="b must be a path"):
+        statevault.diff(a, 7)  # type: ignore[arg-type]
 
 
 def test_nan_in_the_same_place_is_equal_elsewhere_not(tmp_path: Path) -> None:
@@ -75,7 +80,7 @@ def test_nan_in_the_same_place_is_equal_elsewhere_not(tmp_path: Path) -> None:
     a = _save(tmp_path / "a", {"w": torch.tensor([nan, 1.0])})
     b = _save(tmp_path / "b", {"w": torch.tensor([nan, 1.0])})
     c = _save(tmp_path / "c", {"w": torch.tensor([1.0, nan])})
-    assert statevault.diff(a, b).equal
+    assert statevault.diff(a, b).ok
     delta = statevault.diff(a, c).tensors[0]
     assert delta.mismatched == 2 and math.isinf(delta.max_abs or 0.0)
     assert json.dumps(statevault.diff(a, c).to_dict(), allow_nan=False)  # still valid JSON

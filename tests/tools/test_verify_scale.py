@@ -112,7 +112,7 @@ def test_diff_of_200k_tensors_reads_each_side_in_batches(
 
     monkeypatch.setattr(TensorTable, "__iter__", counted_iter)
     report = statevault.diff(many, many)
-    assert report.equal and len(report.tensors) == COUNT
+    assert report.ok and len(report.tensors) == COUNT
     assert counts.digests == 2 * COUNT  # both sides verified, each tensor hashed once
     assert counts.reads <= 2 * _read_budget(many)
     assert len(walks) <= 8  # a few whole-table walks in all, not one per batch of tensors

@@ -43,6 +43,6 @@ def diff_command(
     if as_json:
         emit_json(report.to_dict())
     else:
-        print_report(str(report), headline_style="green" if report.equal else "yellow")
-    if not report.equal:
+        print_report(str(report), headline_style="green" if report.ok else "yellow")
+    if not report.ok:
         ctx.exit(EXIT_FINDING)

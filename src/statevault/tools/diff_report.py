@@ -28,7 +28,8 @@ class TensorDelta:
     rel_l2: float | None  # ||a - b|| / ||b||
 
     @property
-    def equal(self) -> bool:
+    def ok(self) -> bool:
+        """No element outside the tolerance (the one verdict name of every report)."""
         return self.mismatched == 0
 
     def __str__(self) -> str:
@@ -41,7 +42,7 @@ class TensorDelta:
 
 @dataclass(frozen=True)
 class DiffReport:
-    """Everything diff found; ``equal`` is what the exit code reports."""
+    """Everything diff found; ``ok`` (nothing differs) is what the exit code reports."""
 
     a: str
     b: str
@@ -56,10 +57,10 @@ class DiffReport:
 
     @property
     def different(self) -> tuple[TensorDelta, ...]:
-        return tuple(t for t in self.tensors if not t.equal)
+        return tuple(t for t in self.tensors if not t.ok)
 
     @property
-    def equal(self) -> bool:
+    def ok(self) -> bool:
         return not (
             self.only_a
             or self.only_b
@@ -73,7 +74,7 @@ class DiffReport:
         return {
             "a": self.a,
             "b": self.b,
-            "equal": self.equal,
+            "ok": self.ok,
             "atol": self.atol,
             "rtol": self.rtol,
             "only_a": list(self.only_a),
@@ -89,7 +90,7 @@ class DiffReport:
             "tensors": [
                 {
                     "name": t.name,
-                    "equal": t.equal,
+                    "ok": t.ok,
                     "mismatched": t.mismatched,
                     "numel": math.prod(t.shape),
                     "max_abs": _json_float(t.max_abs),
@@ -101,7 +102,7 @@ class DiffReport:
 
     def __str__(self) -> str:
         a, b = shown(self.a), shown(self.b)
-        if self.equal:
+        if self.ok:
             return (
                 f"{a} and {b} are equal: {len(self.tensors)} tensor(s) compared "
                 f"(atol={self.atol:g}, rtol={self.rtol:g})"
