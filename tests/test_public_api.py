@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
+import typing
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -92,17 +96,177 @@ def test_every_exception_we_export_is_in_the_tree() -> None:
     assert statevault.StateVaultError.__bases__ == (Exception,)
 
 
-def test_keyword_only_options() -> None:
+# -- the walk over every public callable ----------------------------------------------------
+
+# The rule for arguments that name a checkpoint (docs/api.md): ``source`` is the checkpoint a
+# function reads, ``destination`` the file it writes, ``a`` and ``b`` the two sides it compares.
+READS, WRITES, COMPARES = "source", "destination", ("a", "b")
+
+# KNOWN, TEMPORARY divergences owned by other layers' work; each entry is checked to still be
+# needed, so it must be deleted when its owner fixes it.
+KNOWN_ANNOTATION_SPLITS = {
+    # loading/: load_into & co. take one prefix and a torch.dtype; convert takes a str or a
+    # sequence of str (strip_prefix) and any dtype spelling (dtype)
+    "dtype",
+    "strip_prefix",
+}
+KNOWN_CHECKPOINT_NAMES = {
+    ("Checkpoint", "path"),  # readers/safetensors_file.py: the class is being reworked
+}
+
+
+def _callables() -> list[tuple[str, Callable[..., object]]]:
+    """Every public function and class constructor in ``__all__``.
+
+    Frozen result dataclasses (built by the library, read by users), exceptions, abstract
+    bases and the Progress protocol (implemented by users, never called by them) are left out.
+    """
+    found = []
+    for name in statevault.__all__:
+        value = getattr(statevault, name)
+        if inspect.isfunction(value):
+            found.append((name, value))
+        elif (
+            inspect.isclass(value)
+            and not issubclass(value, BaseException)
+            and not dataclasses.is_dataclass(value)
+            and not getattr(value, "_is_protocol", False)  # Progress: users implement it
+            and not inspect.isabstract(value)  # a base to implement, never constructed
+        ):
+            found.append((name, value.__init__))
+    return found
+
+
+def _parameters(function: Callable[..., object]) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
+
+
+def _hints(function: Callable[..., object]) -> dict[str, object]:
+    return typing.get_type_hints(function)
+
+
+def _flatten(annotation: object) -> Iterator[object]:
+    """An annotation and every type inside it (``str | Sequence[X]`` -> str, Sequence, X)."""
+    yield annotation
+    origin = typing.get_origin(annotation)
+    if origin is not None:
+        yield origin
+    for argument in typing.get_args(annotation):
+        if isinstance(argument, list):  # Callable[[A, B], R]
+            for item in argument:
+                yield from _flatten(item)
+        else:
+            yield from _flatten(argument)
+
+
+def _names_a_path(annotation: object) -> bool:
+    return any(t is os.PathLike for t in _flatten(annotation))
+
+
+def test_the_walk_covers_the_api() -> None:
+    names = {name for name, _ in _callables()}
+    assert {"save", "load", "load_into", "inspect", "verify", "diff", "convert"} <= names
+
+
+@pytest.mark.parametrize(
+    ("name", "function"), _callables(), ids=lambda v: getattr(v, "__qualname__", v)
+)
+def test_options_are_keyword_only_and_nothing_is_a_catch_all(
+    name: str, function: Callable[..., object]
+) -> None:
+    for parameter in _parameters(function):
+        assert parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD), name
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            # a positional is what the call is about; anything with a default is an option
+            assert parameter.default is parameter.empty, f"{name}({parameter.name}=...)"
+
+
+def test_one_parameter_name_has_one_type_everywhere() -> None:
+    seen: dict[str, dict[str, list[str]]] = {}
+    for name, function in _callables():
+        hints = _hints(function)
+        for parameter in _parameters(function):
+            annotation = repr(hints.get(parameter.name, typing.Any))
+            seen.setdefault(parameter.name, {}).setdefault(annotation, []).append(name)
+    # what a ``source`` may be depends on what reads it (a path always; the loading functions
+    # also take an open checkpoint or a state dict): its rule is checked below
+    split = {n: kinds for n, kinds in seen.items() if len(kinds) > 1 and n != READS}
+    assert set(split) - KNOWN_ANNOTATION_SPLITS == set(), split
+    assert KNOWN_ANNOTATION_SPLITS - set(split) == set(), "stale KNOWN_ANNOTATION_SPLITS entry"
+    for option in ("verify", "strict", "device", "progress", "checksum", "overwrite"):
+        assert len(seen[option]) == 1, (option, seen[option])
+
+
+def test_arguments_that_name_a_checkpoint_have_one_name_per_role() -> None:
+    found: set[tuple[str, str]] = set()
+    for name, function in _callables():
+        hints = _hints(function)
+        for parameter in _parameters(function):
+            if _names_a_path(hints.get(parameter.name)):
+                found.add((name.split(".")[0], parameter.name))
+    allowed = {READS, WRITES, *COMPARES}
+    odd = {(f, p) for f, p in found if p not in allowed}
+    assert odd - KNOWN_CHECKPOINT_NAMES == set()
+    assert KNOWN_CHECKPOINT_NAMES - odd == set(), "stale KNOWN_CHECKPOINT_NAMES entry"
+    assert {f for f, p in found if p == WRITES} == {"save", "convert"}
+    assert {f for f, p in found if p in COMPARES} == {"diff"}
+    for function, parameter in found:
+        if parameter == READS:  # whatever else a source may be, a path always is one
+            annotation = _hints(getattr(statevault, function))[READS]
+            assert _names_a_path(annotation), function
+
+
+def _public_types() -> Iterator[tuple[str, object]]:
+    """(where, annotation) for every parameter, return value and result field in the API."""
+    for name, function in _callables():
+        for key, annotation in _hints(function).items():
+            yield f"{name}({key})", annotation
+    for name in statevault.__all__:
+        value = getattr(statevault, name)
+        if dataclasses.is_dataclass(value):
+            for key, annotation in typing.get_type_hints(value).items():
+                yield f"{name}.{key}", annotation
+
+
+def test_nothing_public_takes_or_returns_a_type_that_is_not_exported() -> None:
+    hidden = set()
+    for where, annotation in _public_types():
+        for inner in _flatten(annotation):
+            module = getattr(inner, "__module__", "") or ""
+            ours = inspect.isclass(inner) and module.startswith("statevault")
+            if ours and getattr(statevault, inner.__name__, None) is not inner:
+                hidden.add((where, getattr(inner, "__qualname__", repr(inner))))
+    assert hidden == set()
+
+
+def test_positional_arguments_of_the_main_functions() -> None:
     for function, positional in [
-        (statevault.save, ["obj", "path"]),
-        (statevault.load, ["path"]),
+        (statevault.save, ["obj", "destination"]),
+        (statevault.load, ["source"]),
         (statevault.load_into, ["module", "source"]),
         (statevault.load_model, ["model", "source"]),
         (statevault.check, ["module", "source"]),
         (statevault.build_model, ["factory", "source"]),
         (statevault.materialize, ["module", "source"]),
         (statevault.open_checkpoint, ["source"]),
+        (statevault.inspect, ["source"]),
+        (statevault.verify, ["source"]),
+        (statevault.diff, ["a", "b"]),
+        (statevault.convert, ["source", "destination"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
         assert all(p.kind is p.KEYWORD_ONLY for p in parameters if p.name not in positional)
+
+
+def test_verdicts_have_one_name() -> None:
+    """Every report says whether all is well as ``ok``, in Python and in its JSON form."""
+    reports = [
+        statevault.LoadReport,
+        statevault.VerifyReport,
+        statevault.DiffReport,
+        statevault.TensorDelta,
+    ]
+    for report in reports:
+        assert isinstance(inspect.getattr_static(report, "ok"), property), report
+        assert not hasattr(report, "equal"), report

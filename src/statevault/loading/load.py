@@ -13,7 +13,7 @@ from statevault.readers.dispatch import open_checkpoint
 
 @gc_paused
 def load(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
+    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:
     """Load what :func:`save` wrote, or any checkpoint :func:`open_checkpoint` takes.
 
@@ -28,5 +28,5 @@ def load(
         state = statevault.load("ckpt.safetensors")
         optimizer.load_state_dict(state["optim"])
     """
-    with open_checkpoint(path) as checkpoint:
+    with open_checkpoint(source) as checkpoint:
         return checkpoint.load(device=device, verify=verify)

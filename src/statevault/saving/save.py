@@ -151,18 +151,18 @@ def _plan(
 @gc_paused
 def save(
     obj: Any,
-    path: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,
     checksum: bool = True,
     fsync: bool = True,
     progress: Progress | None = None,
 ) -> None:
-    """Save a module's state, a state dict, or nested training state to ``path`` atomically.
+    """Save a module's state, a state dict or training state to ``destination``, atomically.
 
     The file is a valid safetensors file. Nested structure, tied weights, exact dtypes and
     per-tensor checksums ride along as JSON in its metadata. If the process dies mid-save,
-    the previous file at ``path`` is untouched. A save that returns wrote a file that
+    the previous file at ``destination`` is untouched. A save that returns wrote a file that
     verifies, even while other threads update the tensors in place (each copied piece is
     the memory as it was when copied; not one snapshot across tensors). A symlink's target
     is replaced and keeps its mode; directories, special and unwritable files are refused;
@@ -186,4 +186,4 @@ def save(
         )
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
     # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
-    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync, progress=progress)
+    write_atomically(destination, jobs, header, checksum=checksum, fsync=fsync, progress=progress)
