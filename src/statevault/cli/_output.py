@@ -3,6 +3,7 @@
 Exit codes follow ``diff``: 0 all is well / equal, 1 a finding about a real checkpoint
 (damage, a difference), 2 the command could not do its job (not a checkpoint, missing file,
 refused input, bad option, existing destination), 130 interrupted (Ctrl-C).
+May be imported by: ``statevault.cli`` only.
 """
 
 from __future__ import annotations

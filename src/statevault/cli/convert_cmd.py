@@ -1,4 +1,7 @@
-"""``statevault convert``: .pt/.pth, safetensors or a sharded directory -> a statevault file."""
+"""``statevault convert``: .pt/.pth, safetensors or a sharded directory -> a statevault file.
+
+Calls the public function of the same name. May be imported by: ``statevault.cli`` only.
+"""
 
 from __future__ import annotations
 

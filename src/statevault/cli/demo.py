@@ -4,7 +4,7 @@ Define a tiny logistic-regression model, train it, save it, build a fresh instan
 state back (and build one straight from the file with build_model) and check the predictions
 are identical; then save a full training checkpoint
 (model + optimizer + epoch + RNG state), resume from it and check the result is bit-identical
-to a run that was never interrupted.
+to a run that was never interrupted. May be imported by: ``statevault.cli`` only.
 """
 
 from __future__ import annotations

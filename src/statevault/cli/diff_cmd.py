@@ -1,4 +1,7 @@
-"""``statevault diff``: keys, shapes, dtypes and values of two checkpoints, like ``diff``."""
+"""``statevault diff``: keys, shapes, dtypes and values of two checkpoints, like ``diff``.
+
+Calls the public function of the same name. May be imported by: ``statevault.cli`` only.
+"""
 
 from __future__ import annotations
 

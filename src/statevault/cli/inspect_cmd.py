@@ -1,4 +1,7 @@
-"""``statevault inspect``: what is inside a checkpoint, from its header alone."""
+"""``statevault inspect``: what is inside a checkpoint, from its header alone.
+
+Calls the public function of the same name. May be imported by: ``statevault.cli`` only.
+"""
 
 from __future__ import annotations
 

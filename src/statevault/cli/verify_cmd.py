@@ -1,4 +1,7 @@
-"""``statevault verify``: re-read a checkpoint and check every checksum and its header."""
+"""``statevault verify``: re-read a checkpoint and check every checksum and its header.
+
+Calls the public function of the same name. May be imported by: ``statevault.cli`` only.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ only) and Hugging Face sharded directories. Without ``keys``/``strip_prefix`` th
 object is kept as saved (nested state, non-tensor values, tied weights). With either, the
 output is the flat ``name -> tensor`` dict of the selected tensors, named as ``inspect``
 shows them, which is what extracting a model's weights from a training checkpoint needs.
+May be imported by: the public package.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Tensors are grouped into a module tree by the dots in their names (``encoder.layers.0.w``),
 with parameter counts and bytes summed per subtree. The non-tensor part of nested state
 (epoch, optimizer hyper-parameters) comes from the statevault skeleton, so it too costs no
-tensor I/O.
+tensor I/O. May be imported by: the public package and ``statevault.tools`` (diffing uses
+``state_leaves``).
 """
 
 from __future__ import annotations

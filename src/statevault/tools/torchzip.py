@@ -5,7 +5,7 @@ that is what ``verify`` can check on such a file. The check agrees with stdlib `
 (which raises ``BadZipFile`` on a mismatch) but reads each stored entry with ``pread`` into one
 small buffer and reports the CRC it found, so memory stays flat and several entries are
 checked at once (``zlib.crc32`` releases the GIL). Compressed entries, which torch does not
-write, go through ``zipfile`` itself.
+write, go through ``zipfile`` itself. May be imported by: ``statevault.tools.verification``.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Unlike ``load``, which stops at the first damaged tensor, verify keeps going and reports
 them all, so one run tells you exactly what is broken. statevault files are hashed with the
-load engine's read plan (``_scan``: batched reads, small reused buffers, a few threads), so
-the work is linear in the number of tensors and memory stays flat for any file size; torch
-zip files get the CRC-32 of every entry checked (``_torchzip``). Damage to a real checkpoint
-is a finding in the report; a file that is not a checkpoint at all raises.
+load engine's read plan (``engine.scan``: batched reads, small reused buffers, a few
+threads), so the work is linear in the number of tensors and memory stays flat for any file
+size; torch zip files get the CRC-32 of every entry checked (``torchzip``). Damage to a real
+checkpoint is a finding in the report; a file that is not a checkpoint at all raises.
+May be imported by: the public package.
 """
 
 from __future__ import annotations
