@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from statevault.loading.diagnose import Cause
+from statevault.reports.load_entries import Cause, CauseKind
 from statevault.reports.load_report import LoadReport, ShapeMismatch, group_by_module
 
 
@@ -36,9 +36,9 @@ def test_str_to_dict_and_error_message() -> None:
         source="ckpt.safetensors",
         target="Net",
         matched=("a.weight",),
-        missing=tuple(f"m{i}.weight" for i in range(30)),
+        missing_keys=[f"m{i}.weight" for i in range(30)],
         shape_mismatches=(ShapeMismatch("fc.weight", (3, 2), (2, 3)),),
-        causes=(Cause("transposed", "it is transposed", "transpose it"),),
+        causes=(Cause(CauseKind.TRANSPOSED, "it is transposed", "transpose it"),),
     )
     assert not report.ok
     text = str(report)
@@ -46,12 +46,12 @@ def test_str_to_dict_and_error_message() -> None:
     assert "Likely cause: it is transposed\n  Fix: transpose it" in text
     assert "fc.weight: checkpoint [3, 2] vs model [2, 3]" in text
     full = report.to_dict()
-    assert len(full["missing"]) == 30 and full["counts"]["missing"] == 30
+    assert len(full["missing_keys"]) == 30 and full["counts"]["missing_keys"] == 30
     assert full["shape_mismatches"] == [
         {"key": "fc.weight", "checkpoint_shape": [3, 2], "model_shape": [2, 3]}
     ]
     capped = report.to_dict(limit=20)
-    assert len(capped["missing"]) == 20 and capped["truncated"] == {"missing": 10}
+    assert len(capped["missing_keys"]) == 20 and capped["truncated"] == {"missing_keys": 10}
     json.dumps(capped)
     message = report.error_message()
     assert message.startswith(
