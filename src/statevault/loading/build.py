@@ -203,6 +203,23 @@ def _factory_name(factory: object) -> str:
     return "factory"
 
 
+def _require_factory(factory: object, call: Call) -> None:
+    """Refuse an instance (or anything not callable) where the model's class belongs."""
+    if isinstance(factory, nn.Module):
+        name = type(factory).__qualname__
+        raise UnsupportedObjectError(
+            f"build_model builds the model itself: pass the class (or a function that returns "
+            f"the model), not an instance: statevault.build_model({name}, {call.source}, "
+            f"args=(...), kwargs={{...}}). To load into the model you already have, use "
+            f"statevault.load_into(model, {call.source})"
+        )
+    if not callable(factory):
+        raise UnsupportedObjectError(
+            f"build_model: factory must be a model class or a callable returning a module, "
+            f"got {type(factory).__name__}"
+        )
+
+
 def build_model(
     factory: Callable[..., M],
     source: Source,
@@ -242,19 +259,7 @@ def build_model(
         "device": device,
     }
     call = describe_call(EntryPoint.BUILD_MODEL, _factory_name(factory), source, given)
-    if isinstance(factory, nn.Module):
-        name = type(factory).__qualname__
-        raise UnsupportedObjectError(
-            f"build_model builds the model itself: pass the class (or a function that returns "
-            f"the model), not an instance: statevault.build_model({name}, {call.source}, "
-            f"args=(...), kwargs={{...}}). To load into the model you already have, use "
-            f"statevault.load_into(model, {call.source})"
-        )
-    if not callable(factory):
-        raise UnsupportedObjectError(
-            f"build_model: factory must be a model class or a callable returning a module, "
-            f"got {type(factory).__name__}"
-        )
+    _require_factory(factory, call)
     with skip_init():
         module = factory(*args, **(kwargs or {}))
     if not isinstance(module, nn.Module):
