@@ -106,3 +106,28 @@ def test_keyword_only_options() -> None:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
         assert all(p.kind is p.KEYWORD_ONLY for p in parameters if p.name not in positional)
+
+
+LOADING_ENTRY_POINTS = [
+    statevault.load_into,
+    statevault.load_model,
+    statevault.check,
+    statevault.build_model,
+    statevault.materialize,
+]
+
+
+def test_loading_entry_points_give_each_shared_option_one_type_and_default() -> None:
+    """An option means the same in every loading entry point: same annotation, same default."""
+    seen: dict[str, tuple[object, object, str]] = {}
+    for function in LOADING_ENTRY_POINTS:
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind is not parameter.KEYWORD_ONLY:
+                continue
+            found = (parameter.annotation, parameter.default, function.__name__)
+            first = seen.setdefault(parameter.name, found)
+            assert found[:2] == first[:2], (parameter.name, first, found)
+    for option in ("prefix", "strip_prefix", "rename", "auto_fix", "dtype"):
+        assert option in seen, option
+    assert seen["dtype"][0] == "DtypeLike | None"  # every spelling float_dtype takes
+    assert seen["strip_prefix"][0] == "Prefixes | None"  # a str or a sequence of them
