@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import os
 import typing
@@ -104,12 +105,7 @@ READS, WRITES, COMPARES = "source", "destination", ("a", "b")
 
 # KNOWN, TEMPORARY divergences owned by other layers' work; each entry is checked to still be
 # needed, so it must be deleted when its owner fixes it.
-KNOWN_ANNOTATION_SPLITS = {
-    # loading/: load_into & co. take one prefix and a torch.dtype; convert takes a str or a
-    # sequence of str (strip_prefix) and any dtype spelling (dtype)
-    "dtype",
-    "strip_prefix",
-}
+KNOWN_ANNOTATION_SPLITS: set[str] = set()
 KNOWN_CHECKPOINT_NAMES = {
     ("Checkpoint", "path"),  # readers/safetensors_file.py: the class is being reworked
 }
@@ -132,6 +128,7 @@ def _callables() -> list[tuple[str, Callable[..., object]]]:
             and not dataclasses.is_dataclass(value)
             and not getattr(value, "_is_protocol", False)  # Progress: users implement it
             and not inspect.isabstract(value)  # a base to implement, never constructed
+            and not issubclass(value, enum.Enum)  # values to compare with, never constructed
         ):
             found.append((name, value.__init__))
     return found
@@ -270,3 +267,28 @@ def test_verdicts_have_one_name() -> None:
     for report in reports:
         assert isinstance(inspect.getattr_static(report, "ok"), property), report
         assert not hasattr(report, "equal"), report
+
+
+LOADING_ENTRY_POINTS = [
+    statevault.load_into,
+    statevault.load_model,
+    statevault.check,
+    statevault.build_model,
+    statevault.materialize,
+]
+
+
+def test_loading_entry_points_give_each_shared_option_one_type_and_default() -> None:
+    """An option means the same in every loading entry point: same annotation, same default."""
+    seen: dict[str, tuple[object, object, str]] = {}
+    for function in LOADING_ENTRY_POINTS:
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind is not parameter.KEYWORD_ONLY:
+                continue
+            found = (parameter.annotation, parameter.default, function.__name__)
+            first = seen.setdefault(parameter.name, found)
+            assert found[:2] == first[:2], (parameter.name, first, found)
+    for option in ("prefix", "strip_prefix", "rename", "auto_fix", "dtype"):
+        assert option in seen, option
+    assert seen["dtype"][0] == "DtypeLike | None"  # every spelling float_dtype takes
+    assert seen["strip_prefix"][0] == "Prefixes | None"  # a str or a sequence of them

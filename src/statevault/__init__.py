@@ -26,16 +26,24 @@ from statevault.errors import (
     TruncatedFileError,
     UnsupportedObjectError,
 )
-from statevault.loading.build import build_model, materialize, skip_init
-from statevault.loading.diagnose import Cause
-from statevault.loading.keymap import AppliedMapping
+from statevault.loading.build import build_model, materialize
 from statevault.loading.load import load
 from statevault.loading.load_into import check, load_into, load_model
+from statevault.loading.meta_init import skip_init
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
 from statevault.readers.safetensors_file import Checkpoint, TensorInfo
 from statevault.reports.display import shown
-from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
+from statevault.reports.load_entries import (
+    AppliedMapping,
+    Cause,
+    CauseKind,
+    DtypeCast,
+    ShapeMismatch,
+    TiedKey,
+    TieStatus,
+)
+from statevault.reports.load_report import LoadReport
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
 from statevault.tools.diff_report import DiffReport, TensorDelta
@@ -49,6 +57,7 @@ __all__ = [
     "AppliedMapping",
     "BadTensor",
     "Cause",
+    "CauseKind",
     "Checkpoint",
     "CheckpointKindError",
     "CheckpointNotFoundError",
@@ -78,6 +87,7 @@ __all__ = [
     "TensorDelta",
     "TensorInfo",
     "TensorMeta",
+    "TieStatus",
     "TiedKey",
     "TruncatedFileError",
     "UnsupportedObjectError",

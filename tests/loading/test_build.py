@@ -109,7 +109,7 @@ def test_missing_parameter_raises_when_strict(saved: tuple[Rotary, Path], tmp_pa
     statevault.save(state, path)
     with pytest.raises(StateDictMismatchError, match=r"mix: 1 missing \(bias\)") as caught:
         statevault.build_model(Rotary, path)
-    assert caught.value.report.missing == ("mix.bias",)
+    assert caught.value.report.missing_keys == ["mix.bias"]
 
 
 def test_missing_parameter_is_initialised_and_reported_when_not_strict(
@@ -121,7 +121,7 @@ def test_missing_parameter_is_initialised_and_reported_when_not_strict(
     with statevault.skip_init():
         model = Rotary()
     report = statevault.materialize(model, path, strict=False)
-    assert report.missing == ("mix.bias",)
+    assert report.missing_keys == ["mix.bias"]
     assert any("reset_parameters" in note and "mix.bias" in note for note in report.notes)
     assert not model.mix.bias.is_meta
     bound = 1 / math.sqrt(8)  # nn.Linear's own init range for its bias

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from statevault.loading.diagnose import Call, Cause, attribute_path, diagnose
+from statevault.loading.diagnose import diagnose
+from statevault.loading.fixes import Call, EntryPoint, attribute_path
+from statevault.reports.load_entries import Cause
 
 W = (4, 4)
 B = (4,)
@@ -166,13 +168,14 @@ def test_fixes_are_printed_for_the_entry_point_in_use() -> None:
             call=call,
         )[0]
 
-    assert smaller(Call("load_into", "model", '"x.st"')).code == (
+    assert smaller(Call(EntryPoint.LOAD_INTO, "model", '"x.st"')).code == (
         'statevault.load_into(model.backbone, "x.st")'
     )
-    built = smaller(Call("build_model", "Net", '"x.st"', (("args", "(3,)"),)))
+    built = smaller(Call(EntryPoint.BUILD_MODEL, "Net", '"x.st"', (("args", "(3,)"),)))
     assert built.code == (
         'statevault.build_model(Net, "x.st", args=(3,), rename=[("^", "backbone.")], strict=False)'
     )
     assert (
-        smaller(Call("check", "model", "state")).code == "statevault.check(model.backbone, state)"
+        smaller(Call(EntryPoint.CHECK, "model", "state")).code
+        == "statevault.check(model.backbone, state)"
     )

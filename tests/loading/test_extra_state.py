@@ -73,7 +73,8 @@ def test_extra_state_round_trips_through_a_file(tmp_path: Path) -> None:
     statevault.save(source.state_dict(), path)
     net = Net()
     report = statevault.load_into(net, path)
-    assert report.ok and not report.unexpected  # the tensor inside the dict is not "unexpected"
+    # the tensor inside the dict is not "unexpected"
+    assert report.ok and not report.unexpected_keys
     assert "counter._extra_state" in report.matched
     assert_loaded(net, source)
 
@@ -98,7 +99,7 @@ def test_missing_extra_state_is_reported_not_crashed(tmp_path: Path) -> None:
     with pytest.raises(StateDictMismatchError, match=r"counter: 1 missing \(_extra_state\)"):
         statevault.load_into(Net(), path)
     report = statevault.load_into(Net(), path, strict=False)
-    assert set(report.missing) == {"counter._extra_state", "holder._extra_state"}
+    assert set(report.missing_keys) == {"counter._extra_state", "holder._extra_state"}
 
 
 def test_in_memory_state_refuses_other_non_tensor_values() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from statevault.errors import KeyMappingError
-from statevault.loading.keymap import map_keys
+from statevault.errors import InvalidArgumentError, KeyMappingError
+from statevault.loading.keymap import map_keys, strip_prefixes
 
 MODEL = ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
 
@@ -87,10 +87,39 @@ def test_explicit_collisions_and_bad_rules_raise() -> None:
         map_keys(["a.x", "b.x"], ["x"], rename=[(r"^\w+\.", "")])
     with pytest.raises(KeyMappingError, match="not a valid regex"):
         map_keys(["a"], ["a"], rename=[("(", "")])
-    with pytest.raises(TypeError, match="rename= takes"):
+    with pytest.raises(InvalidArgumentError, match=r"rename=.*\('a',\) is not a \(regex, repl"):
         map_keys(["a"], ["a"], rename=[("a",)])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="must return a str"):
+    with pytest.raises(InvalidArgumentError, match=r"returned None for 'a'; .* must return a str"):
         map_keys(["a"], ["a"], rename=lambda name: None)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize(
+    "rename",
+    ["fc", ("fc", "head"), {"fc": "head"}, 3],
+    ids=["str", "lone pair", "dict", "int"],
+)
+def test_a_rename_that_is_not_a_list_of_pairs_is_refused_not_iterated(rename: object) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"rename=.* pass a list of \(regex, repl"):
+        map_keys(["fc.w"], ["head.w"], rename=rename)  # type: ignore[arg-type]
+
+
+def test_strip_prefix_takes_one_str_or_several() -> None:
+    names = ["model.a", "module.b", "c"]
+    one = map_keys(names, ["a", "module.b", "c"], strip_prefix="model.", auto_fix=False)
+    assert list(one.pairs) == ["a", "module.b", "c"]  # the str is one prefix, not 6 letters
+    several = map_keys(names, ["a", "b", "c"], strip_prefix=["model.", "module."])
+    assert list(several.pairs) == ["a", "b", "c"]
+    assert several.applied[0].rule == "strip prefixes ['model.', 'module.']"
+    # the first matching prefix only, as convert(strip_prefix=...) does
+    assert list(map_keys(["a.b.x"], ["b.x"], strip_prefix=("a.", "a.b.")).pairs) == ["b.x"]
+
+
+@pytest.mark.parametrize("value", ["", [], ["model.", ""], [b"model."], 7])
+def test_a_bad_strip_prefix_names_the_argument(value: object) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"strip_prefix=.* non-empty str"):
+        strip_prefixes(value)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="strip_prefix="):
+        map_keys(["a"], ["a"], strip_prefix=value)  # type: ignore[arg-type]
 
 
 class _OnlyIterable(list[str]):

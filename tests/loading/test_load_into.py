@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 import statevault
-from statevault import ChecksumMismatchError, KeyMappingError, StateDictMismatchError
+from statevault import (
+    ChecksumMismatchError,
+    InvalidArgumentError,
+    KeyMappingError,
+    StateDictMismatchError,
+)
 
 
 class Net(nn.Module):
@@ -81,7 +86,7 @@ def test_check_and_dry_run_touch_no_weight(kind: str, tmp_path: Path) -> None:
         statevault.load_into(model, source, dry_run=True)
     fitting = {k: v for k, v in state.items() if not k.startswith("fc.")}
     dry = statevault.load_into(model, fitting, dry_run=True, strict=False)
-    assert dry.matched and dry.missing == ("fc.weight", "fc.bias")
+    assert dry.matched and dry.missing_keys == ["fc.weight", "fc.bias"]
     assert model.fc.weight.dtype == torch.float32
     assert _equal_states(model.state_dict(), before)
 
@@ -144,11 +149,45 @@ def test_rename_callable_and_collisions() -> None:
         statevault.load_into(model, state, rename=[(r"\.(weight|bias)$", ".weight")])
 
 
-def test_bad_options_are_refused() -> None:
-    with pytest.raises(TypeError, match="dtype="):
+def test_bad_options_are_refused_with_our_error_naming_the_value() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"dtype=torch.int64 is not a floating-point"):
         statevault.load_into(_net(1), {}, dtype=torch.int64)
-    with pytest.raises(TypeError, match="prefix="):
+    with pytest.raises(InvalidArgumentError, match=r"dtype='bf17' .* bf16"):
+        statevault.load_into(_net(1), {}, dtype="bf17")
+    with pytest.raises(InvalidArgumentError, match=r"prefix='' is not a prefix"):
         statevault.load_into(_net(1), {}, prefix="")
+    with pytest.raises(InvalidArgumentError, match=r"prefix=\['a.'\] is not a prefix"):
+        statevault.check(_net(1), {}, prefix=["a."])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"strip_prefix=3 "):
+        statevault.build_model(lambda: _net(1), {}, strip_prefix=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"rename='fc' "):
+        statevault.materialize(_net(1), {}, rename="fc")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spelling", ["bf16", "BF16", "bfloat16", "torch.bfloat16"])
+def test_dtype_takes_every_spelling(tmp_path: Path, spelling: str) -> None:
+    source = _net(1)
+    path = tmp_path / "net.safetensors"
+    statevault.save(source.state_dict(), path)
+    model = _net(2)
+    report = statevault.load_into(model, path, dtype=spelling)
+    assert report.ok and model.fc.weight.dtype == torch.bfloat16
+    assert torch.equal(model.fc.weight, source.fc.weight.to(torch.bfloat16))
+    assert report.notes[-1] == "dtype=bfloat16: floating-point tensors are stored as that"
+    built = statevault.build_model(lambda: _net(3), path, dtype=spelling)
+    assert built.fc.weight.dtype == torch.bfloat16
+    assert torch.equal(built.fc.weight, model.fc.weight)
+
+
+def test_strip_prefix_str_is_one_prefix_and_a_list_is_several(tmp_path: Path) -> None:
+    source = _net(1)
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    model = _net(2)
+    report = statevault.load_into(model, state, strip_prefix="model.", auto_fix=False)
+    assert report.ok and torch.equal(model.fc.weight, source.fc.weight)
+    mixed = {**state, "odel.x": torch.zeros(1)}  # what stripping letters one by one would give
+    report = statevault.load_into(_net(2), mixed, strip_prefix=["module.", "model."], strict=False)
+    assert report.unexpected_keys == ["odel.x"] and not report.missing_keys
 
 
 class Hooked(nn.Module):
@@ -182,7 +221,14 @@ def test_custom_hooks_run_with_the_same_report(tmp_path: Path) -> None:
     plain = nn.Module()
     plain.net = _net(2)
     fast = statevault.load_into(plain, path, strict=False)
-    for field in ("matched", "missing", "unexpected", "shape_mismatches", "causes", "tied"):
+    for field in (
+        "matched",
+        "missing_keys",
+        "unexpected_keys",
+        "shape_mismatches",
+        "causes",
+        "tied",
+    ):
         assert getattr(report, field) == getattr(fast, field), field
     assert torch.equal(hooked.net.conv.weight, state["net.conv.weight"])
     assert torch.equal(hooked.net.fc.weight, before["net.fc.weight"])  # skipped, untouched

@@ -32,7 +32,7 @@ from helpers.scenarios import (
     snapshot,
 )
 from statevault import StateDictMismatchError
-from statevault.loading.load_into import source_code
+from statevault.loading.options import source_code
 
 
 @pytest.mark.parametrize("case", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -64,9 +64,9 @@ def test_non_strict_loads_what_fits_and_reports_the_rest(case: Scenario, tmp_pat
     for key in report.matched:
         assert torch.equal(after[key], reference[key]), key
     # nothing is dropped silently: every model key is matched, missing or skipped, once
-    accounted = [*report.matched, *report.missing, *report.skipped]
+    accounted = [*report.matched, *report.missing_keys, *report.skipped]
     assert sorted(accounted) == sorted(after)
-    for key in [*report.missing, *report.skipped]:
+    for key in [*report.missing_keys, *report.skipped]:
         assert torch.equal(after[key], before[key]), f"{key} should keep its value"
     assert str(report).startswith(f"Loaded {len(report.matched)} of {len(after)} model tensor(s)")
 

@@ -100,7 +100,7 @@ def test_pretraining_checkpoint_into_a_classifier_names_the_new_head(tmp_path: P
     assert cause.kind == "new_head"
     assert "'classifier'" in cause.summary and "(cls)" in cause.summary
     report = run_fix(cause.code, {"statevault": statevault, "model": model})
-    assert report.missing == ("classifier.weight", "classifier.bias")
+    assert report.missing_keys == ["classifier.weight", "classifier.bias"]
     assert torch.equal(model.classifier.weight, head)  # keeps its values
     assert torch.equal(model.bert.pooler.dense.weight, source.bert.pooler.dense.weight)
 
@@ -140,7 +140,7 @@ def test_old_checkpoint_with_position_ids_names_the_non_persistent_buffer(
     assert cause.kind == "non_persistent_buffer"
     assert "'embeddings.position_ids'" in cause.summary and "non-persistent" in cause.summary
     report = run_fix(cause.code, {"statevault": statevault, "model": model})
-    assert report.unexpected == ("embeddings.position_ids",) and not report.missing
+    assert report.unexpected_keys == ["embeddings.position_ids"] and not report.missing_keys
     assert torch.equal(model.embeddings.position_ids, torch.arange(16).expand(1, -1))
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key

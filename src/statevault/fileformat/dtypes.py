@@ -109,6 +109,10 @@ FLOAT_DTYPE_NAMES: dict[str, torch.dtype] = {
 }  # fmt: skip
 
 
+# What a ``dtype=`` argument may be: a torch dtype or any spelling float_dtype accepts.
+DtypeLike = torch.dtype | str
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
     return str(dtype).removeprefix("torch.")

@@ -10,95 +10,39 @@ Only *parameters* go to meta. Buffers are built for real, so tables computed in 
 and not saved (rotary/positional tables, masks) keep their correct values. Anything still on
 meta after loading is an error, never silently left behind. Uninitialised memory is never
 handed out either: a tensor the file does not fill (``strict=False``: missing, or skipped for
-its shape) is initialised the way the module itself initialises it, as ``Model()`` would have.
+its shape) is initialised the way the module itself initialises it, as ``Model()`` would have
+(``loading.initialise``). Building on meta is ``loading.meta_init``'s ``skip_init``.
+
+May import: ``loading.load_into``, ``loading.options``, ``loading.fixes``,
+``loading.meta_init``, ``loading.initialise``, ``loading.keymap``, ``readers``, ``engine``,
+``reports``, ``statevault.errors``. Imported by the public package.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_parameter_registration_hook
-from torch.overrides import TorchFunctionMode
 
 from statevault.engine.transfer import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
-from statevault.loading.diagnose import Call
-from statevault.loading.keymap import Rename
-from statevault.loading.load_into import LoadOptions, describe_call, load_with, require_instance
+from statevault.fileformat.dtypes import DtypeLike
+from statevault.loading.fixes import Call, EntryPoint
+from statevault.loading.initialise import initialise
+from statevault.loading.keymap import Prefixes, Rename
+from statevault.loading.load_into import load_with, require_instance
+from statevault.loading.meta_init import skip_init
+from statevault.loading.options import LoadOptions, describe_call
 from statevault.readers.dispatch import Source
 from statevault.readers.safetensors_file import usable_device
 from statevault.reports.load_report import LoadReport, capped
 
 logger = logging.getLogger("statevault")
 M = TypeVar("M", bound=nn.Module)
-
-
-def _parameter_to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> Any:
-    if param is None or param.is_meta:
-        return None  # keep it (a tied parameter registered a second time is already meta)
-    return type(param)(param.to("meta"), requires_grad=param.requires_grad)
-
-
-# In-place fills that weight-init functions run; on a meta tensor they change nothing, but
-# some (normal_) go through torch's Python reference kernels whose first use imports
-# torch._dynamo: measured 1.6 s on the first load_model of a process.
-_FILLS = frozenset(
-    {"normal_", "uniform_", "fill_", "zero_", "random_", "bernoulli_", "exponential_",
-     "geometric_", "log_normal_", "cauchy_", "erfinv_", "clamp_", "mul_", "add_", "sub_",
-     "div_", "copy_", "fmod_", "abs_", "sqrt_", "neg_"}
-)  # fmt: skip
-
-
-class _SkipMetaFills(TorchFunctionMode):
-    """Return meta tensors from in-place fills untouched instead of dispatching them."""
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        # nn.init functions forward their tensor as a keyword (``tensor=``)
-        first = args[0] if args else kwargs.get("tensor", kwargs.get("input"))
-        if (
-            getattr(func, "__name__", "") in _FILLS
-            and isinstance(first, torch.Tensor)
-            and first.is_meta
-        ):
-            return first
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def skip_init() -> Iterator[None]:
-    """Modules built inside get their parameters on the meta device: no memory, no init.
-
-    Buffers are created normally. Fill the module with :func:`materialize` afterwards. The
-    hook behind this is process-wide, so do not build other modules in other threads
-    meanwhile (their parameters would land on meta too).
-
-    Example::
-
-        with statevault.skip_init():
-            model = Model(dim=4096)
-        statevault.materialize(model, "model.safetensors")
-    """
-    handle = register_module_parameter_registration_hook(_parameter_to_meta)
-    try:
-        with _SkipMetaFills():
-            yield
-    finally:
-        handle.remove()
 
 
 # (qualified name, owner module, attribute, the meta tensor, is a parameter)
@@ -163,93 +107,6 @@ def _restore(slots: Sequence[_Slot]) -> None:
             owner._buffers[attr] = meta
 
 
-def _takes_one_module(method: Callable[..., Any]) -> bool:
-    try:
-        parameters = list(inspect.signature(method).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return len(parameters) == 1 and parameters[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    )
-
-
-def _initialisers(
-    modules: Mapping[str, nn.Module], prefix: str
-) -> list[tuple[str, Callable[[], Any]]]:
-    """How the module at ``prefix`` gets its tensors' values when the model is constructed.
-
-    Its own ``reset_parameters()`` (what torch modules call in ``__init__``), then the
-    nearest enclosing model's ``_init_weights(module)`` where there is one: transformers
-    models (and others with that convention) run it over every submodule after building
-    them, overriding the submodule's own initialisation. Empty when neither exists.
-    """
-    owner = modules[prefix]
-    steps: list[tuple[str, Callable[[], Any]]] = []
-    reset = getattr(owner, "reset_parameters", None)
-    if callable(reset):
-        steps.append(("reset_parameters()", reset))
-    parts = prefix.split(".") if prefix else []
-    for depth in range(len(parts), -1, -1):
-        outer = modules[".".join(parts[:depth])]
-        init_weights = getattr(outer, "_init_weights", None)
-        if callable(init_weights) and _takes_one_module(init_weights):
-            name = f"{type(outer).__name__}._init_weights()"
-            steps.append((name, functools.partial(init_weights, owner)))
-            break
-    return steps
-
-
-def _initialise(
-    module: nn.Module, keys: Collection[str], fresh: Mapping[str, torch.Tensor], source: str
-) -> tuple[list[str], list[str]]:
-    """Initialise freshly allocated tensors the checkpoint will not fill, as the module would.
-
-    Each is first filled with NaN (zeros if not floating point), so that one the module's own
-    initialisation does not write is caught instead of handed out. Returns the report notes
-    and the keys initialised.
-    """
-    modules = dict(module.named_modules(remove_duplicate=False))
-    by_owner: dict[str, list[str]] = {}
-    for key in keys:
-        by_owner.setdefault(key.rpartition(".")[0], []).append(key)
-    plans: dict[str, list[str]] = {}  # how -> keys
-    runs = []
-    unfixable = []
-    for prefix, owned in by_owner.items():
-        steps = _initialisers(modules, prefix)
-        if not steps:
-            unfixable += owned
-            continue
-        plans.setdefault(" then ".join(how for how, _ in steps), []).extend(owned)
-        runs += [run for _, run in steps]
-    if unfixable:
-        raise StateVaultError(
-            f"{source}: not filled from the checkpoint, and their module has neither "
-            f"reset_parameters() nor an enclosing _init_weights(module) to initialise them: "
-            f"{', '.join(capped(unfixable))}. Build the model normally and use "
-            "statevault.load_into(model, path, strict=False) instead"
-        )
-    with torch.no_grad():
-        for key in keys:
-            tensor = fresh[key]
-            tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor.zero_()
-        for run in runs:
-            run()
-    unwritten = [k for k in keys if fresh[k].is_floating_point() and fresh[k].isnan().any()]
-    if unwritten:
-        raise StateVaultError(
-            f"{source}: not filled from the checkpoint, and their module's initialisation did "
-            f"not write them: {', '.join(capped(unwritten))}. Build the model normally and use "
-            "statevault.load_into(model, path, strict=False) instead"
-        )
-    notes = [
-        f"not loaded, initialised by {how}: {', '.join(capped(sorted(names)))}"
-        for how, names in plans.items()
-    ]
-    return notes, sorted(keys)
-
-
 # the load options build_model and materialize take (load_into's, less dry_run and assign)
 _BUILD_OPTIONS = ("strict", "verify", "prefix", "strip_prefix", "rename", "auto_fix", "dtype")
 
@@ -263,9 +120,9 @@ def _materialize(
     device: str | torch.device,
 ) -> LoadReport:
     require_instance(module, call)
-    strict, dtype = options.strict, options.dtype
+    strict, dtype = options.strict, options.float_dtype
     target = usable_device(device)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+    if dtype is not None:
         module.to(dtype)  # on meta parameters: free, and each is allocated once in that dtype
     slots = _meta_slots(module)
     fresh = _allocate(slots, target)
@@ -278,12 +135,14 @@ def _materialize(
     try:
         if not strict:  # initialise first: what the file then fills is overwritten
             planned = load(dry_run=True)
-            todo = [k for k in (*planned.missing, *planned.skipped) if k in fresh]
+            todo = [k for k in (*planned.missing_keys, *planned.skipped) if k in fresh]
             if todo:
-                notes, initialised = _initialise(module, todo, fresh, planned.source)
+                notes, initialised = initialise(module, todo, fresh, planned.source)
         report = load(dry_run=False)
         unfilled = [
-            k for k in (*report.missing, *report.skipped) if k in fresh and k not in initialised
+            k
+            for k in (*report.missing_keys, *report.skipped)
+            if k in fresh and k not in initialised
         ]
         if unfilled:  # a load hook changed the keys after the plan
             raise StateVaultError(
@@ -315,10 +174,10 @@ def materialize(
     verify: bool = True,
     device: str | torch.device = "cpu",
     prefix: str | None = None,
-    strip_prefix: str | None = None,
+    strip_prefix: Prefixes | None = None,
     rename: Rename | None = None,
     auto_fix: bool = True,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
@@ -332,7 +191,7 @@ def materialize(
     """
     options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype)
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
-    call = describe_call("materialize", "model", source, given)
+    call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
     return _materialize(module, source, call=call, options=options, device=device)
 
 
@@ -345,6 +204,23 @@ def _factory_name(factory: object) -> str:
     return "factory"
 
 
+def _require_factory(factory: object, call: Call) -> None:
+    """Refuse an instance (or anything not callable) where the model's class belongs."""
+    if isinstance(factory, nn.Module):
+        name = type(factory).__qualname__
+        raise UnsupportedObjectError(
+            f"build_model builds the model itself: pass the class (or a function that returns "
+            f"the model), not an instance: statevault.build_model({name}, {call.source}, "
+            f"args=(...), kwargs={{...}}). To load into the model you already have, use "
+            f"statevault.load_into(model, {call.source})"
+        )
+    if not callable(factory):
+        raise UnsupportedObjectError(
+            f"build_model: factory must be a model class or a callable returning a module, "
+            f"got {type(factory).__name__}"
+        )
+
+
 def build_model(
     factory: Callable[..., M],
     source: Source,
@@ -355,10 +231,10 @@ def build_model(
     verify: bool = True,
     device: str | torch.device = "cpu",
     prefix: str | None = None,
-    strip_prefix: str | None = None,
+    strip_prefix: Prefixes | None = None,
     rename: Rename | None = None,
     auto_fix: bool = True,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
@@ -383,20 +259,8 @@ def build_model(
         **options.given(*_BUILD_OPTIONS),
         "device": device,
     }
-    call = describe_call("build_model", _factory_name(factory), source, given)
-    if isinstance(factory, nn.Module):
-        name = type(factory).__qualname__
-        raise UnsupportedObjectError(
-            f"build_model builds the model itself: pass the class (or a function that returns "
-            f"the model), not an instance: statevault.build_model({name}, {call.source}, "
-            f"args=(...), kwargs={{...}}). To load into the model you already have, use "
-            f"statevault.load_into(model, {call.source})"
-        )
-    if not callable(factory):
-        raise UnsupportedObjectError(
-            f"build_model: factory must be a model class or a callable returning a module, "
-            f"got {type(factory).__name__}"
-        )
+    call = describe_call(EntryPoint.BUILD_MODEL, _factory_name(factory), source, given)
+    _require_factory(factory, call)
     with skip_init():
         module = factory(*args, **(kwargs or {}))
     if not isinstance(module, nn.Module):

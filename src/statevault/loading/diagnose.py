@@ -1,21 +1,27 @@
-"""Why a checkpoint does not fit a model: likely causes and their fixes, from names and shapes.
+"""Why a checkpoint does not fit a model: the likely causes, found from names and shapes.
 
 Pure functions over key lists and shapes (no torch, no I/O), so every rule is tested on plain
 data. ``diagnose`` returns causes most likely first; each says what probably happened and the
-exact option or code that fixes it. Every pass is linear in the number of keys (times the key
-depth), so diagnosing a model with many thousands of keys stays cheap.
+exact option or code that fixes it (built by ``loading.fixes``). This module holds the
+finders that work from key names; shape mismatches are ``loading.shape_causes``'s. Every pass
+is linear in the number of keys (times the key depth), so diagnosing a model with many
+thousands of keys stays cheap.
+
+May import: ``loading.fixes``, ``loading.shape_causes``, ``loading.keymap``,
+``reports.load_entries``. Imported by ``loading.plan``.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
 
+from statevault.loading.fixes import Call, option_fix, submodule_fix, unfilled
 from statevault.loading.keymap import WRAPPERS
+from statevault.loading.shape_causes import shape_causes
+from statevault.reports.load_entries import Cause, CauseKind
 
 Shape = tuple[int, ...]
 
@@ -28,129 +34,6 @@ _SYNONYMS = {
     ("kernel", "weight"),
 }
 _MAX_CANDIDATES = 50  # bounds rename matching to linear time on huge, all-different models
-_VOCAB_HINTS = ("embed", "vocab", "wte", "token", "lm_head", "word")
-
-
-@dataclass(frozen=True)
-class Call:
-    """The call a diagnosis serves, so that every printed fix is that same call, corrected.
-
-    ``entry`` is the public function (load_into, check, load_model, build_model,
-    materialize); ``target`` and ``source`` are its first two arguments as code ("model",
-    "Net", a path's repr, "state"); ``options`` are the keyword arguments the caller passed,
-    already rendered as code, in the order they are printed.
-    """
-
-    entry: str = "load_into"
-    target: str = "model"
-    source: str = "source"
-    options: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def builds(self) -> bool:
-        """True for entries that build the parameters themselves (no submodule to load into)."""
-        return self.entry in ("build_model", "materialize")
-
-    def render(
-        self,
-        changes: Mapping[str, object] | None = None,
-        *,
-        target: str | None = None,
-        source: str | None = None,
-    ) -> str:
-        """This call as code, with ``changes`` (literal option values) applied."""
-        entry = self.entry
-        if entry == "check" and changes and "strict" in changes:
-            entry = "load_into"  # check never raises: strictness is load_into's option
-        options = dict(self.options)
-        options.update({name: literal(value) for name, value in (changes or {}).items()})
-        if entry == "check":
-            options.pop("strict", None)
-        arguments = [target or self.target, source or self.source]
-        arguments += [f"{name}={code}" for name, code in options.items()]
-        return f"statevault.{entry}({', '.join(arguments)})"
-
-
-def literal(value: object) -> str:
-    """``value`` as Python source that evaluates back to it (raw strings for regexes)."""
-    if isinstance(value, str):
-        if value.isprintable() and '"' not in value and "\\" not in value:
-            return f'"{value}"'
-        if "\\" in value and '"' not in value and "\n" not in value:
-            trailing = len(value) - len(value.rstrip("\\"))
-            if trailing % 2 == 0:
-                return f'r"{value}"'
-        return repr(value)
-    if isinstance(value, tuple):
-        inner = ", ".join(literal(v) for v in value)
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    if isinstance(value, list):
-        return "[" + ", ".join(literal(v) for v in value) + "]"
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    raise TypeError(f"no literal form for {type(value).__name__}")
-
-
-@dataclass(frozen=True)
-class Cause:
-    """A likely reason for the mismatch, and what to do about it.
-
-    ``fix`` is what to do, for people; ``code`` is the exact Python it prints, the corrected
-    call for the entry point that was used (``model``/``source`` stand for its arguments when
-    they are not literals). When the fix changes that call's options, ``options`` holds the
-    new ones; when it loads into a submodule instead, ``submodule`` is its attribute path.
-    """
-
-    kind: str  # wrapper_prefix, model_wrapped, larger_checkpoint, smaller_checkpoint, ...
-    summary: str
-    fix: str
-    options: Mapping[str, object] = field(default_factory=dict, hash=False)  # keeps it hashable
-    submodule: str = ""
-    code: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.summary}\n  Fix: {self.fix}"
-
-
-def _unfilled(call: Call) -> str:
-    """What tensors the checkpoint does not fill hold after the fixed call."""
-    if call.builds:
-        return "get the module's own initialisation (as the constructor would give them)"
-    return "keep their current values (a fresh model's initialisation)"
-
-
-def _option_fix(
-    kind: str, summary: str, call: Call, options: Mapping[str, object], why: str = ""
-) -> Cause:
-    """A cause fixed by passing ``options`` to the same call."""
-    code = call.render(options)
-    return Cause(kind, summary, code + (f" ({why})" if why else ""), dict(options), code=code)
-
-
-def _submodule_fix(
-    kind: str, summary: str, call: Call, prefix: str, why: str = "", *, whole: bool = False
-) -> Cause:
-    """A cause fixed by loading into the submodule at ``prefix``; when building (there is no
-    submodule to load into yet), by mapping the checkpoint's keys under it instead. ``whole``:
-    that sub-tree is the whole model, so nothing is left to initialise."""
-    if call.builds:
-        options: dict[str, object] = {"rename": [("^", prefix)]}
-        note = "the checkpoint's keys go under that sub-tree"
-        if not whole:
-            options["strict"] = False
-            note += f"; the rest is not in it and its tensors {_unfilled(call)}"
-        return _option_fix(kind, summary, call, options, why or note)
-    path = attribute_path(prefix)
-    code = call.render(target=f"{call.target}.{path}")
-    return Cause(kind, summary, code + (f" ({why})" if why else ""), {}, path, code)
-
-
-def attribute_path(prefix: str) -> str:
-    """'layers.3.attn.' -> 'layers[3].attn' (how the submodule is reached in Python)."""
-    path = ""
-    for part in prefix.rstrip(".").split("."):
-        path += f"[{part}]" if part.isdigit() else f".{part}"
-    return path.lstrip(".")
 
 
 def _leading_wrappers(keys: Collection[str]) -> str:
@@ -175,8 +58,8 @@ def _wrapper_causes(
     if ckpt_run and not model_run:
         what = " and ".join(WRAPPERS[p] for p in ckpt_run.rstrip(".").split("."))
         causes.append(
-            _option_fix(
-                "wrapper_prefix",
+            option_fix(
+                CauseKind.WRAPPER_PREFIX,
                 f"every checkpoint key starts with '{ckpt_run}': it was saved from a model {what}",
                 call,
                 {"strip_prefix": ckpt_run},
@@ -187,8 +70,8 @@ def _wrapper_causes(
     elif model_run and not ckpt_run:
         what = " and ".join(WRAPPERS[p] for p in model_run.rstrip(".").split("."))
         causes.append(
-            _submodule_fix(
-                "model_wrapped",
+            submodule_fix(
+                CauseKind.MODEL_WRAPPED,
                 f"every model key starts with '{model_run}': your model is {what}, "
                 "the checkpoint was saved from the plain model",
                 call,
@@ -206,8 +89,8 @@ def _wrapper_causes(
     ]
     for segment in inner:
         causes.append(
-            _option_fix(
-                "wrapper_names",
+            option_fix(
+                CauseKind.WRAPPER_NAMES,
                 f"checkpoint keys contain '{segment}.': submodules were {WRAPPERS[segment]} "
                 "when it was saved",
                 call,
@@ -242,8 +125,8 @@ def _subtree_causes(
         prefix, count = found
         how_many = f"all {count}" if count == len(missing) else f"{count} of {len(missing)}"
         causes.append(
-            _option_fix(
-                "larger_checkpoint",
+            option_fix(
+                CauseKind.LARGER_CHECKPOINT,
                 f"the checkpoint holds a bigger model: {how_many} missing model keys are in it "
                 f"under '{prefix}'",
                 call,
@@ -257,8 +140,8 @@ def _subtree_causes(
         prefix, count = found
         how_many = f"all {count}" if count == len(unexpected) else f"{count} of {len(unexpected)}"
         causes.append(
-            _submodule_fix(
-                "smaller_checkpoint",
+            submodule_fix(
+                CauseKind.SMALLER_CHECKPOINT,
                 f"the checkpoint holds part of your model: {how_many} unexpected checkpoint keys "
                 f"are your model's '{prefix}' sub-tree",
                 call,
@@ -328,8 +211,8 @@ def _rename_causes(
     first_u, first_m, _ = accepted[0][2][0]
     regexes = [_rename_regex(old, new, {p[2] for p in pairs}) for old, new, pairs in accepted[:5]]
     return [
-        _option_fix(
-            "renamed",
+        option_fix(
+            CauseKind.RENAMED,
             f"renamed layer(s): {len(used_missing)} missing key(s) match unexpected checkpoint "
             f"keys with the same shape under another name ({names}{more}; e.g. checkpoint "
             f"'{first_u}' is model '{first_m}')",
@@ -337,104 +220,6 @@ def _rename_causes(
             {"rename": regexes},
         )
     ]
-
-
-def _edit_then_load(
-    call: Call, stored: Mapping[str, str], keys: Sequence[str], edit: Callable[[str], str]
-) -> str:
-    """Code that reads the checkpoint as a dict, edits ``keys`` and loads the dict instead.
-
-    ``stored`` maps model keys to checkpoint names (they differ when names were mapped).
-    """
-    read = "dict(state)" if call.source == "state" else f"statevault.load({call.source})"
-    edits = ", ".join(f"{literal(stored.get(k, k))}: {edit(stored.get(k, k))}" for k in keys)
-    return f"state = {read}; state.update({{{edits}}}); {call.render(source='state')}"
-
-
-def _shape_causes(
-    mismatches: Sequence[tuple[str, Shape, Shape]], call: Call, stored: Mapping[str, str]
-) -> list[Cause]:
-    transposed = [m for m in mismatches if len(m[1]) == 2 and m[1] == m[2][::-1]]
-    first_dim: dict[tuple[int, int], list[str]] = {}
-    reshaped: list[tuple[str, Shape]] = []
-    other = []
-    for key, ckpt, model in mismatches:
-        if len(ckpt) == 2 and ckpt == model[::-1]:
-            continue
-        if len(ckpt) == len(model) >= 1 and ckpt[1:] == model[1:]:
-            first_dim.setdefault((ckpt[0], model[0]), []).append(key)
-        elif math.prod(ckpt) == math.prod(model):
-            reshaped.append((key, model))
-        else:
-            other.append(key)
-    causes = []
-    if transposed:
-        key, ckpt, model = transposed[0]
-        keys = [m[0] for m in transposed]
-        code = _edit_then_load(
-            call, stored, keys, lambda n: f"state[{literal(n)}].t().contiguous()"
-        )
-        causes.append(
-            Cause(
-                "transposed",
-                f"{len(transposed)} weight(s) are transposed: e.g. '{key}' is {list(ckpt)} in the "
-                f"checkpoint and {list(model)} in the model (saved from a layer that stores "
-                "in x out, such as GPT-2's Conv1D, or converted from another framework)",
-                f"transpose them and load the dict: {code}",
-                code=code,
-            )
-        )
-    for (ckpt_n, model_n), keys in first_dim.items():
-        modules = sorted({k.rpartition(".")[0] or k for k in keys})
-        vocab = any(hint in k.lower() for k in keys for hint in _VOCAB_HINTS)
-        what = "vocabulary size" if vocab else "number of classes / output size"
-        causes.append(
-            _option_fix(
-                "first_dim",
-                f"the {what} differs: {', '.join(repr(m) for m in modules[:5])} has "
-                f"{ckpt_n} in the checkpoint and {model_n} in the model (first dimension of "
-                f"{len(keys)} tensor(s))",
-                call,
-                {"strict": False},
-                f"to fine-tune with a new {what.split(' / ')[0]}: everything else loads and "
-                f"these {_unfilled(call)}; the report lists them as skipped",
-            )
-        )
-    if reshaped:
-        shapes = dict(reshaped)
-        code = _edit_then_load(
-            call,
-            stored,
-            [k for k, _ in reshaped],
-            lambda n: f"state[{literal(n)}].reshape({literal(shapes[_model_key(stored, n)])})",
-        )
-        causes.append(
-            Cause(
-                "reshaped",
-                f"{len(reshaped)} tensor(s) hold the same number of elements in another shape "
-                f"(e.g. '{reshaped[0][0]}'): a layer type changed, such as Conv 1x1 vs Linear",
-                f"reshape them and load the dict: {code}",
-                code=code,
-            )
-        )
-    if other:
-        causes.append(
-            _option_fix(
-                "shape",
-                f"{len(other)} tensor(s) have different sizes (e.g. '{other[0]}'): the model was "
-                "built with a different configuration than the checkpoint",
-                call,
-                {"strict": False},
-                f"skips them and they {_unfilled(call)}; or build the model with the "
-                "checkpoint's configuration",
-            )
-        )
-    return causes
-
-
-def _model_key(stored: Mapping[str, str], name: str) -> str:
-    """The model key whose checkpoint name is ``name`` (few keys: only mismatched ones)."""
-    return next((k for k, n in stored.items() if n == name), name)
 
 
 def _buffer_causes(
@@ -445,8 +230,8 @@ def _buffer_causes(
     example = next(iter(missing))
     if all(k.rpartition(".")[2] == "num_batches_tracked" for k in missing):
         return [
-            _option_fix(
-                "missing_buffers",
+            option_fix(
+                CauseKind.MISSING_BUFFERS,
                 f"only BatchNorm 'num_batches_tracked' counters are missing ({len(missing)}): "
                 "the checkpoint was saved by an old PyTorch or a converter that drops them; "
                 "they are only used when BatchNorm has momentum=None",
@@ -456,8 +241,8 @@ def _buffer_causes(
             )
         ]
     return [
-        _option_fix(
-            "missing_buffers",
+        option_fix(
+            CauseKind.MISSING_BUFFERS,
             f"only buffers are missing ({len(missing)}, e.g. '{example}'): they were probably "
             "added to the model, or made persistent, after the checkpoint was saved",
             call,
@@ -476,8 +261,8 @@ def _non_persistent_causes(
         return []
     shown = ", ".join(f"'{k}'" for k in found[:3]) + (" ..." if len(found) > 3 else "")
     return [
-        _option_fix(
-            "non_persistent_buffer",
+        option_fix(
+            CauseKind.NON_PERSISTENT_BUFFER,
             f"{len(found)} unexpected checkpoint key(s) are non-persistent buffers of the model "
             f"({shown}): the model computes them in __init__ and does not save them; an older "
             "version of it did (transformers ignores such keys)",
@@ -519,13 +304,13 @@ def _new_head_causes(
     unused = sorted({k.split(".")[0] for k in unexpected})
     also = f"; the checkpoint's own head ({', '.join(unused[:5])}) is not used" if unused else ""
     return [
-        _option_fix(
-            "new_head",
+        option_fix(
+            CauseKind.NEW_HEAD,
             f"new task head: the model's {heads} ({len(missing)} key(s)) is not in the "
             f"checkpoint, which was saved for another task (e.g. pre-training){also}",
             call,
             {"strict": False},
-            f"everything else loads; the head's tensors {_unfilled(call)} and the report "
+            f"everything else loads; the head's tensors {unfilled(call)} and the report "
             "lists them as missing",
         )
     ]
@@ -536,7 +321,7 @@ def _optimizer_causes(call: Call) -> list[Cause]:
     code = f"optimizer.load_state_dict({source})"
     return [
         Cause(
-            "optimizer_state",
+            CauseKind.OPTIMIZER_STATE,
             "the checkpoint holds an optimizer's state_dict (its 'state' and 'param_groups'), "
             "not a model's",
             f"load it into the optimizer: {code}; load the model from the checkpoint that holds "
@@ -580,8 +365,8 @@ def diagnose(
         best = _best_prefix(model_keys, ignored)
         choice = best[0] if best else tops[0]
         causes.append(
-            _option_fix(
-                "empty_selection",
+            option_fix(
+                CauseKind.EMPTY_SELECTION,
                 f"no checkpoint key starts with prefix '{prefix}'",
                 call,
                 {"prefix": choice},
@@ -598,5 +383,5 @@ def diagnose(
         causes += _buffer_causes(list(missing), list(unexpected), set(buffers), call)
         if not found and not optimizer:
             causes += _new_head_causes(model_keys, list(missing), list(unexpected), call)
-    causes += _shape_causes(mismatches, call, stored)
+    causes += shape_causes(mismatches, call, stored)
     return tuple(causes)

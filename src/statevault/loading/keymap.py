@@ -8,13 +8,20 @@ Pure functions over lists of names (no torch, no I/O). The steps run in this ord
    the model has the same wrapper. Only when the result is one-to-one; otherwise nothing changes.
 2. ``prefix="backbone."``: select a sub-tree. Only keys under the prefix are used, with the
    prefix removed; every other checkpoint key is *ignored* (listed in the report, not an error).
-3. ``strip_prefix="model."``: remove the prefix from the keys that have it; keep the others.
+3. ``strip_prefix="model."`` (or a sequence of prefixes): remove the first prefix a key starts
+   with from the keys that have one; keep the others.
 4. ``rename``: ``(regex, replacement)`` pairs applied in order with ``re.sub``, or a callable.
 5. ``auto_fix`` again, the other way round: when the *model* is the wrapped one (a DDP or
    compiled model loading a plain checkpoint), checkpoint keys get the model's wrapper names.
 
 Explicit steps (2-4) that map two checkpoint keys onto one name raise
-:class:`~statevault.errors.KeyMappingError`; automatic steps just stand down and say so.
+:class:`~statevault.errors.KeyMappingError`; automatic steps just stand down and say so. A
+``prefix``, ``strip_prefix`` or ``rename`` of the wrong type raises
+:class:`~statevault.errors.InvalidArgumentError` (``check_name_options``), never a character-
+by-character walk of a string.
+
+May import: ``reports.load_entries``, ``statevault.errors``. Imported by the rest of
+``loading`` and by tools that map names the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from statevault.errors import KeyMappingError
+from statevault.errors import InvalidArgumentError, KeyMappingError
+from statevault.reports.load_entries import AppliedMapping
 
 Rename = Sequence[tuple[str, str]] | Callable[[str], str]
+# one prefix, or several: the first one a key starts with is removed
+Prefixes = str | Sequence[str]
 
 # Wrapper attribute -> what put it there. ``module`` only counts as a leading prefix shared by
 # every key (a user's own submodule may be called "module"); the others are unambiguous anywhere.
@@ -36,22 +46,6 @@ WRAPPERS = {
     "_checkpoint_wrapped_module": "wrapped with checkpoint_wrapper (activation checkpointing)",
 }
 _ANYWHERE = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
-
-
-@dataclass(frozen=True)
-class AppliedMapping:
-    """One renaming step that changed at least one key, with an example of what it did."""
-
-    rule: str
-    reason: str
-    count: int
-    example: tuple[str, str]  # (checkpoint key, name it was matched under)
-    automatic: bool = False
-
-    def __str__(self) -> str:
-        before, after = self.example
-        how = "auto_fix" if self.automatic else "you asked"
-        return f"{self.rule} ({self.reason}; {how}): {self.count} key(s), e.g. {before} -> {after}"
 
 
 @dataclass(frozen=True)
@@ -210,20 +204,79 @@ def _wrap_for_model(mapper: _Mapper, model_keys: Collection[str]) -> None:
     )
 
 
+def strip_prefixes(value: Prefixes, *, argument: str = "strip_prefix") -> tuple[str, ...]:
+    """A ``strip_prefix=`` value as the prefixes it names: one str is one prefix, not its letters.
+
+    Raises :class:`InvalidArgumentError` for anything but a non-empty str or a non-empty
+    sequence of non-empty strs.
+    """
+    prefixes = (value,) if isinstance(value, str) else value
+    valid = isinstance(prefixes, (tuple, list)) and all(isinstance(p, str) and p for p in prefixes)
+    if not valid or not prefixes:
+        raise InvalidArgumentError(
+            f"{argument}={value!r} is not a prefix: pass a non-empty str such as 'model.' or a "
+            "list of them such as ['model.', 'module.'] (the first one a key starts with is "
+            "removed)"
+        )
+    return tuple(prefixes)
+
+
+def _without_prefix(name: str, prefixes: Sequence[str]) -> str:
+    """``name`` without the first of ``prefixes`` it starts with."""
+    for prefix in prefixes:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _rename_pairs(rename: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``rename=`` rules as (regex, replacement) pairs; a str or a lone pair is refused."""
+    usage = (
+        "pass a list of (regex, replacement) pairs such as [(r'^fc\\.', 'classifier.')], or a "
+        "function from the checkpoint's name to the model's"
+    )
+    if isinstance(rename, str) or not isinstance(rename, (tuple, list)):
+        raise InvalidArgumentError(f"rename={rename!r} is not a rename rule: {usage}")
+    pairs: list[tuple[str, str]] = []
+    for item in rename:
+        if not (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and all(isinstance(s, str) for s in item)
+        ):
+            raise InvalidArgumentError(
+                f"rename={rename!r}: {item!r} is not a (regex, replacement) pair of strs: {usage}"
+            )
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def check_name_options(
+    *, prefix: object = None, strip_prefix: object = None, rename: object = None
+) -> None:
+    """Refuse a ``prefix``, ``strip_prefix`` or ``rename`` of the wrong type, naming it.
+
+    ``prefix`` selects one sub-tree: a non-empty str. ``strip_prefix``: see
+    :func:`strip_prefixes`. ``rename``: (regex, replacement) pairs or a callable.
+    """
+    if prefix is not None and (not isinstance(prefix, str) or not prefix):
+        raise InvalidArgumentError(
+            f"prefix={prefix!r} is not a prefix: pass one non-empty str such as 'backbone.' "
+            "(the sub-tree of the checkpoint to load)"
+        )
+    if strip_prefix is not None:
+        strip_prefixes(strip_prefix)  # type: ignore[arg-type]
+    if rename is not None and not callable(rename):
+        _rename_pairs(rename)  # type: ignore[arg-type]
+
+
 def _renamer(rename: Rename) -> list[tuple[str, Callable[[str], str]]]:
     """Each rename rule as (description, function on one name)."""
     if callable(rename):
         label = getattr(rename, "__name__", type(rename).__name__)
         return [(f"rename with {label}()", rename)]
     rules: list[tuple[str, Callable[[str], str]]] = []
-    for item in rename:
-        if not (
-            isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)
-        ):
-            raise TypeError(
-                f"rename= takes (regex, replacement) string pairs or a callable; got {item!r}"
-            )
-        pattern, replacement = item
+    for pattern, replacement in _rename_pairs(rename):
         try:
             compiled = re.compile(pattern)
         except re.error as exc:
@@ -245,14 +298,12 @@ def map_keys(
     model_keys: Collection[str],
     *,
     prefix: str | None = None,
-    strip_prefix: str | None = None,
+    strip_prefix: Prefixes | None = None,
     rename: Rename | None = None,
     auto_fix: bool = True,
 ) -> KeyMap:
     """Map checkpoint keys into the model's namespace (see the module docstring for the steps)."""
-    for label, value in (("prefix", prefix), ("strip_prefix", strip_prefix)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise TypeError(f"{label}= must be a non-empty str such as 'backbone.', got {value!r}")
+    check_name_options(prefix=prefix, strip_prefix=strip_prefix, rename=rename)
     mapper = _Mapper(checkpoint_keys)
     if auto_fix:
         _unwrap_checkpoint(mapper, model_keys)
@@ -269,17 +320,21 @@ def map_keys(
             [name.removeprefix(prefix) for name in mapper.current],
         )
     if strip_prefix is not None:
+        strip = strip_prefixes(strip_prefix)
         mapper.apply(
-            f"strip prefix {strip_prefix!r}",
+            f"strip prefix {strip[0]!r}" if len(strip) == 1 else f"strip prefixes {list(strip)!r}",
             "from the keys that have it",
-            [name.removeprefix(strip_prefix) for name in mapper.current],
+            [_without_prefix(name, strip) for name in mapper.current],
         )
     if rename is not None:
         for rule, function in _renamer(rename):
             new = [function(name) for name in mapper.current]
-            bad = [n for n in new if not isinstance(n, str)]
-            if bad:
-                raise TypeError(f"{rule} returned {bad[0]!r}; a rename must return a str")
+            bad = next((i for i, n in enumerate(new) if not isinstance(n, str)), None)
+            if bad is not None:
+                raise InvalidArgumentError(
+                    f"rename=: {rule} returned {new[bad]!r} for {mapper.current[bad]!r}; "
+                    "a rename function must return a str"
+                )
             mapper.apply(rule, "rename", new)
     if auto_fix:
         _wrap_for_model(mapper, model_keys)

@@ -1,4 +1,7 @@
-"""load(): read a checkpoint back into exactly the structure that was saved."""
+"""load(): read a checkpoint back into exactly the structure that was saved.
+
+May import: ``readers``, ``engine``. Imported by the public package.
+"""
 
 from __future__ import annotations
 

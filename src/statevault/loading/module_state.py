@@ -6,6 +6,9 @@ through the whole load only to learn which tensor each key names. When no module
 what state_dict returns, walking the modules lists the very same (key, tensor) pairs in the
 same order, and each key string lives only while it is looked at. Otherwise state_dict()
 itself is asked, as before.
+
+May import: torch only. Imported by ``loading.plan``, ``loading.fill`` and
+``loading.load_into``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ module gets ``local_metadata`` (with ``assign_to_params_buffers`` when assigning
 and ``swap_tensors`` all live there); children load after their parent may have edited the
 dict; post-hooks run after a module's children and may edit the incompatible keys; errors
 are raised together, in torch's words.
+
+May import: torch only. Imported by ``loading.fill``.
 """
 
 from __future__ import annotations

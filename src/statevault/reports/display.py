@@ -5,7 +5,9 @@ as they are, an escape sequence in a name can clear the screen, retitle the wind
 forge output lines. So control characters (C0, DEL, C1), line separators and bidi overrides
 are shown escaped, as ``git`` and ``ls -b`` do (``\\x1b``), and long values are shortened
 *before* anything formats them, with their length (``…(104857600 chars)``): terminals and
-rich slow down faster than linearly on a 100 MB line. ``--json`` output keeps full values.
+rich slow down faster than linearly on a 100 MB line. JSON output keeps full values.
+
+May import: nothing of statevault. Imported by ``tools`` and ``cli``.
 """
 
 from __future__ import annotations

@@ -1,63 +1,33 @@
 """LoadReport: everything load_into found, as data (``str()`` for people, ``to_dict()`` for programs).
 
+``repr()`` is one line at any model size (``<LoadReport: 120 loaded, 2 missing, 1 unexpected>``).
 ``str()`` stays short however large the model: keys are grouped by module ("encoder.layers.3:
 4 missing (all of it)") and every list is capped at ``MAX_LISTED`` lines then "... and N more".
 ``to_dict()`` holds every key, JSON-ready, unless asked for a ``limit``.
+
+May import: ``reports.load_entries``, ``statevault.errors``. Imported by ``loading``, the
+tools that cap their own lists (``capped``, ``MAX_LISTED``) and the public package.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from statevault.loading.diagnose import Cause
-from statevault.loading.keymap import AppliedMapping
+from statevault.reports.load_entries import (
+    AppliedMapping,
+    Cause,
+    DtypeCast,
+    ShapeMismatch,
+    TiedKey,
+    TieStatus,
+)
 
 MAX_LISTED = 20
 _LEAVES_SHOWN = 4
-
-
-@dataclass(frozen=True)
-class ShapeMismatch:
-    """A key present on both sides with different shapes; it is never loaded."""
-
-    key: str
-    checkpoint_shape: tuple[int, ...]
-    model_shape: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return f"{self.key}: checkpoint {list(self.checkpoint_shape)} vs model {list(self.model_shape)}"
-
-
-@dataclass(frozen=True)
-class DtypeCast:
-    """A tensor converted on load from the checkpoint's dtype to the model's."""
-
-    key: str
-    checkpoint_dtype: str
-    model_dtype: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.checkpoint_dtype} -> {self.model_dtype}"
-
-
-@dataclass(frozen=True)
-class TiedKey:
-    """A model key that shares memory with another one, and how it was filled."""
-
-    key: str
-    tied_to: str
-    how: str  # "shared", "filled through tie", "stored separately"
-
-    def __str__(self) -> str:
-        explain = {
-            "shared": "tied in the checkpoint too; read once",
-            "filled through tie": "absent from the checkpoint; filled through the tie",
-            "stored separately": "the checkpoint stores both; the later key's values win",
-        }.get(self.how, self.how)
-        return f"{self.key} = {self.tied_to} ({explain})"
 
 
 def capped(items: Sequence[Any], limit: int = MAX_LISTED) -> list[str]:
@@ -66,6 +36,15 @@ def capped(items: Sequence[Any], limit: int = MAX_LISTED) -> list[str]:
     if len(items) > limit:
         lines.append(f"... and {len(items) - limit} more")
     return lines
+
+
+def _plain(value: Any) -> Any:
+    """A field value as plain JSON data: tuples as lists, enum members as their names."""
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _ancestors(key: str) -> list[str]:
@@ -107,7 +86,7 @@ def group_by_module(keys: Sequence[str], universe: Iterable[str], verb: str) -> 
     return capped(lines)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LoadReport:
     """What happened (or, for a dry run, would happen) when loading a checkpoint into a module.
 
@@ -115,13 +94,20 @@ class LoadReport:
     ``ignored`` holds the original names of checkpoint keys left out by ``prefix=``.
     ``ok`` is True when every model key was filled and every selected checkpoint key was used.
     ``causes`` are the likely reasons for any problem, most likely first, each with its fix.
+
+    ``missing_keys`` and ``unexpected_keys`` are torch's names, and lists as in torch's
+    ``load_state_dict`` result, so code written for that result works on this one (``==
+    []``, comparing with torch's lists); the report also unpacks as that result does::
+
+        missing_keys, unexpected_keys = statevault.load_into(model, path, strict=False)
     """
 
     source: str
     target: str = ""  # the module's class name
     matched: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()
-    unexpected: tuple[str, ...] = ()
+    # lists, as torch's result has them; left out of the hash so the report stays hashable
+    missing_keys: list[str] = field(default_factory=list, hash=False)
+    unexpected_keys: list[str] = field(default_factory=list, hash=False)
     shape_mismatches: tuple[ShapeMismatch, ...] = ()
     casts: tuple[DtypeCast, ...] = ()
     tied: tuple[TiedKey, ...] = ()
@@ -135,22 +121,31 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatches)
+        return not (self.missing_keys or self.unexpected_keys or self.shape_mismatches)
 
     @property
     def skipped(self) -> tuple[str, ...]:
         """Keys present on both sides but not loaded (their shapes differ)."""
         return tuple(m.key for m in self.shape_mismatches)
 
-    @property
-    def missing_keys(self) -> list[str]:
-        """Same as torch's ``load_state_dict(...).missing_keys``."""
-        return list(self.missing)
+    def __iter__(self) -> Iterator[list[str]]:
+        """``missing_keys`` then ``unexpected_keys``, as torch's ``_IncompatibleKeys`` unpacks."""
+        return iter((self.missing_keys, self.unexpected_keys))
 
-    @property
-    def unexpected_keys(self) -> list[str]:
-        """Same as torch's ``load_state_dict(...).unexpected_keys``."""
-        return list(self.unexpected)
+    def __repr__(self) -> str:
+        """One line at any model size, like torch's ``<All keys matched successfully>``."""
+        verb = "would load" if self.dry_run else "loaded"
+        counts = [f"{len(self.matched)} {verb}"]
+        if self.ok:
+            counts.append("all keys matched successfully")
+        else:
+            counts += [
+                f"{len(self.missing_keys)} missing",
+                f"{len(self.unexpected_keys)} unexpected",
+            ]
+            if self.shape_mismatches:
+                counts.append(f"{len(self.shape_mismatches)} shape mismatch(es)")
+        return f"<LoadReport: {', '.join(counts)}>"
 
     def to_dict(self, *, limit: int | None = None) -> dict[str, Any]:
         """A JSON-ready dict; every list is complete unless ``limit`` caps it.
@@ -166,8 +161,7 @@ class LoadReport:
             return list(items)
 
         def record(obj: Any) -> dict[str, Any]:
-            fields = dict(obj.__dict__)
-            return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+            return {key: _plain(value) for key, value in obj.__dict__.items()}
 
         data: dict[str, Any] = {
             "source": self.source,
@@ -176,16 +170,16 @@ class LoadReport:
             "dry_run": self.dry_run,
             "counts": {
                 "matched": len(self.matched),
-                "missing": len(self.missing),
-                "unexpected": len(self.unexpected),
+                "missing_keys": len(self.missing_keys),
+                "unexpected_keys": len(self.unexpected_keys),
                 "shape_mismatches": len(self.shape_mismatches),
                 "casts": len(self.casts),
                 "ignored": len(self.ignored),
             },
             "causes": [record(c) for c in self.causes],
             "matched": cap("matched", self.matched),
-            "missing": cap("missing", self.missing),
-            "unexpected": cap("unexpected", self.unexpected),
+            "missing_keys": cap("missing_keys", self.missing_keys),
+            "unexpected_keys": cap("unexpected_keys", self.unexpected_keys),
             "shape_mismatches": [record(m) for m in cap("shape_mismatches", self.shape_mismatches)],
             "casts": [record(c) for c in cap("casts", self.casts)],
             "tied": [record(t) for t in cap("tied", self.tied)],
@@ -200,9 +194,9 @@ class LoadReport:
 
     def _checkpoint_keys(self) -> list[str]:
         """Selected checkpoint keys, in the model's namespace (for "all of it" grouping)."""
-        through_tie = {t.key for t in self.tied if t.how == "filled through tie"}
+        through_tie = {t.key for t in self.tied if t.how is TieStatus.FILLED_THROUGH_TIE}
         used = [k for k in self.matched if k not in through_tie]
-        return [*used, *self.skipped, *self.unexpected]
+        return [*used, *self.skipped, *self.unexpected_keys]
 
     def problem_lines(self) -> list[str]:
         """Causes first, then what is missing, unexpected and mismatched, grouped by module."""
@@ -211,15 +205,17 @@ class LoadReport:
             label = "Likely cause" if i == 0 else "Also possible"
             lines.append(f"{label}: {cause.summary}")
             lines.append(f"  Fix: {cause.fix}")
-        model_keys = [*self.matched, *self.missing, *self.skipped]
-        if self.missing:
-            lines.append(f"Missing from checkpoint ({len(self.missing)}):")
-            lines += [f"  {g}" for g in group_by_module(self.missing, model_keys, "missing")]
-        if self.unexpected:
-            lines.append(f"Unexpected in checkpoint ({len(self.unexpected)}):")
+        model_keys = [*self.matched, *self.missing_keys, *self.skipped]
+        if self.missing_keys:
+            lines.append(f"Missing from checkpoint ({len(self.missing_keys)}):")
+            lines += [f"  {g}" for g in group_by_module(self.missing_keys, model_keys, "missing")]
+        if self.unexpected_keys:
+            lines.append(f"Unexpected in checkpoint ({len(self.unexpected_keys)}):")
             lines += [
                 f"  {g}"
-                for g in group_by_module(self.unexpected, self._checkpoint_keys(), "unexpected")
+                for g in group_by_module(
+                    self.unexpected_keys, self._checkpoint_keys(), "unexpected"
+                )
             ]
         if self.shape_mismatches:
             lines.append(f"Shape mismatches, not loaded ({len(self.shape_mismatches)}):")
@@ -229,7 +225,7 @@ class LoadReport:
     def error_message(self) -> str:
         """The message of the StateDictMismatchError that strict loading raises."""
         counts = (
-            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.missing_keys)} missing, {len(self.unexpected_keys)} unexpected, "
             f"{len(self.shape_mismatches)} shape mismatch(es)"
         )
         lines = [f"Cannot load {self.source} into {self.target or 'the module'}: {counts}."]
@@ -261,7 +257,7 @@ class LoadReport:
 
     def __str__(self) -> str:
         verb = "Would load" if self.dry_run else "Loaded"
-        total = len(self.matched) + len(self.missing) + len(self.shape_mismatches)
+        total = len(self.matched) + len(self.missing_keys) + len(self.shape_mismatches)
         into = f" into {self.target}" if self.target else ""
         head = f"{verb} {len(self.matched)} of {total} model tensor(s) from {self.source}{into}"
         if self.ok:

@@ -22,7 +22,7 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
-from statevault.fileformat.dtypes import dtype_name, float_dtype
+from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.readers.base import Reader
 from statevault.readers.dispatch import open_checkpoint
@@ -199,7 +199,7 @@ def convert(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
     *,
-    dtype: str | torch.dtype | None = None,
+    dtype: DtypeLike | None = None,
     keys: str | None = None,
     strip_prefix: str | Sequence[str] | None = None,
     checksum: bool = True,
