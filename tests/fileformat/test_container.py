@@ -10,7 +10,9 @@ import pytest
 from statevault.errors import CorruptFileError, HeaderError, TruncatedFileError
 from statevault.fileformat.container import (
     MAX_HEADER_BYTES,
+    TABLE_CHUNK,
     encode_header,
+    first_metadata_value_at,
     header_length,
     parse_header,
     plan_layout,
@@ -37,6 +39,29 @@ def test_golden_bytes_of_a_tiny_header() -> None:
     padded = body + b" " * (-len(body) % 8)
     assert encoded == struct.pack("<Q", len(padded)) + padded
     assert len(padded) % 8 == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, TABLE_CHUNK, TABLE_CHUNK + 1, 2 * TABLE_CHUNK + 3])
+@pytest.mark.parametrize("metadata", [None, {}, {"ü k": 'v"\\', "z": "\x01"}])
+def test_encode_header_writes_what_json_dumps_writes(
+    count: int, metadata: dict[str, str] | None
+) -> None:
+    entries = plan_layout((f"t{i}", "I8", (i % 3,), i % 3) for i in range(count))
+    document: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    document.update({e.name: e.to_json() for e in entries})
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    body += b" " * (-len(body) % 8)
+    encoded = encode_header(entries, metadata)
+    assert isinstance(encoded, bytearray)  # saves fill digests into it in place
+    assert encoded == struct.pack("<Q", len(body)) + body
+
+
+@pytest.mark.parametrize("first", ["k", "ü k", 'q"\\'])
+def test_first_metadata_value_at_points_at_the_value_text(first: str) -> None:
+    metadata = {first: "VALUE", "other": "x"}
+    encoded = encode_header(plan_layout([("a", "F32", (1,), 4)]), metadata)
+    at = first_metadata_value_at(metadata)
+    assert encoded[at : at + 5] == b"VALUE" and encoded[at - 1 : at] == b'"'
 
 
 def test_plan_layout_orders_by_element_size_then_name() -> None:
