@@ -36,6 +36,11 @@ CODE_ITEMSIZE: dict[str, int] = {
 }  # fmt: skip
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class DtypeSpec:
     """How one torch dtype is written: the safetensors code and an optional trailing dim."""
@@ -46,7 +51,7 @@ class DtypeSpec:
 
     @property
     def name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
     @property
     def encoded(self) -> bool:
@@ -107,11 +112,6 @@ FLOAT_DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "f32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp64": torch.float64, "f64": torch.float64, "float64": torch.float64, "double": torch.float64,
 }  # fmt: skip
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
-    return str(dtype).removeprefix("torch.")
 
 
 def float_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:

@@ -21,6 +21,7 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import HeaderError
+from statevault.fileformat.dtypes import dtype_name
 from statevault.fileformat.tree import Skeleton, unflatten
 from statevault.readers.safetensors_file import usable_device
 
@@ -43,7 +44,7 @@ class TensorMeta:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError
-from statevault.fileformat.dtypes import float_dtype
+from statevault.fileformat.dtypes import dtype_name, float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.readers.base import Reader
 from statevault.readers.dispatch import open_checkpoint
@@ -220,6 +220,6 @@ def convert(
             dropped=tuple(dropped),
             renamed=renamed,
             cast=cast,
-            dtype=str(target).removeprefix("torch.") if target is not None else None,
+            dtype=dtype_name(target) if target is not None else None,
             flattened=flattened,
         )
