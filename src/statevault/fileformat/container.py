@@ -8,6 +8,9 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` (offsets 
 the data section) plus an optional ``"__metadata__"`` string->string map, where statevault
 keeps its own JSON. Everything read from a file is validated before it is trusted, so a
 hostile header cannot make us allocate, read or seek outside what the file really holds.
+
+May import: ``statevault.errors``, ``fileformat.dtypes``, ``fileformat.table``. Imported by:
+``metadata``, ``format1``, the engine (reads the header), readers and saving.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ in our metadata (see ``DtypeSpec.trailing``):
 
 Any safetensors reader therefore sees meaningful numbers or raw bytes, and statevault
 restores the exact dtype bit for bit.
+
+May import: ``statevault.errors`` (and torch). Imported by: every layer that names or parses a
+dtype (``dtype_name`` and ``float_dtype`` are the one naming helper and the one parser).
 """
 
 from __future__ import annotations

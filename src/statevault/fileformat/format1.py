@@ -5,6 +5,9 @@ user metadata and our metadata with sorted keys), so checking it meant parsing t
 nested-state tree and re-encoding every tensor entry: for 20,000 tensors ~13 MiB of Python
 objects and ~45 ms. Format 2 hashes the header's bytes instead (``metadata``). Files of format 1
 stay readable, so this digest stays, used only to check them.
+
+May import: ``fileformat.checksums``, ``container``, ``table``. Imported by: ``metadata`` only
+(and tests that build format-1 headers).
 """
 
 from __future__ import annotations

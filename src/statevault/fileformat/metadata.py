@@ -18,6 +18,9 @@ hash over the header bytes, before and without any parsing. Digests are one stri
 name -> digest table, and the skeleton is a string of its own that only ``load`` parses:
 opening a 20,000-tensor file builds no per-tensor objects for either. Format 1 files (a
 canonical-JSON digest, ``_format1``) are still read.
+
+May import: ``statevault.errors`` and the other ``fileformat`` modules. Imported by: readers
+(decode) and saving (``SlottedHeader``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ shapes share one tuple.
 It is the only parser: anything unusual is checked in the same pass and refused with a
 message naming the tensor and field, never parsed a second time. A header is at most 100 MB
 of text, so what a hostile one costs is bounded by what one pass over it costs.
+
+May import: nothing of statevault (stdlib only; ``container`` adds the file's name to its
+errors). Imported by: ``container`` and, for ``TensorEntry``/``TensorTable``, the layers above.
 """
 
 from __future__ import annotations
