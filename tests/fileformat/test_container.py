@@ -217,3 +217,85 @@ def test_empty_tensors_share_offsets() -> None:
     }
     header = parse(table, 8)
     assert set(header.entries) == {"e1", "e2", "t"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("table", "data_size", "error", "message"),
+    [
+        (
+            {"w": dict(GOOD, shape=[3])},
+            8,
+            HeaderError,
+            "f.safetensors: tensor 'w': dtype F32 x shape [3] needs 12 bytes but data_offsets "
+            "span 8; the header is damaged",
+        ),
+        (
+            {"w": dict(GOOD, data_offsets=[4, 12])},
+            12,
+            HeaderError,
+            "f.safetensors: tensor 'w' starts at data offset 4, expected 0: it leaves a gap; "
+            "the header is damaged",
+        ),
+        (
+            {"a": GOOD, "b": dict(GOOD, data_offsets=[4, 12])},
+            12,
+            HeaderError,
+            "f.safetensors: tensor 'b' starts at data offset 4, expected 8: it overlaps the "
+            "previous tensor; the header is damaged",
+        ),
+        (
+            {
+                "a": GOOD,
+                "b": dict(GOOD, data_offsets=[8, 16]),
+                "c": dict(GOOD, data_offsets=[16, 24]),
+            },
+            10,
+            TruncatedFileError,
+            "f.safetensors: file is truncated: data section needs 24 bytes, found 10; 2 tensor(s) "
+            "cut off, first 'b'",
+        ),
+        (
+            {"w": GOOD},
+            11,
+            HeaderError,
+            "f.safetensors: 3 unexpected trailing bytes after the last tensor (data section "
+            "should be 8 bytes); the file is damaged",
+        ),
+        (
+            {"__metadata__": {"k": "v", "n": 1}},
+            0,
+            HeaderError,
+            "f.safetensors: '__metadata__' must map strings to strings, but 'n' maps to 1; the "
+            "header is damaged",
+        ),
+        (
+            {"__metadata__": [1]},
+            0,
+            HeaderError,
+            "f.safetensors: '__metadata__' must map strings to strings, got a list; the header "
+            "is damaged",
+        ),
+    ],
+    ids=["span", "gap", "overlap", "truncated", "trailing", "metadata-value", "metadata-list"],
+)
+def test_refusals_name_the_file_the_tensor_and_the_byte_counts(
+    table: object, data_size: int, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as info:
+        parse(table, data_size)
+    assert type(info.value) is error and str(info.value) == message
+
+
+def test_short_header_refusals_give_the_byte_counts() -> None:
+    with pytest.raises(TruncatedFileError) as short:
+        header_length(b"\x01\x02", file_size=2, source="f.safetensors")
+    assert str(short.value) == (
+        "f.safetensors: file is 2 bytes, too short to be a safetensors file (needs at least 8); "
+        "it was probably truncated or is not a checkpoint"
+    )
+    with pytest.raises(TruncatedFileError) as cut:
+        header_length(struct.pack("<Q", 100) + b"{", file_size=50, source="f.safetensors")
+    assert str(cut.value) == (
+        "f.safetensors: header needs 100 bytes but the file holds only 42 after the prefix; "
+        "the file is truncated or damaged"
+    )

@@ -214,3 +214,59 @@ def test_plain_safetensors_file_keeps_every_user_key(tmp_path: Path) -> None:
     with statevault.Checkpoint(path) as checkpoint:
         assert checkpoint.format_version is None
         assert dict(checkpoint.metadata) == metadata
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            format2_file(checksums='"checksums":{"algorithm":"xxh3-64","packed":"abc"}'),
+            "statevault checksums entry is damaged: 3 characters of digests for 1 tensors "
+            "(expected 16: 16 each); header damaged",
+        ),
+        (
+            format2_file(
+                checksums='"checksums":{"algorithm":"md5","packed":"' + GOOD_DIGEST + '"}'
+            ),
+            "statevault checksums entry is damaged: algorithm 'md5' (expected 'xxh3-64') or no "
+            "digests; header damaged",
+        ),
+        (
+            format2_file(
+                checksums='"checksums":{"algorithm":"xxh3-64","packed":"'
+                + GOOD_DIGEST.upper()
+                + '"}'
+            ),
+            "statevault checksums entry is damaged: digests that are not lower-case hex; header "
+            "damaged",
+        ),
+        (
+            format2_file('"aliases":{},"dtypes":{"a":"complex128"}'),
+            "tensor 'a' is recorded as dtype 'complex128', which does not fit its stored code "
+            "F32; header damaged or written by a newer statevault",
+        ),
+        (
+            format2_file('"aliases":{},"dtypes":{"b":"complex128"}'),
+            "tensor 'b' is recorded as dtype 'complex128', which does not fit a tensor the file "
+            "does not hold; header damaged or written by a newer statevault",
+        ),
+        (
+            format2_file('"aliases":{"b":"missing"},"dtypes":{}'),
+            "alias 'b' -> 'missing' does not resolve; header damaged",
+        ),
+        (
+            format2_file(tree='{"dict":[["x",{"list":[1,{"tensor":"missing"}]}]]}'),
+            "statevault tree in header is damaged at node x.1: refers to unknown tensor "
+            "'missing', which the file does not hold",
+        ),
+    ],
+    ids=["packed-length", "algorithm", "uppercase", "dtype-code", "dtype-name", "alias", "tree"],
+)
+def test_metadata_refusals_name_the_file_the_tensor_and_the_counts(
+    content: bytes, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(HeaderError) as info:
+        statevault.load(path)
+    assert str(info.value) == f"{path}: {message}"

@@ -26,6 +26,7 @@ from statevault.fileformat.table import (
     HeaderProblem,
     TensorEntry,
     TensorTable,
+    brief,
     first_misplaced,
     parse_columns,
 )
@@ -223,10 +224,17 @@ def parse_header_text(text: str, *, header_bytes: int, file_size: int, source: s
     position = table.ends[-1] if table.ends else 0
     if metadata is None:
         metadata = {}
-    if type(metadata) is not dict or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise HeaderError(f"{source}: '{METADATA_KEY}' must map strings to strings")
+    if type(metadata) is not dict:
+        raise HeaderError(
+            f"{source}: '{METADATA_KEY}' must map strings to strings, got a "
+            f"{type(metadata).__name__}; the header is damaged"
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise HeaderError(
+                f"{source}: '{METADATA_KEY}' must map strings to strings, but {brief(key)} "
+                f"maps to {brief(value)}; the header is damaged"
+            )
     data_offset = PREFIX_BYTES + header_bytes
     available = file_size - data_offset
     if available < position:

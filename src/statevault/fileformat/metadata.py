@@ -41,7 +41,7 @@ from statevault.fileformat.container import (
     first_metadata_value_at,
 )
 from statevault.fileformat.dtypes import dtype_from_name, spec_for
-from statevault.fileformat.table import TensorEntry, TensorTable
+from statevault.fileformat.table import TensorEntry, TensorTable, brief
 from statevault.fileformat.tree import Skeleton
 
 VAULT_KEY = "statevault"
@@ -274,14 +274,20 @@ def _packed_digests(value: Any, table: TensorTable, source: str) -> Mapping[str,
     if value is None:
         return {}
     packed = value.get("packed") if isinstance(value, dict) else None
-    if not (
-        isinstance(packed, str)
-        and value.get("algorithm") == _checksum.ALGORITHM
-        and len(packed) == len(table) * _checksum.DIGEST_CHARS
-        and _HEX_DIGESTS.fullmatch(packed)
-    ):
-        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
-    return PackedDigests(table, packed)
+    algorithm = value.get("algorithm") if isinstance(value, dict) else None
+    expected = len(table) * _checksum.DIGEST_CHARS
+    if not isinstance(packed, str) or algorithm != _checksum.ALGORITHM:
+        problem = f"algorithm {brief(algorithm)} (expected {_checksum.ALGORITHM!r}) or no digests"
+    elif len(packed) != expected:
+        problem = (
+            f"{len(packed)} characters of digests for {len(table)} tensors "
+            f"(expected {expected}: {_checksum.DIGEST_CHARS} each)"
+        )
+    elif not _HEX_DIGESTS.fullmatch(packed):
+        problem = "digests that are not lower-case hex"
+    else:
+        return PackedDigests(table, packed)
+    raise HeaderError(f"{source}: statevault checksums entry is damaged: {problem}; header damaged")
 
 
 def _decode_format1(
@@ -346,8 +352,10 @@ def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
     for name, dtype_name in info.dtypes.items():
         dtype = dtype_from_name(dtype_name) if isinstance(dtype_name, str) else None
         spec = spec_for(dtype) if dtype is not None else None
-        if name not in names or spec is None or spec.code != names[name].code:
+        stored = names[name].code if name in names else None
+        if stored is None or spec is None or spec.code != stored:
+            where = f"its stored code {stored}" if stored else "a tensor the file does not hold"
             raise HeaderError(
                 f"{source}: tensor {name!r} is recorded as dtype {dtype_name!r}, which does not "
-                f"fit its stored code; header damaged or written by a newer statevault"
+                f"fit {where}; header damaged or written by a newer statevault"
             )
