@@ -10,7 +10,9 @@ import pytest
 from statevault.errors import CorruptFileError, HeaderError, TruncatedFileError
 from statevault.fileformat.container import (
     MAX_HEADER_BYTES,
+    TABLE_CHUNK,
     encode_header,
+    first_metadata_value_at,
     header_length,
     parse_header,
     plan_layout,
@@ -37,6 +39,29 @@ def test_golden_bytes_of_a_tiny_header() -> None:
     padded = body + b" " * (-len(body) % 8)
     assert encoded == struct.pack("<Q", len(padded)) + padded
     assert len(padded) % 8 == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, TABLE_CHUNK, TABLE_CHUNK + 1, 2 * TABLE_CHUNK + 3])
+@pytest.mark.parametrize("metadata", [None, {}, {"ü k": 'v"\\', "z": "\x01"}])
+def test_encode_header_writes_what_json_dumps_writes(
+    count: int, metadata: dict[str, str] | None
+) -> None:
+    entries = plan_layout((f"t{i}", "I8", (i % 3,), i % 3) for i in range(count))
+    document: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    document.update({e.name: e.to_json() for e in entries})
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    body += b" " * (-len(body) % 8)
+    encoded = encode_header(entries, metadata)
+    assert isinstance(encoded, bytearray)  # saves fill digests into it in place
+    assert encoded == struct.pack("<Q", len(body)) + body
+
+
+@pytest.mark.parametrize("first", ["k", "ü k", 'q"\\'])
+def test_first_metadata_value_at_points_at_the_value_text(first: str) -> None:
+    metadata = {first: "VALUE", "other": "x"}
+    encoded = encode_header(plan_layout([("a", "F32", (1,), 4)]), metadata)
+    at = first_metadata_value_at(metadata)
+    assert encoded[at : at + 5] == b"VALUE" and encoded[at - 1 : at] == b'"'
 
 
 def test_plan_layout_orders_by_element_size_then_name() -> None:
@@ -192,3 +217,85 @@ def test_empty_tensors_share_offsets() -> None:
     }
     header = parse(table, 8)
     assert set(header.entries) == {"e1", "e2", "t"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("table", "data_size", "error", "message"),
+    [
+        (
+            {"w": dict(GOOD, shape=[3])},
+            8,
+            HeaderError,
+            "f.safetensors: tensor 'w': dtype F32 x shape [3] needs 12 bytes but data_offsets "
+            "span 8; the header is damaged",
+        ),
+        (
+            {"w": dict(GOOD, data_offsets=[4, 12])},
+            12,
+            HeaderError,
+            "f.safetensors: tensor 'w' starts at data offset 4, expected 0: it leaves a gap; "
+            "the header is damaged",
+        ),
+        (
+            {"a": GOOD, "b": dict(GOOD, data_offsets=[4, 12])},
+            12,
+            HeaderError,
+            "f.safetensors: tensor 'b' starts at data offset 4, expected 8: it overlaps the "
+            "previous tensor; the header is damaged",
+        ),
+        (
+            {
+                "a": GOOD,
+                "b": dict(GOOD, data_offsets=[8, 16]),
+                "c": dict(GOOD, data_offsets=[16, 24]),
+            },
+            10,
+            TruncatedFileError,
+            "f.safetensors: file is truncated: data section needs 24 bytes, found 10; 2 tensor(s) "
+            "cut off, first 'b'",
+        ),
+        (
+            {"w": GOOD},
+            11,
+            HeaderError,
+            "f.safetensors: 3 unexpected trailing bytes after the last tensor (data section "
+            "should be 8 bytes); the file is damaged",
+        ),
+        (
+            {"__metadata__": {"k": "v", "n": 1}},
+            0,
+            HeaderError,
+            "f.safetensors: '__metadata__' must map strings to strings, but 'n' maps to 1; the "
+            "header is damaged",
+        ),
+        (
+            {"__metadata__": [1]},
+            0,
+            HeaderError,
+            "f.safetensors: '__metadata__' must map strings to strings, got a list; the header "
+            "is damaged",
+        ),
+    ],
+    ids=["span", "gap", "overlap", "truncated", "trailing", "metadata-value", "metadata-list"],
+)
+def test_refusals_name_the_file_the_tensor_and_the_byte_counts(
+    table: object, data_size: int, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as info:
+        parse(table, data_size)
+    assert type(info.value) is error and str(info.value) == message
+
+
+def test_short_header_refusals_give_the_byte_counts() -> None:
+    with pytest.raises(TruncatedFileError) as short:
+        header_length(b"\x01\x02", file_size=2, source="f.safetensors")
+    assert str(short.value) == (
+        "f.safetensors: file is 2 bytes, too short to be a safetensors file (needs at least 8); "
+        "it was probably truncated or is not a checkpoint"
+    )
+    with pytest.raises(TruncatedFileError) as cut:
+        header_length(struct.pack("<Q", 100) + b"{", file_size=50, source="f.safetensors")
+    assert str(cut.value) == (
+        "f.safetensors: header needs 100 bytes but the file holds only 42 after the prefix; "
+        "the file is truncated or damaged"
+    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from statevault import InvalidArgumentError
-from statevault.fileformat.dtypes import dtype_name, float_dtype
+from statevault.fileformat.dtypes import SPECS, dtype_from_name, dtype_name, float_dtype
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,9 @@ def test_a_bad_dtype_names_the_argument_the_value_and_the_choices(bad: object) -
 def test_dtype_name_drops_the_torch_prefix() -> None:
     assert dtype_name(torch.bfloat16) == "bfloat16"
     assert dtype_name(torch.float8_e4m3fn) == "float8_e4m3fn"
+
+
+def test_recorded_dtype_names_are_dtype_name_and_parse_back() -> None:
+    for dtype, spec in SPECS.items():
+        assert spec.name == dtype_name(dtype)
+        assert dtype_from_name(spec.name) is dtype

@@ -7,17 +7,20 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 import safetensors.torch
 import torch
 
 import statevault
+from helpers import fixture_v2
 from helpers.fixture_v1 import expected_state
 from statevault.errors import ChecksumMismatchError, HeaderError, StateVaultError
 from statevault.fileformat import checksums as _checksum
 from statevault.fileformat.metadata import LEAD, TREE_KEY
 
 FORMAT1 = Path(__file__).parents[1] / "data" / "format1.safetensors"
+FORMAT2 = FORMAT1.parent / "format2.safetensors"
 
 
 def same(found: Any, expected: Any) -> bool:
@@ -25,6 +28,8 @@ def same(found: Any, expected: Any) -> bool:
         return False
     if isinstance(expected, torch.Tensor):
         return found.dtype == expected.dtype and torch.equal(found, expected)
+    if isinstance(expected, (numpy.ndarray, numpy.generic)):
+        return found.dtype == expected.dtype and numpy.array_equal(found, expected)
     if isinstance(expected, dict):
         return list(found) == list(expected) and all(same(found[k], expected[k]) for k in found)
     if isinstance(expected, (list, tuple)):
@@ -47,6 +52,30 @@ def test_format1_file_loads_exactly(tmp_path: Path) -> None:
     with statevault.Checkpoint(tmp_path / "again.safetensors") as again:
         assert again.format_version == 2
         assert same(again.load(), expected)
+
+
+def test_save_writes_the_golden_format2_file_byte_for_byte(tmp_path: Path) -> None:
+    # pins the header encoder, layout and digests that save uses (see helpers.fixture_v2)
+    path = tmp_path / "again.safetensors"
+    statevault.save(fixture_v2.expected_state(), path, metadata=fixture_v2.METADATA)
+    assert path.read_bytes() == FORMAT2.read_bytes()
+
+
+def test_golden_format2_file_loads_exactly() -> None:
+    with statevault.Checkpoint(FORMAT2) as checkpoint:
+        assert checkpoint.format_version == 2 and checkpoint.has_checksums
+        assert dict(checkpoint.metadata) == {"format": "pt", **fixture_v2.METADATA}
+        assert dict(checkpoint.aliases) == {"model.head.weight": "model.embed.weight"}
+        state = checkpoint.load()
+    assert same(state, fixture_v2.expected_state())
+    model = state["model"]
+    assert model["head.weight"] is model["embed.weight"]  # the tie survives
+    assert type(state["rng"]["gauss"]) is numpy.float64
+    assert statevault.verify(FORMAT2).ok
+    # the reference reader sees the stored tensors (complex128 as float64 pairs)
+    flat = safetensors.torch.load_file(str(FORMAT2))
+    assert torch.equal(flat["model.rotor"], torch.view_as_real(model["rotor"]))
+    assert "model.head.weight" not in flat
 
 
 def test_damaged_format1_header_is_refused(tmp_path: Path) -> None:
@@ -185,3 +214,59 @@ def test_plain_safetensors_file_keeps_every_user_key(tmp_path: Path) -> None:
     with statevault.Checkpoint(path) as checkpoint:
         assert checkpoint.format_version is None
         assert dict(checkpoint.metadata) == metadata
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            format2_file(checksums='"checksums":{"algorithm":"xxh3-64","packed":"abc"}'),
+            "statevault checksums entry is damaged: 3 characters of digests for 1 tensors "
+            "(expected 16: 16 each); header damaged",
+        ),
+        (
+            format2_file(
+                checksums='"checksums":{"algorithm":"md5","packed":"' + GOOD_DIGEST + '"}'
+            ),
+            "statevault checksums entry is damaged: algorithm 'md5' (expected 'xxh3-64') or no "
+            "digests; header damaged",
+        ),
+        (
+            format2_file(
+                checksums='"checksums":{"algorithm":"xxh3-64","packed":"'
+                + GOOD_DIGEST.upper()
+                + '"}'
+            ),
+            "statevault checksums entry is damaged: digests that are not lower-case hex; header "
+            "damaged",
+        ),
+        (
+            format2_file('"aliases":{},"dtypes":{"a":"complex128"}'),
+            "tensor 'a' is recorded as dtype 'complex128', which does not fit its stored code "
+            "F32; header damaged or written by a newer statevault",
+        ),
+        (
+            format2_file('"aliases":{},"dtypes":{"b":"complex128"}'),
+            "tensor 'b' is recorded as dtype 'complex128', which does not fit a tensor the file "
+            "does not hold; header damaged or written by a newer statevault",
+        ),
+        (
+            format2_file('"aliases":{"b":"missing"},"dtypes":{}'),
+            "alias 'b' -> 'missing' does not resolve; header damaged",
+        ),
+        (
+            format2_file(tree='{"dict":[["x",{"list":[1,{"tensor":"missing"}]}]]}'),
+            "statevault tree in header is damaged at node x.1: refers to unknown tensor "
+            "'missing', which the file does not hold",
+        ),
+    ],
+    ids=["packed-length", "algorithm", "uppercase", "dtype-code", "dtype-name", "alias", "tree"],
+)
+def test_metadata_refusals_name_the_file_the_tensor_and_the_counts(
+    content: bytes, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(HeaderError) as info:
+        statevault.load(path)
+    assert str(info.value) == f"{path}: {message}"

@@ -8,7 +8,7 @@ import pytest
 
 from statevault.errors import HeaderError
 from statevault.fileformat import checksums as _checksum
-from statevault.fileformat.container import encode_header, parse_header, plan_layout
+from statevault.fileformat.container import TABLE_CHUNK, parse_header, plan_layout
 from statevault.fileformat.metadata import (
     FORMAT_KEY,
     LEAD,
@@ -27,29 +27,50 @@ NAMES = ["plain.weight", 'q"uote', "back\\slash", "ünï cödé", "ctl\x01", "ta
 
 def _reference(
     entries: list[TensorEntry],
-    tree: object,
+    info: VaultInfo,
     user: dict[str, str],
     digests: list[str] | None,
 ) -> bytes:
-    """The header as the straightforward way builds it: whole documents, json.dumps, then
-    the digest of the bytes with the digest's own characters as zeros."""
+    """The header as the straightforward way builds it, without ``encode_header``: the whole
+    document through json.dumps, then the digest of the bytes with its own characters as
+    zeros."""
 
     def build(header_digest: str) -> bytes:
-        vault = f'{{"header_digest":"{header_digest}","version":2,"aliases":{{}},"dtypes":{{}}'
+        vault: dict[str, object] = {
+            "header_digest": header_digest,
+            "version": 2,
+            "aliases": dict(info.aliases),
+            "dtypes": dict(info.dtypes),
+        }
         if digests is not None:
-            vault += f',"checksums":{{"algorithm":"xxh3-64","packed":"{"".join(digests)}"}}'
-        metadata = {VAULT_KEY: vault + "}", TREE_KEY: _checksum.canonical_json(tree)}
-        return encode_header(entries, {**metadata, FORMAT_KEY: "pt", **user})
+            vault["checksums"] = {"algorithm": "xxh3-64", "packed": "".join(digests)}
+        metadata = {
+            VAULT_KEY: json.dumps(vault, separators=(",", ":"), ensure_ascii=False),
+            TREE_KEY: _checksum.canonical_json(info.tree),
+            FORMAT_KEY: "pt",
+            **user,
+        }
+        document = {"__metadata__": metadata, **{e.name: e.to_json() for e in entries}}
+        body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        body += b" " * (-len(body) % 8)
+        return len(body).to_bytes(8, "little") + body
 
     return build(_checksum.digest(build(_checksum.PLACEHOLDER)))
 
 
+MANY = [f"layer.{i}.w" for i in range(TABLE_CHUNK + 5)]  # more than one encoded piece
+
+
 @pytest.mark.parametrize("checksum", [True, False])
-@pytest.mark.parametrize("count", [0, 1, len(NAMES)])
-def test_slotted_header_matches_the_reference_encoding(checksum: bool, count: int) -> None:
-    entries = plan_layout((name, "F32", (2,), 8) for name in NAMES[:count])
-    tree = {"dict": [[name, {"tensor": name}] for name in NAMES[:count]]}
-    info = VaultInfo(version=2, tree=tree, has_tree=True, aliases={}, dtypes={})
+@pytest.mark.parametrize(
+    "names", [[], NAMES[:1], NAMES, MANY], ids=["none", "one", "escaped", "chunked"]
+)
+def test_slotted_header_matches_the_reference_encoding(checksum: bool, names: list[str]) -> None:
+    entries = plan_layout((name, "F32", (2,), 8) for name in names)
+    tree = {"dict": [[name, {"tensor": name}] for name in names]}
+    # alias and dtype tables that need escaping move the packed digests' slot
+    aliases = {f"tied ü{n}": names[0] for n in range(2)} if names else {}
+    info = VaultInfo(version=2, tree=tree, has_tree=True, aliases=aliases, dtypes={})
     user = {"run": 'x"y', "ü": "ß"}
     header = SlottedHeader(encoded_members(info), entries, user, checksum)
     size = header.size
@@ -59,13 +80,14 @@ def test_slotted_header_matches_the_reference_encoding(checksum: bool, count: in
             header.put(index, digest)
     data = bytes(header.finish())
 
-    assert data == _reference(entries, tree, user, digests if checksum and entries else None)
+    assert data == _reference(entries, info, user, digests if checksum and entries else None)
     assert len(data) == size
     assert data[8:].startswith(LEAD)
-    parsed = parse_header(data[8:], file_size=len(data) + 8 * count, source="t")
+    parsed = parse_header(data[8:], file_size=len(data) + 8 * len(names), source="t")
     decoded = decode(parsed, source="t", signed=signed_digest(data[:8], data[8:]))
     expected = {e.name: d for e, d in zip(entries, digests, strict=True)} if checksum else {}
     assert dict(decoded.checksums) == expected
+    assert dict(decoded.aliases) == aliases
     assert decoded.tree_text is not None and json.loads(decoded.tree_text) == tree
     assert json.loads(data[8:])["__metadata__"]["run"] == user["run"]
 

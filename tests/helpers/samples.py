@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import statevault
-from statevault.fileformat.dtypes import SPECS
+from statevault.fileformat.dtypes import SPECS, dtype_name
 
 
 def random_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -28,8 +28,7 @@ def random_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torc
 def all_dtypes() -> dict[str, torch.Tensor]:
     """One tensor per dtype statevault can store (names are the dtype names)."""
     return {
-        str(dtype).removeprefix("torch."): random_tensor(dtype, (3, 4), seed)
-        for seed, dtype in enumerate(SPECS)
+        dtype_name(dtype): random_tensor(dtype, (3, 4), seed) for seed, dtype in enumerate(SPECS)
     }
 
 

@@ -75,9 +75,8 @@ def _describe(path: Path, echo: Callable[[str], None]) -> None:
     with statevault.Checkpoint(path) as checkpoint:
         echo(f"  {path.name}: {path.stat().st_size:,} bytes, {len(checkpoint.tensors)} tensor(s)")
         for name, info in checkpoint.tensors.items():
-            dtype = str(info.dtype).removeprefix("torch.")
             echo(
-                f"    {name:<38} {dtype:<8} {list(info.shape)!s:<10} {info.nbytes:>6} B  xxh3 {info.checksum}"
+                f"    {name:<38} {info.dtype_name:<8} {list(info.shape)!s:<10} {info.nbytes:>6} B  xxh3 {info.checksum}"
             )
 
 

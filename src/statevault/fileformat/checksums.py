@@ -3,6 +3,9 @@
 XXH3 runs at memory speed and the binding releases the GIL, so hashing overlaps with I/O in
 our reader threads. It detects accidental damage (truncation, bit flips, torn writes); it is
 not a cryptographic signature and does not defend against a deliberate forger.
+
+May import: nothing of statevault (``xxhash`` only). Imported by: ``metadata``, ``format1``
+and the engine (data digests, the hashing loop), readers and tools.
 """
 
 from __future__ import annotations

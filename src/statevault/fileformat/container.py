@@ -8,13 +8,16 @@ The header maps tensor names to ``{"dtype", "shape", "data_offsets"}`` (offsets 
 the data section) plus an optional ``"__metadata__"`` string->string map, where statevault
 keeps its own JSON. Everything read from a file is validated before it is trusted, so a
 hostile header cannot make us allocate, read or seek outside what the file really holds.
+
+May import: ``statevault.errors``, ``fileformat.dtypes``, ``fileformat.table``. Imported by:
+``metadata``, ``format1``, the engine (reads the header), readers and saving.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from statevault.errors import HeaderError, TruncatedFileError
@@ -23,6 +26,7 @@ from statevault.fileformat.table import (
     HeaderProblem,
     TensorEntry,
     TensorTable,
+    brief,
     first_misplaced,
     parse_columns,
 )
@@ -103,18 +107,48 @@ def tensor_table(entries: Iterable[TensorEntry], *, canonical: bool = False) -> 
     )
 
 
-def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
-    """The 8-byte prefix plus the space-padded JSON header for ``entries``.
+TABLE_CHUNK = 1024  # tensor entries encoded per piece: no megabyte-long intermediate text
 
-    ``save`` builds its header with ``_vault.SlottedHeader`` instead, to the same bytes.
+
+def tensor_table_pieces(
+    entries: Sequence[TensorEntry], *, canonical: bool = False
+) -> Iterator[str]:
+    """:func:`tensor_table` of ``entries``, ``TABLE_CHUNK`` entries per piece (join with ",")."""
+    for start in range(0, len(entries), TABLE_CHUNK):
+        yield tensor_table(entries[start : start + TABLE_CHUNK], canonical=canonical)
+
+
+def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytearray:
+    """The 8-byte prefix plus the space-padded JSON header for ``entries``: the one encoder.
+
+    ``metadata`` comes first, in its own order, as ``json.dumps`` writes it; then the tensor
+    table in the given (data) order. Saves call it too (``metadata.SlottedHeader``) and fill
+    digests into the bytes afterwards, so the result is a bytearray they can write into.
     """
-    members = [tensor_table(entries)] if entries else []
+    data = bytearray(PREFIX_BYTES)
+    data += b"{"
     if metadata:
-        text = json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)
-        members.insert(0, f'"{METADATA_KEY}":{text}')
-    body = ("{" + ",".join(members) + "}").encode("utf-8")
-    padding = -len(body) % 8
-    return b"".join((struct.pack("<Q", len(body) + padding), body, b" " * padding))
+        data += f'"{METADATA_KEY}":'.encode()
+        data += json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False).encode()
+    for index, piece in enumerate(tensor_table_pieces(entries)):
+        if metadata or index:
+            data += b","
+        data += piece.encode("utf-8")
+    data += b"}"
+    data += b" " * (-(len(data) - PREFIX_BYTES) % 8)
+    data[:PREFIX_BYTES] = struct.pack("<Q", len(data) - PREFIX_BYTES)
+    return data
+
+
+def first_metadata_value_at(metadata: Mapping[str, str]) -> int:
+    """Where, in :func:`encode_header` ``(entries, metadata)``'s bytes, the text of the first
+    metadata value begins (just after its opening quote).
+
+    Derived from the layout ``encode_header`` writes, so a caller can find a slot inside that
+    value from the length of the escaped text before it, never by searching the bytes.
+    """
+    key = json.dumps(next(iter(metadata)), ensure_ascii=False)
+    return PREFIX_BYTES + len(f'{{"{METADATA_KEY}":{{{key}:"'.encode())
 
 
 NOT_SAFETENSORS = "not a safetensors file (its first 8 bytes are not a plausible header length)"
@@ -190,10 +224,17 @@ def parse_header_text(text: str, *, header_bytes: int, file_size: int, source: s
     position = table.ends[-1] if table.ends else 0
     if metadata is None:
         metadata = {}
-    if type(metadata) is not dict or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise HeaderError(f"{source}: '{METADATA_KEY}' must map strings to strings")
+    if type(metadata) is not dict:
+        raise HeaderError(
+            f"{source}: '{METADATA_KEY}' must map strings to strings, got a "
+            f"{type(metadata).__name__}; the header is damaged"
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise HeaderError(
+                f"{source}: '{METADATA_KEY}' must map strings to strings, but {brief(key)} "
+                f"maps to {brief(value)}; the header is damaged"
+            )
     data_offset = PREFIX_BYTES + header_bytes
     available = file_size - data_offset
     if available < position:

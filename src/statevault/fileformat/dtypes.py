@@ -10,6 +10,9 @@ in our metadata (see ``DtypeSpec.trailing``):
 
 Any safetensors reader therefore sees meaningful numbers or raw bytes, and statevault
 restores the exact dtype bit for bit.
+
+May import: ``statevault.errors`` (and torch). Imported by: every layer that names or parses a
+dtype (``dtype_name`` and ``float_dtype`` are the one naming helper and the one parser).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ CODE_ITEMSIZE: dict[str, int] = {
 }  # fmt: skip
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class DtypeSpec:
     """How one torch dtype is written: the safetensors code and an optional trailing dim."""
@@ -46,7 +54,7 @@ class DtypeSpec:
 
     @property
     def name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
     @property
     def encoded(self) -> bool:
@@ -111,11 +119,6 @@ FLOAT_DTYPE_NAMES: dict[str, torch.dtype] = {
 
 # What a ``dtype=`` argument may be: a torch dtype or any spelling float_dtype accepts.
 DtypeLike = torch.dtype | str
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``: the name statevault shows and records."""
-    return str(dtype).removeprefix("torch.")
 
 
 def float_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:

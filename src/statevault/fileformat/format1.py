@@ -3,8 +3,11 @@
 Format 1 hashed a canonical JSON document rebuilt from the parsed header (tensor table,
 user metadata and our metadata with sorted keys), so checking it meant parsing the whole
 nested-state tree and re-encoding every tensor entry: for 20,000 tensors ~13 MiB of Python
-objects and ~45 ms. Format 2 hashes the header's bytes instead (``_vault``). Files of format 1
+objects and ~45 ms. Format 2 hashes the header's bytes instead (``metadata``). Files of format 1
 stay readable, so this digest stays, used only to check them.
+
+May import: ``fileformat.checksums``, ``container``, ``table``. Imported by: ``metadata`` only
+(and tests that build format-1 headers).
 """
 
 from __future__ import annotations
@@ -13,19 +16,16 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from statevault.fileformat import checksums
-from statevault.fileformat.container import tensor_table
+from statevault.fileformat.container import tensor_table_pieces
 from statevault.fileformat.table import TensorEntry
-
-_CHUNK = 1024  # entries encoded per piece: no megabyte-long intermediate text
 
 
 def _canonical_tensor_pieces(entries: list[TensorEntry]) -> Iterator[str]:
-    """The canonical tensor table (sorted by name), ``_CHUNK`` entries per piece."""
+    """The canonical tensor table (sorted by name), a chunk of entries per piece."""
     ordered = sorted(entries, key=lambda e: e.name)
     yield "{"
-    for start in range(0, len(ordered), _CHUNK):
-        piece = tensor_table(ordered[start : start + _CHUNK], canonical=True)
-        yield ("," if start else "") + piece
+    for index, piece in enumerate(tensor_table_pieces(ordered, canonical=True)):
+        yield ("," if index else "") + piece
     yield "}"
 
 
@@ -47,7 +47,7 @@ def header_digest(
     """Digest over every header field that matters, in a canonical form.
 
     Equal to the xxh3 of ``canonical_json({"tensors": ..., "metadata": ..., "statevault":
-    body})``, hashed a member or ``_CHUNK`` tensors at a time.
+    body})``, hashed a member or a chunk of tensors at a time.
     """
     hasher = checksums.new_hasher()
     for part in _digest_parts(entries, user, body):

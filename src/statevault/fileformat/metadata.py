@@ -18,13 +18,15 @@ hash over the header bytes, before and without any parsing. Digests are one stri
 name -> digest table, and the skeleton is a string of its own that only ``load`` parses:
 opening a 20,000-tensor file builds no per-tensor objects for either. Format 1 files (a
 canonical-JSON digest, ``_format1``) are still read.
+
+May import: ``statevault.errors`` and the other ``fileformat`` modules. Imported by: readers
+(decode) and saving (``SlottedHeader``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +34,14 @@ from typing import Any
 from statevault.errors import HeaderError
 from statevault.fileformat import checksums as _checksum
 from statevault.fileformat import format1
-from statevault.fileformat.container import METADATA_KEY, PREFIX_BYTES, Header, tensor_table
+from statevault.fileformat.container import (
+    METADATA_KEY,
+    Header,
+    encode_header,
+    first_metadata_value_at,
+)
 from statevault.fileformat.dtypes import dtype_from_name, spec_for
-from statevault.fileformat.table import TensorEntry, TensorTable
+from statevault.fileformat.table import TensorEntry, TensorTable, brief
 from statevault.fileformat.tree import Skeleton
 
 VAULT_KEY = "statevault"
@@ -101,10 +108,13 @@ def encoded_members(info: VaultInfo) -> dict[str, str]:
 class SlottedHeader:
     """The file header of a save, encoded once with blank digests that are filled in place.
 
-    Digests are fixed-width hex, so the header's length and every digest's byte offset are
-    known before the data is written. ``size`` is its length; ``put`` records tensor
-    ``index``'s digest (entries' order, which is data order); ``finish`` hashes the header
-    and fills in the header digest. ``members`` are ``encoded_members``' texts.
+    The bytes come from the container's one encoder (:func:`container.encode_header`); our
+    metadata value is encoded with fixed-width placeholder digests, so the header's length
+    and every digest's byte offset are known before the data is written: each offset is the
+    escaped length of the text before it, counted from where ``encode_header`` puts the value.
+    ``size`` is its length; ``put`` records tensor ``index``'s digest (entries' order, which is
+    data order); ``finish`` hashes the header and fills in the header digest. ``members`` are
+    ``encoded_members``' texts.
     """
 
     def __init__(
@@ -114,50 +124,43 @@ class SlottedHeader:
         user: Mapping[str, str],
         checksum: bool,
     ) -> None:
-        self._entries = entries
-        self._has_checksums = checksum and bool(entries)
-        self._packed_at = 0
-        self.data = bytearray(PREFIX_BYTES)
-        self._encode(members, {FORMAT_KEY: "pt", **user})  # transformers checks "format"
-        self.size = len(self.data)
-
-    def _add(self, text: str) -> None:
-        self.data += text.encode("utf-8")
-
-    def _encode(self, members: Mapping[str, str], metadata: Mapping[str, str]) -> None:
-        self.data += LEAD
-        self._add(f'{_checksum.PLACEHOLDER}\\",\\"version\\":{FORMAT_VERSION}')
-        for key in ("aliases", "dtypes"):
-            self._add(_escaped(f',"{key}":{members[key]}'))
-        if self._has_checksums:
-            self._add(_escaped(f',"checksums":{{"algorithm":"{_checksum.ALGORITHM}","packed":"'))
-            self._packed_at = len(self.data)
-            self._add(_checksum.PLACEHOLDER * len(self._entries))
-            self._add(_escaped('"}'))
-        self._add('}"')
+        before_digest = '{"header_digest":"'
+        lead = f'{before_digest}{_checksum.PLACEHOLDER}","version":{FORMAT_VERSION}'
+        vault = [lead, f',"aliases":{members["aliases"]}', f',"dtypes":{members["dtypes"]}']
+        before_packed = None
+        if checksum and entries:
+            vault.append(f',"checksums":{{"algorithm":"{_checksum.ALGORITHM}","packed":"')
+            before_packed = "".join(vault)
+            vault.append(_checksum.PLACEHOLDER * len(entries))
+            vault.append('"}')
+        vault.append("}")
+        metadata = {VAULT_KEY: "".join(vault)}
         if "tree" in members:
-            self._add(f',"{TREE_KEY}":"{_escaped(members["tree"])}"')
-        # the rest of __metadata__, then the tensor table, as json.dumps writes them
-        self._add("," + json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False)[1:])
-        for start in range(0, len(self._entries), _CHUNK):
-            self._add("," + tensor_table(self._entries[start : start + _CHUNK]))
-        self._add("}")
-        self._add(" " * (-(len(self.data) - PREFIX_BYTES) % 8))
-        self.data[:PREFIX_BYTES] = struct.pack("<Q", len(self.data) - PREFIX_BYTES)
+            metadata[TREE_KEY] = members["tree"]
+        metadata.update({FORMAT_KEY: "pt", **user})  # transformers checks "format"
+        self.data = encode_header(entries, metadata)
+        self.size = len(self.data)
+        value_at = first_metadata_value_at(metadata)
+        self._digest_at = value_at + _escaped_length(before_digest)
+        self._packed_at = (
+            None if before_packed is None else value_at + _escaped_length(before_packed)
+        )
 
     def put(self, index: int, digest: str) -> None:
+        assert self._packed_at is not None, "put() of a header saved without checksums"
         offset = self._packed_at + index * _checksum.DIGEST_CHARS
         self.data[offset : offset + _checksum.DIGEST_CHARS] = digest.encode("ascii")
 
     def finish(self) -> bytearray:
         """The complete header, once every tensor's digest has been ``put``."""
         digest = _checksum.digest(self.data).encode("ascii")
-        slot = PREFIX_BYTES + len(LEAD)
-        self.data[slot : slot + _checksum.DIGEST_CHARS] = digest
+        self.data[self._digest_at : self._digest_at + _checksum.DIGEST_CHARS] = digest
         return self.data
 
 
-_CHUNK = 1024  # tensor entries encoded per piece: no megabyte-long intermediate text
+def _escaped_length(text: str) -> int:
+    """Bytes ``text`` takes inside a JSON string as ``json.dumps`` writes it (UTF-8)."""
+    return len(_escaped(text).encode("utf-8"))
 
 
 def signed_digest(prefix: bytes, raw: bytes) -> tuple[str, str] | None:
@@ -271,14 +274,20 @@ def _packed_digests(value: Any, table: TensorTable, source: str) -> Mapping[str,
     if value is None:
         return {}
     packed = value.get("packed") if isinstance(value, dict) else None
-    if not (
-        isinstance(packed, str)
-        and value.get("algorithm") == _checksum.ALGORITHM
-        and len(packed) == len(table) * _checksum.DIGEST_CHARS
-        and _HEX_DIGESTS.fullmatch(packed)
-    ):
-        raise HeaderError(f"{source}: statevault checksums entry is damaged; header damaged")
-    return PackedDigests(table, packed)
+    algorithm = value.get("algorithm") if isinstance(value, dict) else None
+    expected = len(table) * _checksum.DIGEST_CHARS
+    if not isinstance(packed, str) or algorithm != _checksum.ALGORITHM:
+        problem = f"algorithm {brief(algorithm)} (expected {_checksum.ALGORITHM!r}) or no digests"
+    elif len(packed) != expected:
+        problem = (
+            f"{len(packed)} characters of digests for {len(table)} tensors "
+            f"(expected {expected}: {_checksum.DIGEST_CHARS} each)"
+        )
+    elif not _HEX_DIGESTS.fullmatch(packed):
+        problem = "digests that are not lower-case hex"
+    else:
+        return PackedDigests(table, packed)
+    raise HeaderError(f"{source}: statevault checksums entry is damaged: {problem}; header damaged")
 
 
 def _decode_format1(
@@ -343,8 +352,10 @@ def _check_consistency(info: VaultInfo, header: Header, source: str) -> None:
     for name, dtype_name in info.dtypes.items():
         dtype = dtype_from_name(dtype_name) if isinstance(dtype_name, str) else None
         spec = spec_for(dtype) if dtype is not None else None
-        if name not in names or spec is None or spec.code != names[name].code:
+        stored = names[name].code if name in names else None
+        if stored is None or spec is None or spec.code != stored:
+            where = f"its stored code {stored}" if stored else "a tensor the file does not hold"
             raise HeaderError(
                 f"{source}: tensor {name!r} is recorded as dtype {dtype_name!r}, which does not "
-                f"fit its stored code; header damaged or written by a newer statevault"
+                f"fit {where}; header damaged or written by a newer statevault"
             )

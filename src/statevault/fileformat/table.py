@@ -10,6 +10,13 @@ shapes share one tuple.
 It is the only parser: anything unusual is checked in the same pass and refused with a
 message naming the tensor and field, never parsed a second time. A header is at most 100 MB
 of text, so what a hostile one costs is bounded by what one pass over it costs.
+
+The module is a little over 400 lines because the table, the hook that fills it and the
+pre-parse scan are one single-pass algorithm; split, each piece would only make sense read
+next to the others.
+
+May import: nothing of statevault (stdlib only; ``container`` adds the file's name to its
+errors). Imported by: ``container`` and, for ``TensorEntry``/``TensorTable``, the layers above.
 """
 
 from __future__ import annotations
@@ -370,21 +377,7 @@ def parse_columns(
         names, others = [], list(top.items())
     else:
         raise HeaderProblem("header must be a JSON object of tensor objects")
-    metadata = None
-    for key, value in others:
-        if key == metadata_key:
-            metadata = value
-        elif type(value) is _Bad:
-            raise HeaderProblem(f"tensor {brief(key)}: {value.problem}")
-        elif type(value) is dict:
-            code, shape, offsets = (value.get(field) for field in _ENTRY_KEYS)
-            problem = entry_problem(code, shape, offsets, itemsizes, max_elements)
-            raise HeaderProblem(f"tensor {brief(key)}: {problem or 'tensor object misplaced'}")
-        else:
-            raise HeaderProblem(
-                f"tensor {brief(key)}: expected an object with dtype/shape/data_offsets, got "
-                f"{type(value).__name__}"
-            )
+    metadata = _metadata_among(others, columns, metadata_key)
     if len(names) != len(columns.codes) or metadata_key in names:
         raise HeaderProblem("tensor objects nested where no tensor belongs")
     rows = {name: row for row, name in enumerate(names)}
@@ -402,6 +395,27 @@ def parse_columns(
         )
         return table, metadata
     return TensorTable(names, columns.codes, columns.shapes, starts, ends, rows), metadata
+
+
+def _metadata_among(others: list[tuple[str, Any]], columns: _Columns, metadata_key: str) -> Any:
+    """The metadata value among the header's members that did not become rows (None when
+    absent); any other such member is a tensor at fault, refused naming it and the fault."""
+    metadata = None
+    for key, value in others:
+        if key == metadata_key:
+            metadata = value
+        elif type(value) is _Bad:
+            raise HeaderProblem(f"tensor {brief(key)}: {value.problem}")
+        elif type(value) is dict:
+            code, shape, offsets = (value.get(field) for field in _ENTRY_KEYS)
+            problem = entry_problem(code, shape, offsets, columns.itemsizes, columns.max_elements)
+            raise HeaderProblem(f"tensor {brief(key)}: {problem or 'tensor object misplaced'}")
+        else:
+            raise HeaderProblem(
+                f"tensor {brief(key)}: expected an object with dtype/shape/data_offsets, got "
+                f"{type(value).__name__}"
+            )
+    return metadata
 
 
 def first_misplaced(table: TensorTable) -> int | None:

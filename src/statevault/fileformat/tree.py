@@ -19,6 +19,11 @@ that dtype. ``"tensor"`` stays the first key in sorted order, so a reader that d
 
 A dict that came from ``state_dict()`` also keeps torch's per-module version table under
 ``"torch_metadata"`` so modules that migrate old checkpoints (BatchNorm) see what they expect.
+Reading nodes back is ``skeleton``'s job (the one node decoder and walk); this module builds.
+
+May import: ``statevault.errors``, ``fileformat.skeleton``, ``fileformat.table`` (and torch,
+numpy when the state holds numpy values). Imported by: saving (``flatten``), readers and tools
+(``unflatten``, ``check_tree``, ``numpy_names``).
 """
 
 from __future__ import annotations
@@ -32,9 +37,18 @@ from typing import Any
 import torch
 
 from statevault.errors import HeaderError, UnsupportedObjectError
+from statevault.fileformat.skeleton import (
+    DICT,
+    MAX_DEPTH,
+    TENSOR,
+    BadNode,
+    path_text,
+    read_node,
+    walk,
+)
+from statevault.fileformat.skeleton import Skeleton as Skeleton  # re-exported for the codec's users
 from statevault.fileformat.table import brief
 
-Skeleton = Any  # a JSON value as described in the module docstring
 ROOT_TENSOR_NAME = "tensor"
 NUMPY_ARRAY = "numpy.ndarray"
 NUMPY_SCALAR = "numpy.scalar"
@@ -44,16 +58,6 @@ NUMPY_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
     | {"float16", "float32", "float64", "complex64", "complex128"}
 )
-# Containers nested deeper than this are refused on save and on load: real training state
-# is a handful of levels deep, and a bound keeps every walk of a hostile tree (ours, JSON's)
-# far from Python's recursion limit.
-MAX_DEPTH = 100
-
-
-def _path_text(path: tuple[str | int, ...]) -> str:
-    # backslashreplace: a name with a lone surrogate cannot even be printed as it is
-    text = ".".join(str(part) for part in path) or "<root>"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_text(text: str, where: str, what: str) -> None:
@@ -90,7 +94,7 @@ class _Flattener:
             return {"tensor": name}
         if isinstance(value, str):
             if not value.isascii():  # the path text is built only when it may be needed
-                check_text(value, _path_text(path), "string")
+                check_text(value, path_text(path), "string")
             return value
         if value is None or isinstance(value, bool):
             return value
@@ -102,7 +106,7 @@ class _Flattener:
             return {"float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
         if len(path) >= MAX_DEPTH and type(value) in (dict, OrderedDict, list, tuple, torch.Size):
             raise UnsupportedObjectError(
-                f"{_path_text(path)}: state is nested too deeply (over {MAX_DEPTH} containers), "
+                f"{path_text(path)}: state is nested too deeply (over {MAX_DEPTH} containers), "
                 "more than statevault stores; flatten that part, or check it for a container "
                 "that contains itself"
             )
@@ -120,11 +124,11 @@ class _Flattener:
             return {"tensor": name, "type": f"{kind}:{dtype_name}"}
         if isinstance(value, torch.nn.Module):
             raise UnsupportedObjectError(
-                f"{_path_text(path)}: cannot store {type(value)!r} (an nn.Module) inside other "
+                f"{path_text(path)}: cannot store {type(value)!r} (an nn.Module) inside other "
                 "state; store its weights instead: module.state_dict()"
             )
         raise UnsupportedObjectError(
-            f"{_path_text(path)}: cannot store {type(value)!r} without pickle. statevault stores "
+            f"{path_text(path)}: cannot store {type(value)!r} without pickle. statevault stores "
             "tensors, dicts (str/int keys), lists, tuples, int, float, bool, str and None; "
             "convert this value to one of those (e.g. dict(x), x.tolist(), float(x))"
         )
@@ -134,11 +138,11 @@ class _Flattener:
         for key, item in value.items():
             if not (isinstance(key, str) or type(key) is int):
                 raise UnsupportedObjectError(
-                    f"{_path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
+                    f"{path_text((*path, str(key)))}: dict key {key!r} of {type(key)!r} is not "
                     "supported; keys must be str or int"
                 )
             if isinstance(key, str) and not key.isascii():
-                check_text(key, _path_text((*path, key)), "key")
+                check_text(key, path_text((*path, key)), "key")
             pairs.append([key, self.visit(item, (*path, key))])
         node: dict[str, Any] = {"dict": pairs}
         versions = getattr(value, "_metadata", None)
@@ -159,7 +163,7 @@ def _numpy_tensor(value: Any, path: tuple[str | int, ...]) -> tuple[torch.Tensor
     name = array.dtype.name
     if name not in NUMPY_DTYPES:
         raise UnsupportedObjectError(
-            f"{_path_text(path)}: cannot store a numpy {type(value).__name__} of dtype "
+            f"{path_text(path)}: cannot store a numpy {type(value).__name__} of dtype "
             f"{array.dtype.str!r} ({name}) without pickle; statevault stores numpy values of "
             f"dtype {', '.join(sorted(NUMPY_DTYPES))}. Convert it (e.g. x.tolist(), "
             "x.astype(numpy.float64))"
@@ -178,7 +182,7 @@ def _numpy_value(tensor: torch.Tensor | None, kind: str) -> Any:
     """
     what, _, dtype_name = kind.partition(":")
     if what not in (NUMPY_ARRAY, NUMPY_SCALAR) or dtype_name not in NUMPY_DTYPES:
-        raise _BadNode(f"unknown tensor type {brief(kind)}")
+        raise BadNode(f"unknown tensor type {brief(kind)}")
     if tensor is None:
         return None
     try:
@@ -188,30 +192,17 @@ def _numpy_value(tensor: torch.Tensor | None, kind: str) -> Any:
             f"this checkpoint holds a numpy value ({kind}); loading it needs numpy ({exc})"
         ) from None
     if array.dtype.name != dtype_name:
-        raise _BadNode(f"numpy {dtype_name} value stored as a {tensor.dtype} tensor")
+        raise BadNode(f"numpy {dtype_name} value stored as a {tensor.dtype} tensor")
     if what == NUMPY_SCALAR:
         if array.ndim != 0:
-            raise _BadNode(f"numpy scalar stored with shape {list(array.shape)}")
+            raise BadNode(f"numpy scalar stored with shape {list(array.shape)}")
         return array[()]
     return array
 
 
 def numpy_names(skeleton: Skeleton) -> set[str]:
     """Names of the tensors that hold numpy values (they keep their numpy dtype on casts)."""
-    found: set[str] = set()
-    stack = [skeleton]
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict) or not node:
-            continue
-        kind, body = next(iter(node.items()))
-        if kind == "tensor" and "type" in node and isinstance(body, str):
-            found.add(body)
-        elif kind == "dict" and isinstance(body, list):
-            stack.extend(pair[1] for pair in body if isinstance(pair, list) and len(pair) == 2)
-        elif kind in ("list", "tuple") and isinstance(body, list):
-            stack.extend(body)
-    return found
+    return {node[1] for _, node in walk(skeleton) if node[3] is not None}
 
 
 def _json_versions(versions: dict[Any, Any]) -> dict[str, Any]:
@@ -243,88 +234,42 @@ def flatten(obj: Any) -> tuple[Skeleton, dict[str, torch.Tensor]]:
     return skeleton, flattener.tensors
 
 
-class _BadNode(Exception):
-    """A damaged skeleton node; ``path`` collects its location (innermost first)."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.path: list[str | int] = []
-
-
-_KINDS = frozenset({"tensor", "float", "list", "tuple", "dict"})
-_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _build(node: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
-    """One node of :func:`unflatten`; raises :class:`_BadNode` for anything save never writes."""
-    if node is None or isinstance(node, (bool, int, float, str)):
-        return node
-    if type(node) is not dict or not (
-        len(node) == 1 or node.keys() == _DICT_WITH_VERSIONS or node.keys() == _TYPED_TENSOR
-    ):
-        raise _BadNode(f"unexpected node {brief(node)}")
-    kind, body = next(iter(node.items()))
-    if kind == "tensor" and isinstance(body, str):
+def _build(raw: Skeleton, tensor: Callable[[str], Any], depth: int) -> Any:
+    """One node of :func:`unflatten`; raises :class:`BadNode` for anything save never writes."""
+    kind, value, body, tensor_type, versions = read_node(raw)
+    if kind == TENSOR:
         try:
-            value = tensor(body)
+            found = tensor(value)
         except KeyError:
-            raise _BadNode(
-                f"refers to unknown tensor {body!r}, which the file does not hold"
+            raise BadNode(
+                f"refers to unknown tensor {value!r}, which the file does not hold"
             ) from None
-        if len(node) == 1:  # the common case: a plain tensor
-            return value
-        typed = node["type"]
-        if not isinstance(typed, str):
-            raise _BadNode(f"unexpected node {brief(node)}")
-        return _numpy_value(value, typed)
-    if kind == "float" and isinstance(body, str) and body in _FLOATS:
-        return _FLOATS[body]
-    if kind not in _KINDS or kind == "tensor" or kind == "float" or not isinstance(body, list):
-        raise _BadNode(f"unknown node kind {brief(kind)} or malformed body {brief(body)}")
+        return found if tensor_type is None else _numpy_value(found, tensor_type)
+    if body is None:  # a JSON literal, or a non-finite float
+        return value
     if depth >= MAX_DEPTH:
-        raise _BadNode(f"containers are nested more than {MAX_DEPTH} deep")
-    if kind != "dict":
+        raise BadNode(f"containers are nested more than {MAX_DEPTH} deep")
+    if kind != DICT:
         items = []
         for i, item in enumerate(body):
             try:
                 items.append(_build(item, tensor, depth + 1))
-            except _BadNode as bad:
+            except BadNode as bad:
                 bad.path.append(i)
                 raise
         return items if kind == "list" else tuple(items)
     result: dict[Any, Any] = {}
-    for pair in body:
-        if not (
-            type(pair) is list
-            and len(pair) == 2
-            and (type(pair[0]) is str or type(pair[0]) is int)
-            and pair[0] not in result
-        ):
-            raise _BadNode(f"bad or repeated dict entry {brief(pair)}")
+    for key, item in body:
         try:
-            result[pair[0]] = _build(pair[1], tensor, depth + 1)
-        except _BadNode as bad:
-            bad.path.append(pair[0])
+            result[key] = _build(item, tensor, depth + 1)
+        except BadNode as bad:
+            bad.path.append(key)
             raise
-    if len(node) == 1:
+    if versions is None:
         return result
-    versions = node["torch_metadata"]
-    if not (
-        type(versions) is dict
-        and all(
-            type(entry) is dict and all(isinstance(v, (int, str)) for v in entry.values())
-            for entry in versions.values()
-        )
-    ):
-        raise _BadNode(f"bad torch_metadata {brief(versions)}")
     ordered: OrderedDict[Any, Any] = OrderedDict(result)
     ordered._metadata = versions  # type: ignore[attr-defined]
     return ordered
-
-
-_DICT_WITH_VERSIONS = {"dict", "torch_metadata"}
-_TYPED_TENSOR = {"tensor", "type"}  # a numpy value stored as a tensor
 
 
 def unflatten(skeleton: Skeleton, tensor: Callable[[str], Any]) -> Any:
@@ -336,9 +281,8 @@ def unflatten(skeleton: Skeleton, tensor: Callable[[str], Any]) -> Any:
     """
     try:
         return _build(skeleton, tensor, 0)
-    except _BadNode as bad:
-        path = ".".join(str(part) for part in reversed(bad.path)) or "<root>"
-        where = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    except BadNode as bad:
+        where = path_text(tuple(reversed(bad.path)))
         raise HeaderError(
             f"statevault tree in header is damaged at node {where}: {bad.problem}"
         ) from None

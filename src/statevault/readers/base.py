@@ -21,6 +21,8 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import HeaderError
+from statevault.fileformat.dtypes import dtype_name
+from statevault.fileformat.skeleton import DICT, TENSOR, children, read_node, walk
 from statevault.fileformat.tree import Skeleton, unflatten
 from statevault.readers.safetensors_file import usable_device
 
@@ -43,7 +45,7 @@ class TensorMeta:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        return dtype_name(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -200,37 +202,26 @@ class Reader(abc.ABC):
 
 def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
     """The tree nodes of a saved state dict's values that are not lone tensors."""
-    pairs = tree.get("dict") if isinstance(tree, dict) else None
+    root = read_node(tree)
+    if root[0] != DICT:
+        return {}
     return {
-        pair[0]: pair[1]
-        for pair in (pairs if isinstance(pairs, list) else ())
-        if isinstance(pair, list)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and not (isinstance(pair[1], dict) and "tensor" in pair[1])
+        key: child
+        for key, child in children(root)
+        if isinstance(key, str) and read_node(child)[0] != TENSOR
     }
 
 
 def tree_versions(tree: Skeleton | None) -> dict[str, Any] | None:
-    """The version tables kept with saved state dicts (see ``_tree``), by module name as the
+    """The version tables kept with saved state dicts (see ``tree``), by module name as the
     checkpoint's tensors name it: a table saved under ``"model"`` keys ``"model.bn"``.
 
     Only dicts nested in dicts are looked into (where state dicts sit in a checkpoint).
     """
     found: dict[str, Any] = {}
-    stack: list[tuple[str, Skeleton]] = [("", tree)]
-    while stack:
-        path, node = stack.pop()
-        body = node.get("dict") if isinstance(node, dict) else None
-        if not isinstance(body, list):
-            continue
-        versions = node.get("torch_metadata")
-        if isinstance(versions, dict):
+    for path, (_, _, _, _, versions) in walk(tree, into=lambda node: node[0] == DICT):
+        if versions is not None:
+            at = ".".join(map(str, path))
             for prefix, entry in versions.items():
-                found.setdefault(f"{path}.{prefix}" if path and prefix else path or prefix, entry)
-        stack.extend(
-            (f"{path}.{pair[0]}" if path else str(pair[0]), pair[1])
-            for pair in body
-            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict)
-        )
+                found.setdefault(f"{at}.{prefix}" if at and prefix else at or prefix, entry)
     return found or None

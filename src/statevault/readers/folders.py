@@ -38,6 +38,7 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.transfer import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
+from statevault.fileformat.skeleton import with_tensor_prefix
 from statevault.fileformat.tree import Skeleton, flatten
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.files import (
@@ -201,20 +202,6 @@ def open_folder(directory: Path, *, tree: bool = True, weights: bool = False) ->
     return folder
 
 
-def _prefixed(node: Skeleton, prefix: str) -> Skeleton:
-    """``node`` with every tensor name it refers to prefixed (a new tree; ``node`` is kept)."""
-    if not isinstance(node, dict) or not node:
-        return node
-    kind, body = next(iter(node.items()))
-    if kind == "tensor" and isinstance(body, str):
-        return {**node, "tensor": prefix + body}
-    if kind == "dict" and isinstance(body, list):
-        return {**node, "dict": [[k, _prefixed(v, prefix)] for k, v in body]}
-    if kind in ("list", "tuple") and isinstance(body, list):
-        return {kind: [_prefixed(v, prefix) for v in body]}
-    return node
-
-
 class FolderInput(Reader):
     """A folder holding several kinds of state, read as ``{key: state}`` (module docstring)."""
 
@@ -283,7 +270,7 @@ class FolderInput(Reader):
             subtree = part.tree
             if subtree is None:  # a flat name -> tensor file
                 subtree = {"dict": [[n, {"tensor": n}] for n in part.names()]}
-            pairs.append([key, _prefixed(subtree, f"{key}.")])
+            pairs.append([key, with_tensor_prefix(subtree, f"{key}.")])
         return {"dict": pairs}
 
     def parts(self) -> dict[str, Reader]:

@@ -22,7 +22,7 @@ from statevault.errors import (
     HeaderError,
     StateVaultError,
 )
-from statevault.fileformat.dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
+from statevault.fileformat.dtypes import CODE_TO_DTYPE, dtype_from_name, dtype_name, spec_for
 from statevault.fileformat.metadata import VaultInfo, decode, reject_constant, user_metadata
 from statevault.fileformat.table import TensorEntry, TensorTable
 from statevault.fileformat.tree import Skeleton, check_tree, unflatten
@@ -82,6 +82,10 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
 
 
 class Checkpoint:

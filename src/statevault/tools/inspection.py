@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from statevault.engine.temps import describe_temporaries
+from statevault.fileformat.skeleton import DICT, FLOAT, TENSOR, VALUE, children, read_node, walk
 from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
@@ -164,29 +165,27 @@ _ABSENT = object()
 def _placeholder(node: Skeleton) -> str:
     """What stands in a list for an item with no plain values: a tensor, or a container of
     only tensors (``[None, [t]]``; indexing it as a tensor node was a KeyError)."""
-    name = node.get("tensor") if isinstance(node, dict) else None
-    return f"<tensor {name}>" if isinstance(name, str) else "<tensors>"
+    kind, name, _, _, _ = read_node(node)
+    return f"<tensor {name}>" if kind == TENSOR else "<tensors>"
 
 
-def _plain(node: Skeleton) -> Any:
-    if node is None or isinstance(node, (bool, int, float, str)):
-        return node
-    if not isinstance(node, dict) or not node:
-        return _ABSENT
-    kind, body = next(iter(node.items()))
-    if kind == "float":
-        return str(body)  # "nan" / "inf": JSON has no such numbers
-    if kind in ("list", "tuple") and isinstance(body, list):
+def _plain(raw: Skeleton) -> Any:
+    kind, value, body, _, _ = node = read_node(raw)
+    if kind == VALUE:
+        return value
+    if kind == FLOAT:
+        return str(value)  # "nan" / "inf": JSON has no such numbers
+    if body is None:
+        return _ABSENT  # tensors
+    if kind != DICT:
         items = [_plain(item) for item in body]
         if items and all(item is _ABSENT for item in items):
             return _ABSENT
         # keep positions meaningful when tensors and plain values are mixed
         return [_placeholder(body[i]) if item is _ABSENT else item for i, item in enumerate(items)]
-    if kind == "dict" and isinstance(body, list):
-        pairs = {str(k): _plain(v) for k, v in body}
-        kept = {k: v for k, v in pairs.items() if v is not _ABSENT}
-        return kept or _ABSENT
-    return _ABSENT  # tensors
+    pairs = {str(k): _plain(v) for k, v in children(node)}
+    kept = {k: v for k, v in pairs.items() if v is not _ABSENT}
+    return kept or _ABSENT
 
 
 def plain_state(skeleton: Skeleton | None) -> Any:
@@ -197,27 +196,13 @@ def plain_state(skeleton: Skeleton | None) -> Any:
 
 def state_leaves(skeleton: Skeleton | None) -> dict[str, Any]:
     """Every non-tensor leaf by dotted path (tensor names use the same paths)."""
-    leaves: dict[str, Any] = {}
-
-    def walk(node: Skeleton, path: str) -> None:
-        if node is None or isinstance(node, (bool, int, float, str)):
-            leaves[path or "<root>"] = node
-            return
-        if not isinstance(node, dict) or not node:
-            return
-        kind, body = next(iter(node.items()))
-        if kind == "float":
-            leaves[path or "<root>"] = float(body)
-        elif kind in ("list", "tuple") and isinstance(body, list):
-            for i, item in enumerate(body):
-                walk(item, f"{path}.{i}" if path else str(i))
-        elif kind == "dict" and isinstance(body, list):
-            for key, item in body:
-                walk(item, f"{path}.{key}" if path else str(key))
-
-    if skeleton is not None:
-        walk(skeleton, "")
-    return leaves
+    if skeleton is None:
+        return {}
+    return {
+        ".".join(map(str, path)) or "<root>": value
+        for path, (kind, value, _, _, _) in walk(skeleton)
+        if kind in (VALUE, FLOAT)
+    }
 
 
 def _summarize(source: Reader) -> CheckpointSummary:
