@@ -101,7 +101,7 @@ def test_keyword_only_options() -> None:
         (statevault.check, ["module", "source"]),
         (statevault.build_model, ["factory", "source"]),
         (statevault.materialize, ["module", "source"]),
-        (statevault.open_checkpoint, ["source"]),
+        (statevault.Checkpoint, ["source"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional

@@ -30,9 +30,8 @@ from statevault.loading.diagnose import Cause
 from statevault.loading.keymap import AppliedMapping
 from statevault.loading.load import load
 from statevault.loading.load_into import check, load_into, load_model
-from statevault.readers.base import FolderEntry, Reader, TensorMeta
-from statevault.readers.dispatch import open_checkpoint
-from statevault.readers.safetensors_file import Checkpoint, TensorInfo
+from statevault.readers.base import Checkpoint, TensorInfo
+from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderFileKind
 from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
@@ -47,6 +46,7 @@ __all__ = [
     "BadTensor",
     "Cause",
     "Checkpoint",
+    "CheckpointKind",
     "CheckpointKindError",
     "CheckpointNotFoundError",
     "CheckpointPermissionError",
@@ -59,20 +59,20 @@ __all__ = [
     "DeviceUnavailableError",
     "DiffReport",
     "DtypeCast",
+    "EntryStatus",
     "FolderEntry",
+    "FolderFileKind",
     "HeaderError",
     "InvalidArgumentError",
     "KeyMappingError",
     "LoadReport",
     "MetaDeviceError",
     "NotACheckpointError",
-    "Reader",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
     "TensorDelta",
     "TensorInfo",
-    "TensorMeta",
     "TiedKey",
     "TruncatedFileError",
     "UnsupportedObjectError",
@@ -87,7 +87,6 @@ __all__ = [
     "load_into",
     "load_model",
     "materialize",
-    "open_checkpoint",
     "save",
     "skip_init",
     "verify",

@@ -33,8 +33,8 @@ from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.loading.diagnose import Call
 from statevault.loading.keymap import Rename
 from statevault.loading.load_into import LoadOptions, describe_call, load_with, require_instance
+from statevault.readers.devices import usable_device
 from statevault.readers.dispatch import Source
-from statevault.readers.safetensors_file import usable_device
 from statevault.reports.load_report import LoadReport, capped
 
 logger = logging.getLogger("statevault")

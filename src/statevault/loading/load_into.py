@@ -34,9 +34,9 @@ from statevault.loading.diagnose import Call, Cause, diagnose, literal
 from statevault.loading.keymap import Rename, map_keys
 from statevault.loading.module_state import ModelState, any_module, model_state
 from statevault.loading.state_dict_load import load_state_dict as torch_load_state_dict
-from statevault.readers.base import Reader
+from statevault.readers.base import Checkpoint
 from statevault.readers.dispatch import Source, open_source
-from statevault.readers.safetensors_file import Checkpoint
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey, capped
 
 # Overrides of _load_from_state_dict in torch itself that only migrate old checkpoints
@@ -76,7 +76,7 @@ _COUNTER = "num_batches_tracked"
 
 
 def _upgraded_counters(
-    module: nn.Module, missing: list[str], source: Reader, pairs: Mapping[str, str]
+    module: nn.Module, missing: list[str], source: Checkpoint, pairs: Mapping[str, str]
 ) -> list[str]:
     """Missing BatchNorm counters that torch's version upgrade fills, as it fills them.
 
@@ -180,7 +180,7 @@ def _ties(
 
 def plan(
     module: nn.Module,
-    source: Reader,
+    source: Checkpoint,
     *,
     prefix: str | None = None,
     strip_prefix: str | None = None,
@@ -196,7 +196,7 @@ def plan(
     every model key are built only when something does not match or may be tied.
     """
     model = model_state(module)
-    names = source.names()
+    names = source.keys()
     keymap = map_keys(
         names,
         model.keys(),
@@ -320,7 +320,7 @@ def plan(
     return _Plan(report, model, pairs, skipped, extra, maybe_tied, on_meta, objects, subclassed)
 
 
-def _refuse_non_tensors(source: Reader, missing: list[str], target: str) -> None:
+def _refuse_non_tensors(source: Checkpoint, missing: list[str], target: str) -> None:
     """A saved value that is not a tensor under a tensor's key is an error, not a gap.
 
     torch's load_state_dict refuses it too ("expected torch.Tensor ... but received"),
@@ -342,7 +342,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def _holds_optimizer_state(source: Reader, pairs: Mapping[str, str]) -> bool:
+def _holds_optimizer_state(source: Checkpoint, pairs: Mapping[str, str]) -> bool:
     """True when the saved state is an optimizer's state_dict ('state' and 'param_groups')."""
     if pairs and not all(name.startswith("state.") for name in pairs.values()):
         return False
@@ -352,7 +352,7 @@ def _holds_optimizer_state(source: Reader, pairs: Mapping[str, str]) -> bool:
 def _fill_fast(
     model: ModelState,
     planned: _Plan,
-    source: Reader,
+    source: Checkpoint,
     verify: bool,
 ) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once.
@@ -399,7 +399,7 @@ def _by_model_names(versions: Mapping[str, Any], planned: _Plan) -> dict[str, An
 
 
 def _fill_with_torch(
-    module: nn.Module, planned: _Plan, source: Reader, verify: bool, assign: bool, why: str
+    module: nn.Module, planned: _Plan, source: Checkpoint, verify: bool, assign: bool, why: str
 ) -> LoadReport:
     """Let torch load (hooks, overrides, version upgrades, subclasses, ``assign``), then
     report in the same terms as the fast path.
@@ -492,7 +492,7 @@ def _as_code(name: str, value: object) -> str:
 
 def source_code(source: Source) -> str:
     """How a printed fix names the source: the path itself, or ``state`` for a dict."""
-    if isinstance(source, Checkpoint):
+    if isinstance(source, SafetensorsCheckpoint):
         return literal(str(source.path))
     if isinstance(source, (str, os.PathLike)):
         return literal(os.fspath(source))
@@ -640,7 +640,7 @@ def load_into(
     dry_run: bool = False,
     assign: bool = False,
 ) -> LoadReport:
-    """Load a checkpoint (any file or folder :func:`open_checkpoint` takes, or a state dict)
+    """Load a checkpoint (any file or folder :class:`Checkpoint` opens, or a state dict)
     into ``module``; a training folder gives its model weights.
 
     Returns a :class:`LoadReport`. With ``strict=True`` any missing, unexpected or

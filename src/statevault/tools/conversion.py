@@ -23,9 +23,9 @@ from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError
 from statevault.fileformat.dtypes import float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
-from statevault.readers.base import Reader
-from statevault.readers.dispatch import open_checkpoint
-from statevault.readers.files import SafetensorsInput, ShardedInput
+from statevault.readers.base import Checkpoint
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
+from statevault.readers.sharded import ShardedCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
@@ -130,9 +130,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _source_metadata(source: Reader) -> dict[str, str]:
+def _source_metadata(source: Checkpoint) -> dict[str, str]:
     metadata = dict(source.metadata)
-    if isinstance(source, ShardedInput):
+    if isinstance(source, ShardedCheckpoint):
         metadata.pop("total_size", None)  # described the shard set, not the new file
     return metadata
 
@@ -178,7 +178,7 @@ def convert(
     if progress is not None and src_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(src_path.stat().st_size)
-    with open_checkpoint(src_path) as source:
+    with Checkpoint(src_path) as source:
         flattened = keys is not None or bool(strip_prefix)
         dropped: list[str] = []
         renamed = 0
@@ -193,7 +193,7 @@ def convert(
             total = sum(meta.nbytes for meta in source.tensors.values())
             if progress is not None:
                 progress.start(total)
-            if isinstance(source, (SafetensorsInput, ShardedInput)):
+            if isinstance(source, (SafetensorsCheckpoint, ShardedCheckpoint)):
                 flat = source.read(progress=progress)
                 obj = flat if source.tree is None else unflatten(source.tree, flat.__getitem__)
             else:
