@@ -30,9 +30,8 @@ from statevault.loading.build import build_model, materialize
 from statevault.loading.load import load
 from statevault.loading.load_into import check, load_into, load_model
 from statevault.loading.meta_init import skip_init
-from statevault.readers.base import FolderEntry, Reader, TensorMeta
-from statevault.readers.dispatch import open_checkpoint
-from statevault.readers.safetensors_file import Checkpoint, TensorInfo
+from statevault.readers.base import Checkpoint, TensorInfo
+from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderFileKind
 from statevault.reports.display import shown
 from statevault.reports.load_entries import (
     AppliedMapping,
@@ -59,6 +58,7 @@ __all__ = [
     "Cause",
     "CauseKind",
     "Checkpoint",
+    "CheckpointKind",
     "CheckpointKindError",
     "CheckpointNotFoundError",
     "CheckpointPermissionError",
@@ -71,7 +71,9 @@ __all__ = [
     "DeviceUnavailableError",
     "DiffReport",
     "DtypeCast",
+    "EntryStatus",
     "FolderEntry",
+    "FolderFileKind",
     "HeaderError",
     "InvalidArgumentError",
     "KeyMappingError",
@@ -80,13 +82,11 @@ __all__ = [
     "ModuleNode",
     "NotACheckpointError",
     "Progress",
-    "Reader",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
     "TensorDelta",
     "TensorInfo",
-    "TensorMeta",
     "TieStatus",
     "TiedKey",
     "TruncatedFileError",
@@ -102,7 +102,6 @@ __all__ = [
     "load_into",
     "load_model",
     "materialize",
-    "open_checkpoint",
     "save",
     "shown",
     "skip_init",

@@ -1,4 +1,4 @@
-"""open_checkpoint: one way of opening every checkpoint, for the Python API and the CLI alike."""
+"""statevault.Checkpoint(source): one way of opening every checkpoint, for the Python API and the CLI alike."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch import nn
 import statevault
 from statevault import CheckpointKindError, CheckpointNotFoundError
 from statevault.cli import main
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
 
 
 def make_model() -> nn.Module:
@@ -115,7 +116,7 @@ def test_every_entry_point_opens_every_kind(
     assert statevault.load_model(make_model(), path).ok
     assert all(torch.equal(built.state_dict()[k], v) for k, v in expected.items())
 
-    with statevault.open_checkpoint(path) as reader:
+    with statevault.Checkpoint(path) as reader:
         assert sorted(reader.keys()) == sorted(expected)
         assert reader.signature("0.weight") == ((3, 4), torch.float32)
         assert torch.equal(reader.read(["2.bias"])["2.bias"], expected["2.bias"])
@@ -142,14 +143,17 @@ def test_every_entry_point_opens_every_kind(
     ],
     ids=["zip", "legacy", "index", "directory"],
 )
-def test_checkpoint_says_what_a_healthy_file_is(
+def test_a_single_file_reader_says_what_a_healthy_file_is(
     write: Callable[[nn.Module, Path], Path], what: str, model: nn.Module, tmp_path: Path
 ) -> None:
     path = write(model, tmp_path)
     with pytest.raises(CheckpointKindError, match=what) as info:
-        statevault.Checkpoint(path)
+        SafetensorsCheckpoint(path)
     assert "damaged" not in str(info.value)
-    assert "open_checkpoint" in str(info.value)
+    assert "statevault.Checkpoint(source)" in str(info.value)
+    with statevault.Checkpoint(path) as opened:  # the one way to open returns its reader
+        assert not isinstance(opened, SafetensorsCheckpoint)
+        assert opened.signature("0.bias") == ((3,), torch.float32)
 
 
 def test_a_damaged_safetensors_file_is_still_called_damaged(tmp_path: Path) -> None:
@@ -173,21 +177,22 @@ def test_a_directory_with_no_checkpoint(tmp_path: Path) -> None:
     ):
         statevault.load(tmp_path)
     with pytest.raises(CheckpointNotFoundError, match="no such checkpoint"):
-        statevault.open_checkpoint(tmp_path / "absent")
+        statevault.Checkpoint(tmp_path / "absent")
 
 
 def test_a_checkpoint_the_caller_opened_stays_open(model: nn.Module, tmp_path: Path) -> None:
     path = write_statevault(model, tmp_path)
     with statevault.Checkpoint(path) as ckpt:
-        with statevault.open_checkpoint(ckpt) as reader:
-            assert reader.kind == "statevault"
+        assert isinstance(ckpt, SafetensorsCheckpoint) and ckpt.kind == "statevault"
+        with pytest.raises(statevault.UnsupportedObjectError, match="already an open Checkpoint"):
+            statevault.Checkpoint(ckpt)  # type: ignore[arg-type]
         statevault.load_into(make_model(), ckpt)
         assert torch.equal(ckpt.read(["0.bias"])["0.bias"], model.state_dict()["0.bias"])
 
 
 def test_an_opened_reader_is_a_load_into_source(model: nn.Module, tmp_path: Path) -> None:
     path = write_zip(model, tmp_path)
-    with statevault.open_checkpoint(path) as reader:
+    with statevault.Checkpoint(path) as reader:
         fresh = make_model()
         statevault.load_into(fresh, reader)
         statevault.load_into(fresh, reader)  # not closed by the first call
@@ -196,7 +201,7 @@ def test_an_opened_reader_is_a_load_into_source(model: nn.Module, tmp_path: Path
 
 def test_state_dict_in_memory_is_a_reader(model: nn.Module) -> None:
     state = model.state_dict()
-    with statevault.open_checkpoint(state) as reader:
+    with statevault.Checkpoint(state) as reader:
         assert reader.kind == "memory" and reader.signature("0.bias") == ((3,), torch.float32)
         assert reader.load() == {k: reader.read([k])[k] for k in state}
         assert reader.tensors["0.weight"].nbytes == 48
@@ -219,7 +224,7 @@ def test_nested_torch_checkpoint_loads_as_saved(tmp_path: Path) -> None:
     loaded = statevault.load(tmp_path / "train.pt")
     assert loaded["epoch"] == 3 and loaded["betas"] == (0.9, 0.99)
     assert loaded["model"]["w"] is loaded["model"]["tied"]
-    with statevault.open_checkpoint(tmp_path / "train.pt") as reader:
+    with statevault.Checkpoint(tmp_path / "train.pt") as reader:
         assert reader.aliases == {"model.tied": "model.w"}
 
 
@@ -241,7 +246,7 @@ def test_bin_shards_may_hold_tied_weights(tmp_path: Path) -> None:
     weight_map = {"emb": "pytorch_model-00001-of-00002.bin", "head": "pytorch_model-00001-of-00002.bin",
                   "bias": "pytorch_model-00002-of-00002.bin"}  # fmt: skip
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    with statevault.open_checkpoint(tmp_path) as reader:
+    with statevault.Checkpoint(tmp_path) as reader:
         assert reader.aliases == {"head": "emb"}
         assert sorted(reader.keys()) == ["bias", "emb", "head"]
     loaded = statevault.load(tmp_path)
@@ -263,7 +268,7 @@ def test_legacy_torch_files_of_every_pickle_protocol(protocol: int, tmp_path: Pa
                 statevault.load(path)
             return
         assert torch.equal(statevault.load(path)["w"], torch.ones(2))
-        with statevault.open_checkpoint(path) as reader:
+        with statevault.Checkpoint(path) as reader:
             assert reader.kind == "torch-legacy"
 
 
@@ -273,14 +278,14 @@ def test_a_plain_pickle_is_named_and_never_unpickled(tmp_path: Path) -> None:
     (tmp_path / "state.pkl").write_bytes(pickle.dumps({"w": [1.0]}))
     with pytest.raises(statevault.UnsupportedObjectError, match="is a plain Python pickle"):
         statevault.load(tmp_path / "state.pkl")
-    with pytest.raises(CheckpointKindError, match="is a plain Python pickle"):
+    with pytest.raises(statevault.UnsupportedObjectError, match="is a plain Python pickle"):
         statevault.Checkpoint(tmp_path / "state.pkl")
     # in a folder it is listed, and the rest still loads
     statevault.save({"w": torch.ones(1)}, tmp_path / "model.safetensors")
     torch.save({"step": 3}, tmp_path / "scheduler.pt")
     state = statevault.load(tmp_path)
     assert set(state) == {"model", "scheduler"}
-    with statevault.open_checkpoint(tmp_path) as reader:
+    with statevault.Checkpoint(tmp_path) as reader:
         entry = next(e for e in reader.contents if e.file == "state.pkl")
     assert entry.status == "not loadable without pickle"
 

@@ -88,7 +88,7 @@ def reference(path: Path) -> Any:
 
 
 def test_trainer_folder_is_read_as_a_whole(trainer_checkpoint: Path) -> None:
-    with statevault.open_checkpoint(trainer_checkpoint) as reader:
+    with statevault.Checkpoint(trainer_checkpoint) as reader:
         contents = {entry.file: entry for entry in reader.contents}
         assert reader.kind == "folder"
     assert contents["training_args.bin"].status == "not loadable without pickle"
@@ -188,7 +188,7 @@ def test_save_pretrained_folder_is_its_model(tmp_path: Path) -> None:
     folder = tmp_path / "pretrained"
     loaded = statevault.load(folder)
     same(reference(folder / "model.safetensors"), loaded)
-    with statevault.open_checkpoint(folder) as reader:
+    with statevault.Checkpoint(folder) as reader:
         statuses = {e.file: e.status for e in reader.contents}
     assert statuses["model.safetensors"] == "loaded" and statuses["config.json"] == "ignored"
     fresh = transformers.GPT2LMHeadModel(tiny_config())
@@ -202,7 +202,7 @@ def test_safetensors_is_preferred_over_the_same_weights_as_bin(tmp_path: Path) -
     statevault.save({"w": torch.ones(2)}, tmp_path / "model.safetensors")
     torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
     assert torch.equal(statevault.load(tmp_path)["w"], torch.ones(2))
-    with statevault.open_checkpoint(tmp_path) as reader:
+    with statevault.Checkpoint(tmp_path) as reader:
         entry = next(e for e in reader.contents if e.file == "pytorch_model.bin")
     assert entry.status == "superseded" and "model.safetensors" in entry.note
 
@@ -227,7 +227,7 @@ def test_accelerate_save_state_folder(tmp_path: Path) -> None:
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     folder = tmp_path / "state"
-    with statevault.open_checkpoint(folder) as reader:
+    with statevault.Checkpoint(folder) as reader:
         keys = {e.file: e.key for e in reader.contents if e.status == "loaded"}
     assert keys["model.safetensors"] == "model"
     assert keys["optimizer.bin"] == "optimizer"
@@ -289,7 +289,7 @@ def test_a_save_model_folder_with_refused_training_args_is_its_model(
     for name in ("model.safetensors", "config.json", "training_args.bin"):
         (folder / name).write_bytes((trainer_checkpoint / name).read_bytes())
     same(reference(folder / "model.safetensors"), statevault.load(folder))
-    with statevault.open_checkpoint(folder) as reader:
+    with statevault.Checkpoint(folder) as reader:
         statuses = {e.file: e.status for e in reader.contents}
     assert statuses == {
         "model.safetensors": "loaded",
@@ -306,7 +306,7 @@ def test_load_into_opens_only_the_weights_of_a_folder(tmp_path: Path) -> None:
     fresh = nn.Linear(3, 2)
     assert statevault.load_into(fresh, tmp_path).ok  # the optimizer is never opened
     assert torch.equal(fresh.weight, model.weight)
-    with statevault.open_checkpoint(tmp_path, weights=True) as reader:
+    with statevault.Checkpoint(tmp_path, weights=True) as reader:
         assert reader.kind == "statevault"
         assert {e.file: e.status for e in reader.contents} == {
             "model.safetensors": "loaded",

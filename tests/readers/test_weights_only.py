@@ -62,7 +62,7 @@ def test_evil_pickles_are_refused_everywhere(name: str, legacy: bool, tmp_path: 
         lambda: statevault.load(path),
         lambda: statevault.inspect(path),
         lambda: statevault.convert(path, tmp_path / "out.safetensors"),
-        lambda: statevault.open_checkpoint(path),
+        lambda: statevault.Checkpoint(path),
     ):
         with pytest.raises(UnsupportedObjectError, match="weights-only loader refused"):
             attempt()

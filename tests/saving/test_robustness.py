@@ -26,6 +26,7 @@ from statevault.errors import (
     HeaderError,
     UnsupportedObjectError,
 )
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
 
 GUARD_SECONDS = 10.0  # a hang guard, not a speed assert: each call takes milliseconds
 
@@ -259,13 +260,13 @@ def test_unusable_device_is_refused_before_reading(
     path = tmp_path / "d.safetensors"
     statevault.save({"w": torch.ones(3)}, path)
     reads: list[str] = []
-    original = statevault.Checkpoint.read_into
+    original = SafetensorsCheckpoint.read_into
 
-    def counting(self: statevault.Checkpoint, *args: Any, **kwargs: Any) -> None:
+    def counting(self: SafetensorsCheckpoint, *args: Any, **kwargs: Any) -> None:
         reads.append("read")
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(statevault.Checkpoint, "read_into", counting)
+    monkeypatch.setattr(SafetensorsCheckpoint, "read_into", counting)
     with pytest.raises(DeviceUnavailableError, match=f"device='{device}'"):
         statevault.load(path, device=device)
     assert reads == []

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import statevault
 from helpers.samples import assert_same, legacy_state, training_state, write_sharded
-from statevault.readers.files import check_shard_name
+from statevault.readers.sharded import check_shard_name
 from statevault.tools.conversion import select
 
 

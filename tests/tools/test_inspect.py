@@ -19,7 +19,7 @@ from helpers.samples import (
     write_sharded,
 )
 from statevault.fileformat.tree import flatten
-from statevault.readers.base import TensorMeta
+from statevault.readers.base import TensorInfo
 from statevault.tools.inspection import module_tree, plain_state, state_leaves
 
 
@@ -137,8 +137,8 @@ def test_missing_path() -> None:
 # -- pure helpers ------------------------------------------------------------------------
 
 
-def _meta(name: str, numel: int) -> TensorMeta:
-    return TensorMeta(name, torch.float32, (numel,), numel * 4, "F32", None, "f")
+def _meta(name: str, numel: int) -> TensorInfo:
+    return TensorInfo(name, torch.float32, (numel,), numel * 4, "F32", None, "f")
 
 
 def test_module_tree_sums_subtrees_and_skips_aliases() -> None:

@@ -37,8 +37,8 @@ from statevault.loading.keymap import Prefixes, Rename
 from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
+from statevault.readers.devices import usable_device
 from statevault.readers.dispatch import Source
-from statevault.readers.safetensors_file import usable_device
 from statevault.reports.load_report import LoadReport, capped
 
 logger = logging.getLogger("statevault")

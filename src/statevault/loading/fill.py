@@ -25,7 +25,7 @@ from statevault.engine.ties import identity_groups
 from statevault.loading.module_state import ModelState, any_module
 from statevault.loading.plan import LoadPlan
 from statevault.loading.state_dict_load import load_state_dict as torch_load_state_dict
-from statevault.readers.base import Reader
+from statevault.readers.base import Checkpoint
 from statevault.reports.load_entries import TieStatus
 from statevault.reports.load_report import LoadReport
 
@@ -73,7 +73,7 @@ def torch_load_reason(module: nn.Module, planned: LoadPlan, assign: bool) -> str
 def fill_in_place(
     model: ModelState,
     planned: LoadPlan,
-    source: Reader,
+    source: Checkpoint,
     verify: bool,
 ) -> None:
     """Fill matched keys in place; each distinct piece of memory is written once.
@@ -120,7 +120,7 @@ def _by_model_names(versions: Mapping[str, Any], planned: LoadPlan) -> dict[str,
 
 
 def fill_with_torch(
-    module: nn.Module, planned: LoadPlan, source: Reader, verify: bool, assign: bool, why: str
+    module: nn.Module, planned: LoadPlan, source: Checkpoint, verify: bool, assign: bool, why: str
 ) -> LoadReport:
     """Let torch load (hooks, overrides, version upgrades, subclasses, ``assign``), then
     report in the same terms as the fast path.

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 
 from statevault.engine.gcpause import gc_paused
-from statevault.readers.dispatch import open_checkpoint
+from statevault.readers.base import Checkpoint
 
 
 @gc_paused
 def load(
     source: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:
-    """Load what :func:`save` wrote, or any checkpoint :func:`open_checkpoint` takes.
+    """Load what :func:`save` wrote, or any checkpoint :class:`Checkpoint` opens.
 
     Tuples come back as tuples, int keys as ints, tied tensors as one shared tensor, numpy
     values as numpy. A plain safetensors file, sharded checkpoint or ``save_pretrained``
@@ -31,5 +31,5 @@ def load(
         state = statevault.load("ckpt.safetensors")
         optimizer.load_state_dict(state["optim"])
     """
-    with open_checkpoint(source) as checkpoint:
+    with Checkpoint(source) as checkpoint:
         return checkpoint.load(device=device, verify=verify)

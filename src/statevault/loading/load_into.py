@@ -30,7 +30,7 @@ from statevault.loading.keymap import Prefixes, Rename
 from statevault.loading.module_state import model_state
 from statevault.loading.options import LoadOptions, describe_call
 from statevault.loading.plan import LoadPlan, plan
-from statevault.readers.base import Reader
+from statevault.readers.base import Checkpoint
 from statevault.readers.dispatch import Source, open_source
 from statevault.reports.load_report import LoadReport, capped
 
@@ -98,7 +98,7 @@ def load_with(module: nn.Module, source: Source, *, call: Call, options: LoadOpt
 
 
 def _execute(
-    module: nn.Module, planned: LoadPlan, opened: Reader, options: LoadOptions, call: Call
+    module: nn.Module, planned: LoadPlan, opened: Checkpoint, options: LoadOptions, call: Call
 ) -> LoadReport:
     """Judge the plan (strict, dry run, meta), then fill the module the way it needs."""
     strict, assign, dtype = options.strict, options.assign, options.float_dtype
@@ -145,7 +145,7 @@ def load_into(
     dry_run: bool = False,
     assign: bool = False,
 ) -> LoadReport:
-    """Load a checkpoint (any file or folder :func:`open_checkpoint` takes, or a state dict)
+    """Load a checkpoint (any file or folder :class:`Checkpoint` opens, or a state dict)
     into ``module``; a training folder gives its model weights.
 
     Returns a :class:`LoadReport`. With ``strict=True`` any missing, unexpected or

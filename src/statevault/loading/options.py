@@ -24,7 +24,7 @@ from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.loading.fixes import Call, EntryPoint, literal
 from statevault.loading.keymap import Prefixes, Rename, check_name_options
 from statevault.readers.dispatch import Source
-from statevault.readers.safetensors_file import Checkpoint
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
 
 # What ``dtype=`` takes: a torch dtype or a name such as "bf16" (see float_dtype)
 
@@ -90,7 +90,7 @@ def _as_code(name: str, value: object) -> str:
 
 def source_code(source: Source) -> str:
     """How a printed fix names the source: the path itself, or ``state`` for a dict."""
-    if isinstance(source, Checkpoint):
+    if isinstance(source, SafetensorsCheckpoint):
         return literal(str(source.path))
     if isinstance(source, (str, os.PathLike)):
         return literal(os.fspath(source))

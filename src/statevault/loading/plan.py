@@ -30,7 +30,7 @@ from statevault.loading.fixes import Call
 from statevault.loading.keymap import KeyMap, map_keys
 from statevault.loading.module_state import ModelState, model_state
 from statevault.loading.options import LoadOptions
-from statevault.readers.base import Reader
+from statevault.readers.base import Checkpoint
 from statevault.reports.load_entries import Cause, DtypeCast, ShapeMismatch, TiedKey, TieStatus
 from statevault.reports.load_report import LoadReport, capped
 
@@ -88,7 +88,7 @@ class Comparison:
 
 
 def compare(
-    model: ModelState, source: Reader, pairs: Mapping[str, str], dtype: torch.dtype | None
+    model: ModelState, source: Checkpoint, pairs: Mapping[str, str], dtype: torch.dtype | None
 ) -> Comparison:
     """One pass over the model's tensors: matched, missing, other shape, other dtype.
 
@@ -132,7 +132,7 @@ def compare(
 
 
 def _compare_extra_state(
-    key: str, source: Reader, pairs: Mapping[str, str], result: Comparison
+    key: str, source: Checkpoint, pairs: Mapping[str, str], result: Comparison
 ) -> None:
     """A module's extra state: saved as one tensor (torch hands it to set_extra_state), as a
     value in the file's nested state, or missing."""
@@ -148,7 +148,7 @@ def _compare_extra_state(
         result.missing.append(key)
 
 
-def refuse_non_tensors(source: Reader, missing: Collection[str], target: str) -> None:
+def refuse_non_tensors(source: Checkpoint, missing: Collection[str], target: str) -> None:
     """A saved value that is not a tensor under a tensor's key is an error, not a gap.
 
     torch's load_state_dict refuses it too ("expected torch.Tensor ... but received"),
@@ -167,7 +167,7 @@ def refuse_non_tensors(source: Reader, missing: Collection[str], target: str) ->
 
 
 def upgraded_counters(
-    module: nn.Module, missing: Collection[str], source: Reader, pairs: Mapping[str, str]
+    module: nn.Module, missing: Collection[str], source: Checkpoint, pairs: Mapping[str, str]
 ) -> list[str]:
     """Missing BatchNorm counters that torch's version upgrade fills, as it fills them.
 
@@ -262,7 +262,7 @@ def unexpected_names(
 def _causes(
     module: nn.Module,
     model: ModelState,
-    source: Reader,
+    source: Checkpoint,
     keymap: KeyMap,
     compared: Comparison,
     missing: Collection[str],
@@ -289,7 +289,7 @@ def _causes(
     )
 
 
-def _holds_optimizer_state(source: Reader, pairs: Mapping[str, str]) -> bool:
+def _holds_optimizer_state(source: Checkpoint, pairs: Mapping[str, str]) -> bool:
     """True when the saved state is an optimizer's state_dict ('state' and 'param_groups')."""
     if pairs and not all(name.startswith("state.") for name in pairs.values()):
         return False
@@ -320,12 +320,12 @@ def _moved(
 
 
 def plan(
-    module: nn.Module, source: Reader, options: LoadOptions, call: Call | None = None
+    module: nn.Module, source: Checkpoint, options: LoadOptions, call: Call | None = None
 ) -> LoadPlan:
     """Compare names, shapes and dtypes, reading no tensor data (tables per key only on need)."""
     model = model_state(module)
     keymap = map_keys(
-        source.names(),
+        source.keys(),
         model.keys(),
         prefix=options.prefix,
         strip_prefix=options.strip_prefix,

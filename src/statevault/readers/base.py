@@ -1,35 +1,45 @@
-"""The one reader type every checkpoint opens as, whatever its format.
+"""``Checkpoint``: the one reader type every checkpoint opens as, and ``TensorInfo``.
 
-:func:`statevault.open_checkpoint` returns a :class:`Reader` for a statevault or safetensors
-file, a sharded directory or its index file, a torch ``.pt``/``.bin`` file, a Hugging Face
-folder (``save_pretrained``, a Trainer ``checkpoint-N/``, accelerate ``save_state``) or an
-in-memory state dict. ``load``, ``load_into``, ``check``, ``materialize`` and the CLI tools
-all read through it, so each format is handled in one place. A reader answers from header
-facts (names, shapes, dtypes) without reading tensor data; data is read when asked for.
+``statevault.Checkpoint(source)`` opens a statevault or safetensors file, a torch
+``.pt``/``.bin`` file, a shard index or sharded directory, a Hugging Face / Trainer /
+accelerate folder or an in-memory state dict, and returns the implementation for it (as
+``pathlib.Path(...)`` returns a ``PosixPath``). Each implementation lives in its own module
+and is built complete by its own classmethod; this module holds what they share. ``load``,
+``load_into``, ``check``, ``build_model`` and the CLI tools all read through it, so each
+format is handled in one place. A checkpoint answers from header facts (names, shapes,
+dtypes) without reading tensor data; data is read when asked for.
+
+May be imported by the reader implementations and the layers above ``readers``.
 """
 
 from __future__ import annotations
 
-import abc
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
 
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
-from statevault.errors import HeaderError
+from statevault.errors import CheckpointKindError, HeaderError
 from statevault.fileformat.dtypes import dtype_name
 from statevault.fileformat.skeleton import DICT, TENSOR, children, read_node, walk
 from statevault.fileformat.tree import Skeleton, unflatten
-from statevault.readers.safetensors_file import usable_device
+from statevault.readers.devices import usable_device
+from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderListing
+from statevault.readers.sniff import describe
+
+# what Checkpoint(...) opens; load_into and friends also take an open Checkpoint
+CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class TensorMeta:
-    """Header-level facts about one stored tensor, whatever file it lives in."""
+@dataclass(frozen=True, slots=True)  # slots: one per tensor, half the memory without a __dict__
+class TensorInfo:
+    """Header-level facts about one stored tensor; reading them costs no tensor I/O."""
 
     name: str
     dtype: torch.dtype
@@ -38,6 +48,7 @@ class TensorMeta:
     code: str | None  # safetensors dtype code; None when statevault cannot store the dtype
     checksum: str | None  # recorded xxh3-64 digest, if the file has one
     file: str  # the file holding the bytes (differs per shard)
+    offset: int | None = None  # absolute byte offset of the data in ``file``, when stored raw
 
     @property
     def numel(self) -> int:
@@ -48,52 +59,74 @@ class TensorMeta:
         return dtype_name(self.dtype)
 
 
-@dataclass(frozen=True)
-class FolderEntry:
-    """One file of an opened checkpoint, and what became of it.
-
-    ``key`` is where its state sits in what ``load`` returns (None when it is not read);
-    ``status`` is ``"loaded"``, ``"shard"`` (read as part of the index in ``note``),
-    ``"not loadable without pickle"`` (the weights-only loader refused it; ``note`` says
-    why), ``"superseded"`` (another file holds the same key in a preferred format) or
-    ``"ignored"`` (not a checkpoint file, or not needed: ``note`` says which).
-    """
-
-    file: str
-    key: str | None
-    kind: str  # "statevault", "safetensors", "torch", "torch-legacy", "index", "json", ...
-    status: str
-    note: str = ""
-
-
-class Reader(abc.ABC):
+class Checkpoint:
     """An opened checkpoint: header facts now, tensor data on demand. Close when done.
 
-    Subclasses set ``kind``, ``label``, ``metadata``, ``aliases``, ``tree`` and ``file_size``
-    and provide ``tensors``, ``read``, ``chunks`` and ``close``; everything else has a
+    ``Checkpoint(source)`` returns the implementation ``source`` needs (see the module
+    docstring); ``weights=True`` opens only a folder's model weights. Calling an
+    implementation class directly opens the same way and refuses a source of another kind.
+
+    Example::
+
+        with statevault.Checkpoint("out/checkpoint-500") as ckpt:
+            print([(e.file, e.key, e.status) for e in ckpt.contents])
+            shape, dtype = ckpt.signature("model.fc.weight")  # no data read
+            state = ckpt.load()  # {"model": ..., "optimizer": ..., "rng_state": ...}
+
+    Implementations set ``kind``, ``label``, ``metadata``, ``aliases`` and ``file_size`` when
+    built, and provide ``tensors``, ``read``, ``chunks`` and ``close``; everything else has a
     generic form here that a format may replace with a faster one.
     """
 
-    kind: str  # "statevault", "safetensors", "torch", "torch-legacy", "sharded", "folder", ...
+    kind: CheckpointKind
     label: str
     format_version: int | None = None
     metadata: Mapping[str, str]
     aliases: Mapping[str, str]
-    tree: Skeleton | None
     file_size: int
-    folder_contents: tuple[FolderEntry, ...] | None = None  # set when opened from a folder
+    _listing: FolderListing | None = None  # set when opened as part of a folder
+
+    def __new__(cls, source: CheckpointSource, *, weights: bool = False) -> Self:
+        # dispatch imports every implementation module, and each of them imports this one
+        from statevault.readers.dispatch import open_any
+
+        opened = open_any(source, weights=weights)
+        if isinstance(opened, cls):
+            return opened  # no __init__ anywhere: Python's call to it is object's no-op
+        opened.close()
+        what = describe(Path(opened.label)) or f"a {opened.kind} checkpoint"
+        raise CheckpointKindError(
+            f"{opened.label}: is {what}, which {cls.__name__} does not read; open it with "
+            "statevault.Checkpoint(source), which returns the reader it needs"
+        )
+
+    @classmethod
+    def _blank(cls) -> Self:
+        """An instance for an implementation's constructor to fill (``__new__`` opens)."""
+        return object.__new__(cls)
 
     @property
-    @abc.abstractmethod
-    def tensors(self) -> Mapping[str, TensorMeta]:
-        """Stored tensors (aliases excluded): name -> :class:`TensorMeta`."""
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        """Stored tensors (aliases excluded): name -> :class:`TensorInfo`."""
+        raise NotImplementedError
+
+    @property
+    def tree(self) -> Skeleton | None:
+        """The skeleton of the saved object, or None for a flat name -> tensor checkpoint."""
+        return None
+
+    @property
+    def folder_contents(self) -> tuple[FolderEntry, ...] | None:
+        """The listing of the folder this was opened from (None when opened as a file)."""
+        return None if self._listing is None else self._listing.entries(self.kind)
 
     @property
     def contents(self) -> tuple[FolderEntry, ...]:
         """The files this checkpoint was read from, and what each became (see FolderEntry)."""
-        if self.folder_contents is not None:
-            return self.folder_contents
-        return (FolderEntry(self.label, None, self.kind, "loaded"),)
+        listed = self.folder_contents
+        if listed is not None:
+            return listed
+        return (FolderEntry(self.label, None, self.kind, EntryStatus.LOADED),)
 
     @property
     def has_checksums(self) -> bool:
@@ -103,10 +136,7 @@ class Reader(abc.ABC):
         """Every tensor name: stored ones, then aliases."""
         return [*self.tensors, *self.aliases]
 
-    def names(self) -> list[str]:
-        return self.keys()
-
-    def resolve(self, name: str) -> TensorMeta:
+    def resolve(self, name: str) -> TensorInfo:
         """Header facts for ``name``, following an alias to the stored tensor."""
         return self.tensors[self.aliases.get(name, name)]
 
@@ -115,15 +145,14 @@ class Reader(abc.ABC):
         meta = self.resolve(name)
         return meta.shape, meta.dtype
 
-    def weights(self) -> Reader:
+    def weights(self) -> Checkpoint:
         """The model weights in this checkpoint (itself, except for a training folder)."""
         return self
 
-    def leaves(self) -> list[Reader]:
-        """The single-file readers this checkpoint is made of (shards, a folder's files)."""
+    def leaves(self) -> list[Checkpoint]:
+        """The single-file checkpoints this one is made of (shards, a folder's files)."""
         return [self]
 
-    @abc.abstractmethod
     def read(
         self,
         names: Sequence[str] | None = None,
@@ -132,6 +161,7 @@ class Reader(abc.ABC):
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
         """The named keys (all by default) as a flat name -> tensor dict, tied ones shared."""
+        raise NotImplementedError
 
     def fill(
         self,
@@ -147,9 +177,9 @@ class Reader(abc.ABC):
             for name, dest in todo:
                 dest.copy_(read[name])
 
-    @abc.abstractmethod
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
         """The tensor's elements, flattened, in 1-D pieces of at most ``elements`` each."""
+        raise NotImplementedError
 
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         """The whole saved object: nested state as saved, or a flat name -> tensor dict."""
@@ -165,7 +195,6 @@ class Reader(abc.ABC):
         tree = self.tree
         if tree is None:
             return tensors
-
         try:  # unflatten names the node of a reference to a tensor the file lacks
             return unflatten(tree, tensors.__getitem__)
         except HeaderError as exc:
@@ -189,15 +218,26 @@ class Reader(abc.ABC):
         """
         return tree_versions(self.tree)
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Release file handles (idempotent)."""
+        raise NotImplementedError
 
-    def __enter__(self) -> Reader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.label!r}>"
+
+
+def tensor_chunks(tensor: torch.Tensor, elements: int) -> Iterator[torch.Tensor]:
+    """A tensor already in memory as 1-D views of at most ``elements`` elements."""
+    flat = tensor.detach().reshape(-1)
+    step = max(1, elements)
+    for start in range(0, flat.numel(), step):
+        yield flat[start : start + step]
 
 
 def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
@@ -213,8 +253,9 @@ def top_level_objects(tree: Skeleton | None) -> dict[str, Skeleton]:
 
 
 def tree_versions(tree: Skeleton | None) -> dict[str, Any] | None:
-    """The version tables kept with saved state dicts (see ``tree``), by module name as the
-    checkpoint's tensors name it: a table saved under ``"model"`` keys ``"model.bn"``.
+    """The version tables kept with saved state dicts (see ``fileformat.tree``), by module
+    name as the checkpoint's tensors name it: a table saved under ``"model"`` keys
+    ``"model.bn"``.
 
     Only dicts nested in dicts are looked into (where state dicts sit in a checkpoint).
     """

@@ -1,4 +1,4 @@
-"""Checkpoint folders: sharded directories and Hugging Face / accelerate layouts.
+"""Opening a checkpoint folder: sharded directories and Hugging Face / accelerate layouts.
 
 Rules (docs/opening.md has the user's version):
 
@@ -20,41 +20,47 @@ Rules (docs/opening.md has the user's version):
   pickled ``TrainingArguments``) is listed as not loadable without pickle and left out.
 * ``weights=True`` (what ``load_into`` and ``materialize`` ask for) opens only the model.
   A folder with several kinds of state and no ``model`` has no weights to give.
+
+The decision is made before the model's file is opened, so the checkpoint returned is
+built complete with its listing (nothing edits it afterwards). May be imported by
+``readers.dispatch``.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from statevault.engine.progress import Progress
 from statevault.engine.transfer import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
-from statevault.fileformat.skeleton import with_tensor_prefix
-from statevault.fileformat.tree import Skeleton, flatten
-from statevault.readers.base import FolderEntry, Reader, TensorMeta
-from statevault.readers.files import (
-    MAX_INDEX_BYTES,
-    ShardedInput,
-    WeightsOnlyRefusal,
-    check_shard_name,
-    open_file,
+from statevault.readers.base import Checkpoint
+from statevault.readers.folder_checkpoint import (
+    NO_WEIGHTS,
+    FolderCheckpoint,
+    no_checkpoint,
+    weights_key,
 )
+from statevault.readers.listing import EntryStatus, FolderEntry, FolderFileKind, FolderListing
+from statevault.readers.sharded import MAX_INDEX_BYTES, ShardedCheckpoint, check_shard_name
 from statevault.readers.sniff import TORCH_SUFFIXES
+from statevault.readers.tensor_files import open_tensor_file
+from statevault.readers.weights_only import WeightsOnlyRefusal
 
-MODEL_KEY = "model"
-_WEIGHT_STEMS = {"pytorch_model": MODEL_KEY}  # Hugging Face's .bin weights name
+_WEIGHT_STEMS = {"pytorch_model": "model"}  # Hugging Face's .bin weights name
 # preference when two files give one key (lower wins)
-_RANK = {"safetensors index": 0, "safetensors": 1, "index": 2, "torch": 3, "json": 4}
-REFUSED = "not loadable without pickle"
+_RANK = {
+    FolderFileKind.SAFETENSORS_INDEX: 0,
+    FolderFileKind.SAFETENSORS: 1,
+    FolderFileKind.INDEX: 2,
+    FolderFileKind.TORCH: 3,
+    FolderFileKind.JSON: 4,
+}
+NO_CHECKPOINT = (
+    "checkpoint (no readable *.safetensors, *.pt/.pth/.bin/.ckpt/.pkl or *.index.json file)"
+)
+WEIGHTS_ONLY = "only the model weights were read"
 
 
 def key_for(name: str) -> str:
@@ -63,25 +69,25 @@ def key_for(name: str) -> str:
     return _WEIGHT_STEMS.get(stem, stem)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Candidate:
     path: Path
     key: str
-    kind: str  # a key of _RANK
+    kind: FolderFileKind  # a key of _RANK
 
 
-def _kind_of(path: Path) -> str | None:
+def _kind_of(path: Path) -> FolderFileKind | None:
     name = path.name.lower()
     if name.endswith(".safetensors.index.json"):
-        return "safetensors index"
+        return FolderFileKind.SAFETENSORS_INDEX
     if name.endswith(".index.json"):
-        return "index"
+        return FolderFileKind.INDEX
     if path.suffix.lower() == ".safetensors":
-        return "safetensors"
+        return FolderFileKind.SAFETENSORS
     if path.suffix.lower() in TORCH_SUFFIXES:
-        return "torch"
+        return FolderFileKind.TORCH
     if path.suffix.lower() == ".json":
-        return "json"
+        return FolderFileKind.JSON
     return None
 
 
@@ -107,7 +113,7 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
     shards = {
         name: p
         for p in files
-        if not p.is_dir() and (_kind_of(p) or "").endswith("index")
+        if not p.is_dir() and (kind := _kind_of(p)) is not None and kind.is_index
         for name in _shard_names(p)
     }
     listing: list[FolderEntry] = []
@@ -117,12 +123,18 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
         # skipped as if it were not there
         kind = _kind_of(path) if not path.is_dir() else None
         if path.name in shards:
-            key = key_for(shards[path.name].name)
-            listing.append(FolderEntry(path.name, key, "shard", "shard", shards[path.name].name))
+            index = shards[path.name].name
+            listing.append(
+                FolderEntry(
+                    path.name, key_for(index), FolderFileKind.SHARD, EntryStatus.SHARD, index
+                )
+            )
             continue
         if kind is None:
             what = "a directory" if path.is_dir() else "not a checkpoint file"
-            listing.append(FolderEntry(path.name, None, "other", "ignored", what))
+            listing.append(
+                FolderEntry(path.name, None, FolderFileKind.OTHER, EntryStatus.IGNORED, what)
+            )
             continue
         candidate = _Candidate(path, key_for(path.name), kind)
         held = chosen.get(candidate.key)
@@ -132,239 +144,114 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
         winner, loser = (candidate, held) if _RANK[kind] < _RANK[held.kind] else (held, candidate)
         chosen[candidate.key] = winner
         note = f"{winner.path.name} holds the same key ({winner.key!r}) in a preferred format"
-        listing.append(FolderEntry(loser.path.name, None, loser.kind, "superseded", note))
+        listing.append(FolderEntry(loser.path.name, None, loser.kind, EntryStatus.SUPERSEDED, note))
     return chosen, listing
 
 
-def _no_checkpoint(directory: Path, listing: list[FolderEntry], what: str) -> Exception:
-    present = ", ".join(e.file for e in listing) or "nothing"
-    return CheckpointNotFoundError(
-        f"{directory}: is a directory with no {what}; it holds: {present}"
-    )
+def _open_candidate(
+    candidate: _Candidate, *, label: str | None = None, listing: FolderListing | None = None
+) -> Checkpoint:
+    if candidate.kind.is_index:
+        return ShardedCheckpoint.from_index(candidate.path, label=label, listing=listing)
+    return open_tensor_file(candidate.path, listing=listing)
 
 
-NO_CHECKPOINT = (
-    "checkpoint (no readable *.safetensors, *.pt/.pth/.bin/.ckpt/.pkl or *.index.json file)"
-)
-NO_WEIGHTS = "model weights (model.safetensors, pytorch_model.bin or their index)"
-
-
-def weights_key(kinds: Mapping[str, str]) -> str | None:
-    """Which state (key -> kind) is the model's weights: ``model``; else the one state whose
-    key ends in ``_model`` (``diffusion_pytorch_model``, ``adapter_model``) or that is a
-    shard index; else none."""
-    if MODEL_KEY in kinds:
-        return MODEL_KEY
-    found = [
-        key
-        for key, kind in kinds.items()
-        if key.endswith("_model") or kind in ("safetensors index", "index", "sharded")
-    ]
-    return found[0] if len(found) == 1 else None
-
-
-def _open_candidate(candidate: _Candidate, *, tree: bool, label: str | None = None) -> Reader:
-    if candidate.kind.endswith("index"):
-        return ShardedInput(candidate.path, tree=tree, label=label)
-    return open_file(candidate.path, tree=tree)
-
-
-def open_folder(directory: Path, *, tree: bool = True, weights: bool = False) -> Reader:
+def open_folder(directory: Path, *, weights: bool = False) -> Checkpoint:
     """Open a checkpoint folder by the rules in the module docstring."""
     chosen, skipped = _scan(directory)
     if not chosen:
-        raise _no_checkpoint(directory, skipped, NO_CHECKPOINT)
-    state = {k: c for k, c in chosen.items() if c.kind != "json"}
+        raise no_checkpoint(directory, skipped, NO_CHECKPOINT)
+    state = {k: c for k, c in chosen.items() if c.kind is not FolderFileKind.JSON}
     key = weights_key({k: c.kind for k, c in state.items()})
-    if weights or (key is not None and len(state) == 1):
-        if key is None:
-            listed = [FolderEntry(c.path.name, k, c.kind, "") for k, c in chosen.items()]
-            raise _no_checkpoint(directory, [*listed, *skipped], NO_WEIGHTS)
-        model = state[key]
-        label = str(directory) if model.kind.endswith("index") else None
-        reader = _open_candidate(model, tree=tree, label=label)
-        unread = [
-            FolderEntry(c.path.name, None, c.kind, "ignored", "only the model weights were read")
-            for k, c in chosen.items()
-            if k != key
+    if not weights and (key is None or len(state) > 1):
+        return _open_whole(directory, chosen, skipped, key)
+    if key is None:
+        listed = [
+            FolderEntry(c.path.name, k, c.kind, EntryStatus.UNREAD) for k, c in chosen.items()
         ]
-        reader.folder_contents = (
-            FolderEntry(model.path.name, key, reader.kind, "loaded"),
-            *unread,
-            *skipped,
-        )
-        return reader
-    folder = FolderInput(directory, chosen, skipped, tree=tree)
-    if len(folder.parts()) == 1 and folder.has_weights():
-        # the rest was refused by the weights-only loader (a trainer.save_model() output
-        # folder: weights, config.json, training_args.bin): the folder is its model
-        return folder.as_model()
-    return folder
+        raise no_checkpoint(directory, [*listed, *skipped], NO_WEIGHTS)
+    unread = tuple(
+        FolderEntry(c.path.name, None, c.kind, EntryStatus.IGNORED, WEIGHTS_ONLY)
+        for k, c in chosen.items()
+        if k != key
+    )
+    return _open_model(
+        directory, state[key], FolderListing(state[key].path.name, key, (*unread, *skipped))
+    )
 
 
-class FolderInput(Reader):
-    """A folder holding several kinds of state, read as ``{key: state}`` (module docstring)."""
+def _open_model(directory: Path, model: _Candidate, listing: FolderListing) -> Checkpoint:
+    """The folder's model weights, listing the folder's files (a sharded model is labelled
+    by the directory, which is what the caller gave)."""
+    label = str(directory) if model.kind.is_index else None
+    return _open_candidate(model, label=label, listing=listing)
 
-    def __init__(
-        self,
-        directory: Path,
-        chosen: Mapping[str, _Candidate],
-        skipped: list[FolderEntry],
-        *,
-        tree: bool = True,
-    ) -> None:
-        self.kind = "folder"
-        self.label = str(directory)
-        self.directory = directory
-        self._parts: dict[str, Reader] = {}
-        self._data: dict[str, Any] = {}
-        listing: list[FolderEntry] = []
-        try:
-            for key, candidate in sorted(chosen.items()):
-                name = candidate.path.name
-                if candidate.kind == "json":
-                    self._data[key] = _read_json(candidate.path)
-                    listing.append(FolderEntry(name, key, "json", "loaded"))
-                    continue
-                try:
-                    part = _open_candidate(candidate, tree=tree)
-                except WeightsOnlyRefusal as exc:  # e.g. a pickled TrainingArguments
-                    listing.append(FolderEntry(name, None, candidate.kind, REFUSED, exc.reason))
-                    continue
-                self._parts[key] = part
-                listing.append(FolderEntry(name, key, part.kind, "loaded"))
-        except BaseException:
-            self.close()
-            raise
-        if not self._parts:
-            self.close()
-            raise _no_checkpoint(directory, [*listing, *skipped], NO_CHECKPOINT)
-        self.folder_contents = (*listing, *skipped)
-        model = self._parts.get(MODEL_KEY)
-        self.metadata = dict(model.metadata) if model is not None else {}
-        self.aliases = {
-            f"{key}.{alias}": f"{key}.{target}"
-            for key, part in self._parts.items()
-            for alias, target in part.aliases.items()
-        }
-        self.file_size = sum(part.file_size for part in self._parts.values())
-        self.format_version = None
 
-    @functools.cached_property
-    def tensors(self) -> Mapping[str, TensorMeta]:
-        # built on first use, as each part's: load() of a folder never needs them
-        return {
-            f"{key}.{name}": dataclasses.replace(meta, name=f"{key}.{name}")
-            for key, part in self._parts.items()
-            for name, meta in part.tensors.items()
-        }
-
-    @property
-    def tree(self) -> Skeleton:  # type: ignore[override]
-        pairs: list[list[Any]] = []
-        for key in sorted([*self._parts, *self._data]):
-            if key in self._data:
-                pairs.append([key, flatten(self._data[key])[0]])
+def _open_whole(
+    directory: Path, chosen: dict[str, _Candidate], skipped: list[FolderEntry], key: str | None
+) -> Checkpoint:
+    """Every state file by key; the model's last, so that when the weights-only loader
+    refused all the others the folder opens as its model (a ``trainer.save_model()``
+    folder: weights, config.json, training_args.bin) without reopening anything."""
+    parts: dict[str, Checkpoint] = {}
+    refused: dict[str, FolderEntry] = {}
+    try:
+        for k, candidate in sorted(chosen.items()):
+            if k == key or candidate.kind is FolderFileKind.JSON:
                 continue
-            part = self._parts[key]
-            subtree = part.tree
-            if subtree is None:  # a flat name -> tensor file
-                subtree = {"dict": [[n, {"tensor": n}] for n in part.names()]}
-            pairs.append([key, with_tensor_prefix(subtree, f"{key}.")])
-        return {"dict": pairs}
-
-    def parts(self) -> dict[str, Reader]:
-        """The opened state files by key (JSON data excluded)."""
-        return dict(self._parts)
-
-    def as_model(self) -> Reader:
-        """The model part alone, listing this folder's files (JSON data is then not read)."""
-        model = self.weights()
-        if isinstance(model, ShardedInput):
-            model.label = self.label
-        model.folder_contents = tuple(
-            dataclasses.replace(
-                e, key=None, status="ignored", note="only the model weights were read"
-            )
-            if e.kind == "json" and e.status == "loaded"
-            else e
-            for e in self.contents
-        )
-        return model
-
-    def has_weights(self) -> bool:
-        return weights_key({k: p.kind for k, p in self._parts.items()}) is not None
-
-    def weights(self) -> Reader:
-        key = weights_key({k: p.kind for k, p in self._parts.items()})
-        if key is None:
-            raise _no_checkpoint(self.directory, list(self.contents), NO_WEIGHTS)
-        return self._parts[key]
-
-    def leaves(self) -> list[Reader]:
-        return [leaf for part in self._parts.values() for leaf in part.leaves()]
-
-    def _split(self, name: str) -> tuple[Reader, str]:
-        key, _, rest = name.partition(".")
-        part = self._parts.get(key)
-        if part is None or not rest:
-            raise KeyError(f"{self.label}: no tensor named {name!r}")
-        return part, rest
-
-    def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        part, rest = self._split(name)
-        return part.signature(rest)
-
-    def read(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        wanted = self.keys() if names is None else list(names)
-        by_part: dict[str, list[str]] = {}
-        for name in wanted:
-            self._split(name)  # unknown names fail before anything is read
-            key, _, rest = name.partition(".")
-            by_part.setdefault(key, []).append(rest)
-        flat: dict[str, torch.Tensor] = {}
-        for key, rests in by_part.items():
-            read = self._parts[key].read(rests, verify=verify, progress=progress)
-            flat.update({f"{key}.{rest}": tensor for rest, tensor in read.items()})
-        return {name: flat[name] for name in wanted}
-
-    def fill(
-        self,
-        pairs: Iterable[tuple[str, torch.Tensor]],
-        *,
-        verify: bool,
-        dtypes_match: bool = False,
-    ) -> None:
-        by_part: dict[str, list[tuple[str, torch.Tensor]]] = {}
-        for name, dest in pairs:
-            self._split(name)
-            key, _, rest = name.partition(".")
-            by_part.setdefault(key, []).append((rest, dest))
-        for key, todo in by_part.items():
-            self._parts[key].fill(todo, verify=verify, dtypes_match=dtypes_match)
-
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        part, rest = self._split(name)
-        return part.chunks(rest, elements=elements, verify=verify)
-
-    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
-        state: dict[str, Any] = {}
-        for key in sorted([*self._parts, *self._data]):
-            if key in self._data:
-                state[key] = copy.deepcopy(self._data[key])  # each call gets its own
-            else:
-                state[key] = self._parts[key].load(device=device, verify=verify)
-        return state
-
-    def close(self) -> None:
-        for part in self._parts.values():
+            try:
+                parts[k] = _open_candidate(candidate)
+            except WeightsOnlyRefusal as exc:  # e.g. a pickled TrainingArguments
+                refused[k] = FolderEntry(
+                    candidate.path.name, None, candidate.kind, EntryStatus.REFUSED, exc.reason
+                )
+        if key is not None and not parts:
+            return _open_model_alone(directory, chosen, key, refused, skipped)
+        if key is not None:
+            try:
+                parts[key] = _open_candidate(chosen[key])
+            except WeightsOnlyRefusal as exc:
+                refused[key] = FolderEntry(
+                    chosen[key].path.name, None, chosen[key].kind, EntryStatus.REFUSED, exc.reason
+                )
+        data = {k: _read_json(c.path) for k, c in chosen.items() if c.kind is FolderFileKind.JSON}
+    except BaseException:
+        for part in parts.values():
             part.close()
+        raise
+    listing = tuple(
+        refused.get(k)
+        or FolderEntry(c.path.name, k, parts[k].kind if k in parts else c.kind, EntryStatus.LOADED)
+        for k, c in sorted(chosen.items())
+    )
+    if not parts:
+        raise no_checkpoint(directory, [*listing, *skipped], NO_CHECKPOINT)
+    return FolderCheckpoint.from_parts(directory, parts, data, (*listing, *skipped))
+
+
+def _open_model_alone(
+    directory: Path,
+    chosen: dict[str, _Candidate],
+    key: str,
+    refused: dict[str, FolderEntry],
+    skipped: list[FolderEntry],
+) -> Checkpoint:
+    """The folder as its model: every other state file was refused (its JSON is not read)."""
+    ordered = sorted(chosen)
+    others = tuple(
+        refused.get(k)
+        or FolderEntry(chosen[k].path.name, None, chosen[k].kind, EntryStatus.IGNORED, WEIGHTS_ONLY)
+        for k in ordered
+        if k != key
+    )
+    listing = FolderListing(chosen[key].path.name, key, (*others, *skipped), ordered.index(key))
+    try:
+        return _open_model(directory, chosen[key], listing)
+    except WeightsOnlyRefusal as exc:
+        model = chosen[key]
+        own = FolderEntry(model.path.name, None, model.kind, EntryStatus.REFUSED, exc.reason)
+        entries = [*others[: listing.position], own, *others[listing.position :]]
+        raise no_checkpoint(directory, entries, NO_CHECKPOINT) from None
 
 
 def _read_json(path: Path) -> Any:

@@ -1,8 +1,8 @@
-"""In-memory state dicts as readers.
+"""An in-memory flat state dict as a :class:`Checkpoint`.
 
-A state dict answers the same questions as a file through :class:`Reader`: which names
-exist, what shape/dtype each has, and "fill these destination tensors", so load_into has
-one code path for both.
+A state dict answers the same questions as a file: which names exist, what shape/dtype
+each has, and "fill these destination tensors", so load_into has one code path for both.
+May be imported by the other reader modules and the layers above ``readers``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.errors import UnsupportedObjectError
 from statevault.fileformat.dtypes import spec_for
-from statevault.readers.base import Reader, TensorMeta
+from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
+from statevault.readers.listing import CheckpointKind
 
 EXTRA_STATE = "_extra_state"  # torch's state_dict key for get_extra_state()
 MEMORY_LABEL = "<in-memory state dict>"
@@ -26,11 +27,15 @@ def _is_extra_state(key: object) -> bool:
     return isinstance(key, str) and key.rpartition(".")[2] == EXTRA_STATE
 
 
-class MemoryInput(Reader):
+class MemoryCheckpoint(Checkpoint):
     """A flat state dict already in memory (e.g. what ``torch.load`` returned); never copied
     or modified."""
 
-    def __init__(self, state: Mapping[str, Any]) -> None:
+    state: Mapping[str, Any]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> MemoryCheckpoint:
+        """Check that ``state`` is a flat name -> tensor dict (extra state allowed)."""
         bad = [
             k
             for k, v in state.items()
@@ -47,30 +52,28 @@ class MemoryInput(Reader):
                 f"state dict entry {key!r} {what}; load_into takes a flat str -> tensor "
                 "state dict (use statevault.load(path)['model'] for nested checkpoints)"
             )
+        self = cls._blank()
         self.state = state
-        self.kind = "memory"
+        self.kind = CheckpointKind.MEMORY
         self.label = MEMORY_LABEL
         self.metadata = {}
         self.aliases = {}
-        self.tree = None
         self.file_size = 0
+        return self
 
     @functools.cached_property
-    def tensors(self) -> Mapping[str, TensorMeta]:
+    def tensors(self) -> Mapping[str, TensorInfo]:
         result = {}
         for name, t in self.state.items():
             if isinstance(t, torch.Tensor):
                 spec = spec_for(t.dtype)
                 code = spec.code if spec is not None else None
                 nbytes = t.numel() * t.element_size()
-                result[name] = TensorMeta(name, t.dtype, tuple(t.shape), nbytes, code, None, "")
+                result[name] = TensorInfo(name, t.dtype, tuple(t.shape), nbytes, code, None, "")
         return result
 
-    def names(self) -> list[str]:
-        return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
-
     def keys(self) -> list[str]:
-        return self.names()
+        return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
 
     def stored_object(self, key: str) -> tuple[bool, Any]:
         value = self.state.get(key)
@@ -103,14 +106,11 @@ class MemoryInput(Reader):
         verify: bool = True,
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
-        wanted = self.names() if names is None else list(names)
+        wanted = self.keys() if names is None else list(names)
         return {n: self.state[n] for n in wanted}
 
     def close(self) -> None:
         pass  # the caller's dict: nothing of ours to release
 
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        flat = self.state[name].detach().reshape(-1)
-        step = max(1, elements)
-        for start in range(0, flat.numel(), step):
-            yield flat[start : start + step]
+        return tensor_chunks(self.state[name], elements)

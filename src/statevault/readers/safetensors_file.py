@@ -1,163 +1,106 @@
-"""An open checkpoint file: lazy header access, verified reads, rebuilding the saved object."""
+"""One safetensors file (statevault's or anyone's) as a :class:`Checkpoint`.
+
+Only the header is read on open; tensors are read in parallel straight into destination
+memory (checksums verified as they pass), or streamed in bounded chunks. Everything a load
+needs (tensors, the nested-state tree, extra state, module versions) comes from the one
+descriptor opened here: the file is never reopened by path, so a save that replaces it
+meanwhile cannot mix two files into one load.
+
+May be imported by the other reader modules and the layers above ``readers``.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import os
-from collections.abc import Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from statevault.engine.gcpause import gc_paused
+from statevault.engine.progress import Progress
 from statevault.engine.transfer import HUGE_PAGE_MIN_BYTES, FileReader, advise_huge_pages
-from statevault.errors import (
-    CheckpointKindError,
-    CheckpointNotFoundError,
-    CorruptFileError,
-    DeviceUnavailableError,
-    HeaderError,
-    StateVaultError,
-)
-from statevault.fileformat.dtypes import CODE_TO_DTYPE, dtype_from_name, dtype_name, spec_for
+from statevault.errors import HeaderError, StateVaultError
+from statevault.fileformat.dtypes import CODE_TO_DTYPE
 from statevault.fileformat.metadata import VaultInfo, decode, reject_constant, user_metadata
 from statevault.fileformat.table import TensorEntry, TensorTable
 from statevault.fileformat.tree import Skeleton, check_tree, unflatten
-from statevault.readers.sniff import describe
+from statevault.readers.base import Checkpoint, TensorInfo, top_level_objects, tree_versions
+from statevault.readers.devices import usable_device
+from statevault.readers.listing import CheckpointKind, FolderListing
+from statevault.readers.stored_dtypes import check_codes, encoded_signatures
 
 DIRECT_DEVICES = ("cpu", "cuda")  # devices read_into fills without a full CPU copy
+CHUNK_BYTES = 16 << 20  # working-set size for streamed reads: bounded, yet few syscalls
+READ_BATCH_BYTES = 256 << 20  # whole-tensor reads between two progress ticks
 
 
-def usable_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, or a clear error when this process cannot use it."""
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceUnavailableError(
-            f"device={device!r} is not a device torch knows: {exc}"
-        ) from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            f"device={device!r} was requested, but torch {torch.__version__} sees no CUDA device "
-            "(torch.cuda.is_available() is False); load with device='cpu' instead"
-        )
-    if (
-        target.type == "cuda"
-        and target.index is not None
-        and target.index >= torch.cuda.device_count()
-    ):
-        raise DeviceUnavailableError(
-            f"device={device!r} was requested, but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
-    if target.type not in ("cpu", "cuda", "meta"):
-        # torch.device() accepts any type name it knows ("xla", "mps", ...) whether or not a
-        # backend is there; allocating nothing on it asks, before a byte of data is read.
+class SafetensorsCheckpoint(Checkpoint):
+    """A safetensors file opened for reading; statevault metadata is used when present."""
+
+    path: Path
+    _reader: FileReader
+    _vault: VaultInfo
+    _table: TensorTable
+    _encoded: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    _facts: tuple[dict[str, Skeleton], dict[str, Any] | None] | None
+
+    @classmethod
+    @gc_paused  # parsing a 20,000-tensor header: see engine.gcpause
+    def from_file(
+        cls, path: Path, *, listing: FolderListing | None = None
+    ) -> SafetensorsCheckpoint:
+        """Open ``path`` (already known to be safetensors, or damaged: the parser says how)."""
+        self = cls._blank()
+        self._reader = FileReader(path)
         try:
-            torch.empty(0, device=target)
-        except (RuntimeError, NotImplementedError, ImportError, AssertionError) as exc:
-            # torch's text goes on to list every backend it has: keep its first sentence
-            first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
-            raise DeviceUnavailableError(
-                f"device={device!r} cannot be used by this process (torch {torch.__version__}: "
-                f"{first}); install and initialise its backend, or load with device='cpu'"
-            ) from exc
-    return target
-
-
-@dataclass(frozen=True, slots=True)  # slots: one per tensor, half the memory without a __dict__
-class TensorInfo:
-    """What the header says about one stored tensor; reading it costs no tensor I/O."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    nbytes: int
-    code: str  # the safetensors dtype code it is stored under
-    offset: int  # absolute byte offset of its data in the file
-    checksum: str | None
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
-
-
-class Checkpoint:
-    """A checkpoint file opened for reading; only the header is read until you ask for data.
-
-    Example::
-
-        with statevault.Checkpoint("model.safetensors") as ckpt:
-            print(ckpt.tensors["fc.weight"].shape)
-            state = ckpt.load()
-    """
-
-    @gc_paused  # parsing a 20,000-tensor header: see _gcpause
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        try:
-            self._reader = FileReader(path)
-        except (CorruptFileError, CheckpointNotFoundError) as exc:
-            what = describe(Path(path)) if Path(path).exists() else None
-            if what is None:
-                raise
-            raise CheckpointKindError(
-                f"{path}: is {what}. Checkpoint reads one safetensors file; open this with "
-                "statevault.open_checkpoint(path) (load, load_into, check, load_model and the "
-                "CLI accept it too)"
-            ) from exc
-        try:
-            self.path: Path = self._reader.path
+            self.path = self._reader.path
+            self.label = str(self.path)
+            self.file_size = self._reader.file_size  # of the open file, not of the path now
+            self._listing = listing
             header = self._reader.header
-            self.vault: VaultInfo = decode(
-                header, source=str(self.path), signed=self._reader.signed_digest
+            self._vault = decode(header, source=self.label, signed=self._reader.signed_digest)
+            self.format_version = self._vault.version
+            self.kind = (
+                CheckpointKind.SAFETENSORS
+                if self.format_version is None
+                else CheckpointKind.STATEVAULT
             )
-            self.metadata: Mapping[str, str] = user_metadata(header.metadata, self.vault.version)
-            # our metadata lives on decoded in ``vault``; the raw texts (the tree's is
-            # megabytes for 20,000 tensors) need not stay alive twice
-            self._reader.header = replace(header, metadata=self.metadata)
-            self._table: TensorTable = header.entries
-            self._encoded = self._encoded_signatures()
-            self._check_codes()
+            self.metadata = user_metadata(header.metadata, self.format_version)
+            self.aliases = self._vault.aliases
+            self._table = header.entries
+            self._encoded = encoded_signatures(self._table, self._vault.dtypes, source=self.label)
+            check_codes(self._table, self._encoded, source=self.label)
+            self._facts = None
         except BaseException:
             self._reader.close()
             raise
+        return self
 
-    def _encoded_signatures(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """True (shape, dtype) of the few tensors stored under another dtype code."""
-        signatures = {}
-        for name, recorded in self.vault.dtypes.items():
-            _, code, shape, _, _ = self._table[name]
-            dtype = dtype_from_name(recorded)
-            spec = spec_for(dtype) if dtype is not None else None
-            if dtype is None or spec is None:  # already rejected by decode(); keeps mypy honest
-                raise HeaderError(f"{self.path}: tensor {name!r} has unknown dtype {recorded!r}")
-            if spec.trailing is not None:
-                if not shape or shape[-1] != spec.trailing:
-                    raise HeaderError(
-                        f"{self.path}: tensor {name!r} stored as {code}{list(shape)} "
-                        f"cannot hold {recorded}; header damaged"
-                    )
-                shape = shape[:-1]
-            signatures[name] = (shape, dtype)
-        return signatures
+    # -- header-level facts ---------------------------------------------------------------
+    @property
+    def vault(self) -> VaultInfo:
+        """statevault's decoded metadata (empty for a plain safetensors file)."""
+        return self._vault
 
-    def _check_codes(self) -> None:
-        """Every plain-stored code must be a dtype this torch has (checked once, not per read)."""
-        unknown = set(self._table.codes) - CODE_TO_DTYPE.keys()
-        if not unknown:
-            return
-        for name, code in zip(self._table.names, self._table.codes, strict=True):
-            if code in unknown and name not in self._encoded:
-                raise StateVaultError(
-                    f"{self.path}: tensor {name!r} has dtype {code}, which this "
-                    f"torch {torch.__version__} has no dtype for; upgrade torch to read it"
-                )
+    @property
+    def reader(self) -> FileReader:
+        """The open file and its parsed header, for whole-file scans (``verify``)."""
+        return self._reader
+
+    @property
+    def has_checksums(self) -> bool:
+        return self._vault.has_checksums
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        """Stored tensors in file order: name -> :class:`TensorInfo`, made on access."""
+        return _TensorInfos(self)
+
+    def keys(self) -> list[str]:
+        """Every tensor name, stored ones in file order, then aliases."""
+        return [*self._table, *self.aliases]
 
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """(shape, dtype) of ``name`` (aliases followed), cheaper than ``tensors[name]``."""
@@ -168,7 +111,8 @@ class Checkpoint:
         row = self._table.row(stored)
         return self._table.shapes[row], CODE_TO_DTYPE[self._table.codes[row]]
 
-    def _describe(self, name: str) -> TensorInfo:
+    def describe(self, name: str) -> TensorInfo:
+        """Header facts for the stored tensor ``name`` (no alias following)."""
         row = self._table.row(name)
         shape, dtype = self.signature(name)
         start = self._table.starts[row]
@@ -178,60 +122,33 @@ class Checkpoint:
             shape=shape,
             nbytes=self._table.ends[row] - start,
             code=self._table.codes[row],
+            checksum=self._vault.checksums.get(name),
+            file=self.label,
             offset=self._reader.header.data_offset + start,
-            checksum=self.vault.checksums.get(name),
         )
 
-    @property
-    def tensors(self) -> Mapping[str, TensorInfo]:
-        """Stored tensors in file order: name -> :class:`TensorInfo`, made on access."""
-        return _TensorInfos(self)
+    def resolve(self, name: str) -> TensorInfo:
+        """Header facts for ``name``, following an alias to the stored tensor."""
+        return self.describe(self.aliases.get(name, name))
 
     @property
-    def reader(self) -> FileReader:
-        """The open file and its parsed header, for whole-file scans (``verify``)."""
-        return self._reader
-
-    # -- context management -------------------------------------------------------------
-    def close(self) -> None:
-        self._reader.close()
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- header-level facts ---------------------------------------------------------------
-    @property
-    def format_version(self) -> int | None:
-        """statevault format version, or None for a plain safetensors file."""
-        return self.vault.version
-
-    @property
-    def aliases(self) -> Mapping[str, str]:
-        """Tied tensors: alias name -> the stored name whose data it shares."""
-        return self.vault.aliases
-
-    @property
-    @gc_paused  # a tree is up to ~100 MB of small containers: see _gcpause
+    @gc_paused  # a tree is up to ~100 MB of small containers: see engine.gcpause
     def tree(self) -> Skeleton | None:
         """The skeleton of the saved object (None for a plain safetensors file), checked
         node by node against the file's tensors: what ``load`` would refuse raises here."""
         tree = self._parsed_tree()
-        if self.vault.has_tree:
-            names = self._table
-            aliases = self.aliases
+        if self._vault.has_tree:
             try:
-                check_tree(tree, _Known(names, aliases))
+                check_tree(tree, _Known(self._table, self.aliases))
             except HeaderError as exc:
                 raise HeaderError(f"{self.path}: {exc}") from None
         return tree
 
     def _parsed_tree(self) -> Skeleton | None:
-        text = self.vault.tree_text
+        """The tree parsed from the header text read on open (never re-read from disk)."""
+        text = self._vault.tree_text
         if text is None:
-            return self.vault.tree
+            return self._vault.tree
         try:
             return json.loads(text, parse_constant=reject_constant)
         except (ValueError, RecursionError) as exc:
@@ -245,22 +162,29 @@ class Checkpoint:
                 "memory; it is hostile or larger than this process can hold"
             ) from exc
 
-    @property
-    def has_checksums(self) -> bool:
-        return self.vault.has_checksums
+    def _tree_facts(self) -> tuple[dict[str, Skeleton], dict[str, Any] | None]:
+        """The tree's top-level objects and module versions, worked out once per checkpoint:
+        ``load_into`` asks for them per key, and only the small results are kept."""
+        if self._facts is None:
+            tree = self.tree
+            self._facts = (top_level_objects(tree), tree_versions(tree))
+        return self._facts
 
-    def keys(self) -> list[str]:
-        """Every tensor name, stored ones in file order, then aliases."""
-        return [*self._table, *self.aliases]
+    def stored_object(self, key: str) -> tuple[bool, Any]:
+        """A module's non-tensor extra state at ``key`` (see :meth:`Checkpoint.stored_object`)."""
+        node = self._tree_facts()[0].get(key)
+        if node is None:
+            return False, None
+        try:
+            return True, unflatten(node, lambda name: self.read([name])[name])
+        except HeaderError as exc:
+            raise HeaderError(f"{self.path}: {exc}") from None
 
-    def resolve(self, name: str) -> TensorInfo:
-        """Header facts for ``name``, following an alias to the stored tensor."""
-        return self._describe(self.aliases.get(name, name))
+    def torch_versions(self) -> dict[str, Any] | None:
+        """See :meth:`Checkpoint.torch_versions`."""
+        return self._tree_facts()[1]
 
-    # -- data ---------------------------------------------------------------------------------
-    def _entry(self, name: str) -> TensorEntry:
-        return self._table[name]
-
+    # -- data -------------------------------------------------------------------------------
     def read_into(self, pairs: Iterable[tuple[str, torch.Tensor]], *, verify: bool = True) -> None:
         """Read stored tensors straight into the memory of contiguous CPU or CUDA tensors.
 
@@ -272,7 +196,7 @@ class Checkpoint:
         by_row: list[torch.Tensor | None] = [None] * len(table)  # no job object per tensor
         again: list[tuple[str, torch.Tensor]] = []  # a second destination for one tensor
         device_jobs = []
-        digests = self.vault.checksums if verify and self.vault.checksums else None
+        digests = self._vault.checksums if verify and self._vault.checksums else None
         for name, dest in pairs:
             row = table.row(name)
             if (
@@ -297,11 +221,20 @@ class Checkpoint:
         for group in by_device.values():
             self._reader.read_to_device(group)
 
-    def stream(self, name: str, *, chunk_bytes: int, verify: bool = True) -> Iterator[bytearray]:
-        """The stored bytes of ``name`` in bounded pieces, its checksum checked at the end."""
+    def stream(
+        self, name: str, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = True
+    ) -> Iterator[bytearray]:
+        """The stored bytes of ``name`` in bounded fresh pieces, its checksum checked at the end."""
         stored = self.aliases.get(name, name)
-        expected = self.vault.checksums.get(stored) if verify else None
-        return self._reader.stream(self._entry(stored), chunk_bytes=chunk_bytes, expected=expected)
+        expected = self._vault.checksums.get(stored) if verify else None
+        entry = self._table[stored]
+        return self._reader.stream(entry, chunk_bytes=chunk_bytes, expected=expected)
+
+    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
+        dtype = self.signature(name)[1]
+        chunk_bytes = max(1, elements) * dtype.itemsize
+        for buffer in self.stream(name, chunk_bytes=chunk_bytes, verify=verify):
+            yield torch.frombuffer(buffer, dtype=torch.uint8).view(dtype)
 
     def empty_like_stored(self, name: str, *, device: torch.device | None = None) -> torch.Tensor:
         """An uninitialised tensor with the stored dtype and shape of ``name`` (CPU default)."""
@@ -318,16 +251,40 @@ class Checkpoint:
 
     def read(
         self,
-        names: Iterable[str] | None = None,
+        names: Sequence[str] | None = None,
         *,
         verify: bool = True,
+        progress: Progress | None = None,
         device: torch.device | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Read tensors (all by default) into fresh tensors; aliases share one tensor."""
-        wanted = list(self.keys() if names is None else names)
+        """Read tensors (all by default) into fresh tensors; aliases share one tensor.
+
+        With ``progress``, reads go in batches of about ``READ_BATCH_BYTES`` so it can tick
+        while each batch still gets the parallel, direct-to-memory path.
+        """
+        wanted = self.keys() if names is None else list(names)
         unknown = [n for n in wanted if n not in self._table and n not in self.aliases]
         if unknown:
             raise KeyError(f"{self.path}: no tensor named {unknown[0]!r}")
+        if progress is None:
+            return self._read_batch(wanted, verify=verify, device=device)
+        result: dict[str, torch.Tensor] = {}
+        batch: list[str] = []
+        size = 0
+        table = self._table
+        for i, name in enumerate(wanted):
+            batch.append(name)
+            row = table.row(self.aliases.get(name, name))
+            size += table.ends[row] - table.starts[row]
+            if size >= READ_BATCH_BYTES or i == len(wanted) - 1:
+                result.update(self._read_batch(batch, verify=verify, device=device))
+                progress.advance(size)
+                batch, size = [], 0
+        return result
+
+    def _read_batch(
+        self, wanted: list[str], *, verify: bool, device: torch.device | None
+    ) -> dict[str, torch.Tensor]:
         stored = {self.aliases.get(n, n) for n in wanted}
         fresh = {
             name: self.empty_like_stored(name, device=device)
@@ -336,6 +293,47 @@ class Checkpoint:
         }
         self.read_into(fresh.items(), verify=verify)
         return {n: fresh[self.aliases.get(n, n)] for n in wanted}
+
+    def fill(
+        self,
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        *,
+        verify: bool,
+        dtypes_match: bool = False,
+    ) -> None:
+        """Copy each named tensor into its destination (which has the same shape).
+
+        Contiguous CPU/CUDA destinations of the stored dtype are read into directly;
+        others through a temporary. ``dtypes_match``: the caller has checked that every
+        destination has its tensor's stored dtype, so that is not looked up again per
+        tensor (~10 ms for 20,000).
+        """
+        staged: list[tuple[str, torch.Tensor]] = []
+        aliases = self.aliases
+        signature = self.signature
+
+        def direct() -> Iterator[tuple[str, torch.Tensor]]:
+            # a generator, not a list: one tuple per tensor is 1 MiB for 20,000 tensors
+            for name, dest in pairs:
+                stored = aliases.get(name, name)
+                if (
+                    # dest.device.type in DIRECT_DEVICES, without building a torch.device
+                    # and asking its type (240 -> 40 ns, for each of 20,000 tensors)
+                    (dest.is_cpu or dest.is_cuda)
+                    and dest.is_contiguous()
+                    and (dtypes_match or dest.dtype == signature(stored)[1])
+                ):
+                    yield stored, dest
+                else:
+                    staged.append((stored, dest))
+
+        self.read_into(direct(), verify=verify)
+        if staged:
+            # Other dtype or device: read into a temporary, then copy (and cast) across.
+            fresh = self.read(list({n: None for n, _ in staged}), verify=verify)
+            with torch.no_grad():
+                for name, dest in staged:
+                    dest.copy_(fresh[name])
 
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         """Rebuild exactly the object that was saved (a flat dict for plain safetensors)."""
@@ -349,7 +347,7 @@ class Checkpoint:
                 if id(tensor) not in moved:
                     moved[id(tensor)] = tensor.to(target)
             tensors = {n: moved[id(t)] for n, t in tensors.items()}
-        if not self.vault.has_tree:
+        if not self._vault.has_tree:
             return tensors
         tree = self._parsed_tree()
         try:
@@ -357,6 +355,9 @@ class Checkpoint:
             return unflatten(tree, tensors.__getitem__)
         except HeaderError as exc:
             raise HeaderError(f"{self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 class _Known(Container[str]):
@@ -371,17 +372,17 @@ class _Known(Container[str]):
 
 
 class _TensorInfos(Mapping[str, TensorInfo]):
-    """``Checkpoint.tensors``: a view that describes a tensor when asked, so an open
-    20,000-tensor checkpoint holds no per-tensor objects beyond its header table."""
+    """``SafetensorsCheckpoint.tensors``: a view that describes a tensor when asked, so an
+    open 20,000-tensor checkpoint holds no per-tensor objects beyond its header table."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: SafetensorsCheckpoint) -> None:
         self._checkpoint = checkpoint
-        self._table = checkpoint._table
+        self._table = checkpoint.reader.header.entries
 
     def __getitem__(self, name: str) -> TensorInfo:
         if name not in self._table:
             raise KeyError(name)
-        return self._checkpoint._describe(name)
+        return self._checkpoint.describe(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._table

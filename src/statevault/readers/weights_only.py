@@ -5,7 +5,10 @@ RNG state, ``('MT19937', uint32[624], int, int, float)``. Unpickling that array 
 array reconstruction: ``_reconstruct``, ``ndarray``, ``dtype`` and the dtype classes of the
 numeric dtypes statevault can store. That is all we allow, and only inside
 :func:`numpy_arrays_allowed` (torch's ``safe_globals`` context manager), never process-wide:
-numpy scalars, object arrays and every other global stay refused.
+numpy scalars, object arrays and every other global stay refused. A file that needs more is
+refused with :class:`WeightsOnlyRefusal`.
+
+May be imported by the reader modules (and their tests).
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ from typing import Any
 
 import torch
 
+from statevault.errors import UnsupportedObjectError
 from statevault.fileformat.tree import NUMPY_DTYPES
 
 # where _reconstruct lives: numpy 2 moved it, and pickles name whichever wrote them
 _RECONSTRUCT_NAMES = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+
+
+class WeightsOnlyRefusal(UnsupportedObjectError):
+    """The file needs a real unpickler (more than tensors and numpy arrays) to be read.
+
+    ``reason`` is the short form a folder listing shows.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def numpy_array_globals() -> list[Any]:

@@ -24,9 +24,9 @@ from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
-from statevault.readers.base import Reader
-from statevault.readers.dispatch import open_checkpoint
-from statevault.readers.files import SafetensorsInput, ShardedInput
+from statevault.readers.base import Checkpoint
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
+from statevault.readers.sharded import ShardedCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
@@ -150,9 +150,9 @@ def _check_destination(source: Path, destination: Path, *, overwrite: bool) -> N
         )
 
 
-def _source_metadata(source: Reader) -> dict[str, str]:
+def _source_metadata(source: Checkpoint) -> dict[str, str]:
     metadata = dict(source.metadata)
-    if isinstance(source, ShardedInput):
+    if isinstance(source, ShardedCheckpoint):
         metadata.pop("total_size", None)  # described the shard set, not the new file
     return metadata
 
@@ -167,7 +167,7 @@ class _Selection:
 
 
 def _read_selected(
-    source: Reader,
+    source: Checkpoint,
     keys: re.Pattern[str] | None,
     strip_prefix: tuple[str, ...],
     progress: Progress | None,
@@ -181,12 +181,12 @@ def _read_selected(
     return _Selection({new: flat[old] for new, old in chosen.items()}, tuple(dropped), renamed)
 
 
-def _read_whole(source: Reader, progress: Progress | None) -> _Selection:
+def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     """Everything as saved: nested state, non-tensor values, tied weights."""
     total = sum(meta.nbytes for meta in source.tensors.values())
     if progress is not None:
         progress.start(total)
-    if isinstance(source, (SafetensorsInput, ShardedInput)):
+    if isinstance(source, (SafetensorsCheckpoint, ShardedCheckpoint)):
         flat = source.read(progress=progress)
         return _Selection(flat if source.tree is None else unflatten(source.tree, flat.__getitem__))
     obj = source.load()
@@ -233,7 +233,7 @@ def convert(
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(source_path.stat().st_size)
     flattened = pattern is not None or bool(stripped)
-    with open_checkpoint(source_path) as opened:
+    with Checkpoint(source_path) as opened:
         if flattened:
             selection = _read_selected(opened, pattern, stripped, progress)
         else:

@@ -17,8 +17,9 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.scan import ChunkReader, RowReader, default_threads, run_parallel
 from statevault.engine.transfer import PARALLEL_MIN_BYTES
-from statevault.readers.base import Reader, TensorMeta
-from statevault.readers.files import SafetensorsInput, ShardedInput
+from statevault.readers.base import Checkpoint, TensorInfo
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
+from statevault.readers.sharded import ShardedCheckpoint
 from statevault.tools.diff_report import TensorDelta
 from statevault.tools.diff_values import TensorComparison, squared_norm
 
@@ -41,22 +42,19 @@ class _Side:
     verified through a reused buffer per task (``ChunkReader``), so a chunk is compared
     while it is still in cache; other kinds come from the input's own ``chunks``."""
 
-    def __init__(self, source: Reader) -> None:
+    def __init__(self, source: Checkpoint) -> None:
         self.source = source
         # only where the source's names are its files' own (one file, or shards): a
         # folder prefixes each file's names with its key, so it reads through the source
-        same_names = isinstance(source, (SafetensorsInput, ShardedInput))
+        same_names = isinstance(source, (SafetensorsCheckpoint, ShardedCheckpoint))
         files = source.leaves() if same_names else []
-        self.files = {f.label: f for f in files if isinstance(f, SafetensorsInput)}
+        self.files = {f.label: f for f in files if isinstance(f, SafetensorsCheckpoint)}
 
     def chunk_readers(self) -> dict[str, ChunkReader]:
         """Buffers for one task (tasks run on their own threads)."""
-        return {
-            label: ChunkReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
-            for label, f in self.files.items()
-        }
+        return {label: ChunkReader(f.reader, f.vault.checksums) for label, f in self.files.items()}
 
-    def chunks(self, meta: TensorMeta, readers: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
+    def chunks(self, meta: TensorInfo, readers: dict[str, ChunkReader]) -> Iterator[torch.Tensor]:
         reader = readers.get(meta.file)
         if reader is None:  # a torch file: its tensors are in memory (or mapped) already
             flat = _flat(self.source.read([meta.name])[meta.name])
@@ -69,10 +67,7 @@ class _Side:
 
     def readers(self) -> dict[str, RowReader]:
         """Batch buffers for one task."""
-        return {
-            label: RowReader(f.checkpoint.reader, f.checkpoint.vault.checksums)
-            for label, f in self.files.items()
-        }
+        return {label: RowReader(f.reader, f.vault.checksums) for label, f in self.files.items()}
 
     def small(self, names: list[str], readers: dict[str, RowReader]) -> list[torch.Tensor]:
         """Whole small tensors, many per read, verified; views valid until the next call."""
@@ -104,7 +99,7 @@ class _Job:
     """What the comparing threads share: both sides, the tolerances, the progress hook."""
 
     def __init__(
-        self, a: Reader, b: Reader, atol: float, rtol: float, progress: Progress | None
+        self, a: Checkpoint, b: Checkpoint, atol: float, rtol: float, progress: Progress | None
     ) -> None:
         self.a, self.b = _Side(a), _Side(b)
         self.atol, self.rtol = atol, rtol
@@ -153,8 +148,8 @@ class _Job:
 
 
 def compare_values(
-    a: Reader,
-    b: Reader,
+    a: Checkpoint,
+    b: Checkpoint,
     todo: list[str],
     atol: float,
     rtol: float,

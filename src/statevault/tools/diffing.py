@@ -14,8 +14,7 @@ import os
 from typing import Any
 
 from statevault.engine.progress import Progress
-from statevault.readers.base import Reader
-from statevault.readers.dispatch import open_checkpoint
+from statevault.readers.base import Checkpoint
 from statevault.tools.arguments import checkpoint_path, tolerance
 from statevault.tools.diff_report import DiffReport
 from statevault.tools.diff_streams import compare_values
@@ -28,7 +27,7 @@ def _same_value(x: Any, y: Any) -> bool:
     return type(x) is type(y) and bool(x == y)
 
 
-def _state_changes(a: Reader, b: Reader) -> list[tuple[str, Any, Any]]:
+def _state_changes(a: Checkpoint, b: Checkpoint) -> list[tuple[str, Any, Any]]:
     left, right = state_leaves(a.tree), state_leaves(b.tree)
     missing = "<absent>"
     changes = []
@@ -40,8 +39,8 @@ def _state_changes(a: Reader, b: Reader) -> list[tuple[str, Any, Any]]:
 
 
 def _compare(
-    a: Reader,
-    b: Reader,
+    a: Checkpoint,
+    b: Checkpoint,
     *,
     atol: float = 0.0,
     rtol: float = 0.0,
@@ -104,5 +103,5 @@ def diff(
     """
     atol, rtol = tolerance(atol, argument="atol"), tolerance(rtol, argument="rtol")
     path_a, path_b = checkpoint_path(a, argument="a"), checkpoint_path(b, argument="b")
-    with open_checkpoint(path_a) as left, open_checkpoint(path_b) as right:
+    with Checkpoint(path_a) as left, Checkpoint(path_b) as right:
         return _compare(left, right, atol=atol, rtol=rtol, progress=progress)

@@ -18,8 +18,8 @@ from typing import Any
 from statevault.engine.temps import describe_temporaries
 from statevault.fileformat.skeleton import DICT, FLOAT, TENSOR, VALUE, children, read_node, walk
 from statevault.fileformat.tree import Skeleton
-from statevault.readers.base import FolderEntry, Reader, TensorMeta
-from statevault.readers.dispatch import open_checkpoint
+from statevault.readers.base import Checkpoint, TensorInfo
+from statevault.readers.listing import FolderEntry
 from statevault.tools.arguments import checkpoint_path
 
 
@@ -33,7 +33,7 @@ class ModuleNode:
     nbytes: int
     count: int  # stored tensors below (aliases excluded, they share bytes)
     children: tuple[ModuleNode, ...] = ()
-    tensor: TensorMeta | None = None  # set on leaves that are stored tensors
+    tensor: TensorInfo | None = None  # set on leaves that are stored tensors
     alias_of: str | None = None  # set on leaves that are tied to another tensor
 
 
@@ -46,7 +46,7 @@ class CheckpointSummary:
     format_version: int | None
     file_size: int
     has_checksums: bool
-    tensors: tuple[TensorMeta, ...]
+    tensors: tuple[TensorInfo, ...]
     aliases: Mapping[str, str]
     metadata: Mapping[str, str]
     state: Any  # non-tensor nested state as JSON, None when there is none
@@ -117,7 +117,7 @@ MAX_MODULE_DEPTH = 64
 class _Builder:
     def __init__(self) -> None:
         self.children: dict[str, _Builder] = {}
-        self.tensor: TensorMeta | None = None
+        self.tensor: TensorInfo | None = None
         self.alias_of: str | None = None
 
     def at(self, name: str) -> _Builder:
@@ -147,7 +147,7 @@ class _Builder:
         )
 
 
-def module_tree(tensors: Mapping[str, TensorMeta], aliases: Mapping[str, str]) -> ModuleNode:
+def module_tree(tensors: Mapping[str, TensorInfo], aliases: Mapping[str, str]) -> ModuleNode:
     """Group tensors by the dotted prefixes of their names; aliases are zero-cost leaves."""
     root = _Builder()
     for name, meta in tensors.items():
@@ -205,7 +205,7 @@ def state_leaves(skeleton: Skeleton | None) -> dict[str, Any]:
     }
 
 
-def _summarize(source: Reader) -> CheckpointSummary:
+def _summarize(source: Checkpoint) -> CheckpointSummary:
     """The summary of an already opened input (no tensor data is read)."""
     return CheckpointSummary(
         path=source.label,
@@ -235,7 +235,7 @@ def inspect(source: str | os.PathLike[str]) -> CheckpointSummary:
         print(summary.numel, summary.state["epoch"])
     """
     path = checkpoint_path(source)
-    with open_checkpoint(path) as opened:
+    with Checkpoint(path) as opened:
         summary = _summarize(opened)
     if path.is_dir():  # what killed saves left beside the shards
         summary = replace(summary, notes=tuple(describe_temporaries(path)))

@@ -21,10 +21,11 @@ from statevault.engine.scan import hash_rows
 from statevault.engine.temps import describe_temporaries
 from statevault.errors import CorruptFileError, NotACheckpointError
 from statevault.fileformat.checksums import ALGORITHM
-from statevault.readers.dispatch import open_checkpoint
-from statevault.readers.files import SafetensorsInput, TorchInput, is_torch_zip, not_a_checkpoint
-from statevault.readers.safetensors_file import Checkpoint
-from statevault.readers.sniff import sniff
+from statevault.readers.base import Checkpoint
+from statevault.readers.listing import CheckpointKind
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
+from statevault.readers.sniff import FileKind, is_torch_zip, not_a_checkpoint, sniff
+from statevault.readers.torch_file import TorchCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.tools.arguments import checkpoint_path, thread_count
@@ -111,7 +112,7 @@ class VerifyReport:
 
 
 def _check_file(
-    checkpoint: Checkpoint, label: str, progress: Progress | None, threads: int | None
+    checkpoint: SafetensorsCheckpoint, label: str, progress: Progress | None, threads: int | None
 ) -> tuple[list[BadTensor], int, int]:
     """(bad tensors in file order, tensors hashed, bytes hashed) for one safetensors file."""
     digests = checkpoint.vault.checksums
@@ -124,7 +125,7 @@ def _check_file(
     return bad, count, nbytes
 
 
-def _checked_bytes(checkpoint: Checkpoint) -> int:
+def _checked_bytes(checkpoint: SafetensorsCheckpoint) -> int:
     """Bytes of tensor data hashed in a file (all of it when it records checksums)."""
     ends = checkpoint.reader.header.entries.ends
     return ends[-1] if checkpoint.has_checksums and len(ends) else 0
@@ -141,7 +142,7 @@ def _structure_note(label: str) -> str:
 def _verify_files(
     label: str,
     kind: str,
-    files: list[tuple[Checkpoint, str]],
+    files: list[tuple[SafetensorsCheckpoint, str]],
     progress: Progress | None,
     threads: int | None,
 ) -> VerifyReport:
@@ -231,20 +232,20 @@ def verify(
     threads = thread_count(threads)
     try:
         kind = sniff(where) if where.is_file() else None
-        if kind == "torch":
+        if kind is FileKind.TORCH:
             if not is_torch_zip(where):
                 raise not_a_checkpoint(where, "a zip archive without the data.pkl of a torch file")
             return _verify_torch_zip(where, progress, threads)
-        if kind == "safetensors":
+        if kind is FileKind.SAFETENSORS:
             # the Checkpoint alone: no per-tensor description objects (200k tensors: seconds)
-            with Checkpoint(where) as checkpoint:
+            with SafetensorsCheckpoint(where) as checkpoint:
                 checkpoint.tree  # noqa: B018  the one structure check load makes (raises)
                 files = [(checkpoint, str(where))]
-                return _verify_files(str(where), _kind(checkpoint), files, progress, threads)
-        if kind == "torch-legacy" and progress is not None:
+                return _verify_files(str(where), checkpoint.kind, files, progress, threads)
+        if kind is FileKind.TORCH_LEGACY and progress is not None:
             progress.start(where.stat().st_size)  # torch reads it in full to check it loads
-        opened = open_checkpoint(where)
-        if kind == "torch-legacy" and progress is not None:
+        opened = Checkpoint(where)
+        if kind is FileKind.TORCH_LEGACY and progress is not None:
             progress.advance(where.stat().st_size)
     except NotACheckpointError:
         raise
@@ -263,8 +264,8 @@ def _verify_leaves(
     threads: int | None,
 ) -> VerifyReport:
     """A sharded directory, a folder of several files, or one legacy torch file."""
-    files = [(leaf.checkpoint, leaf.label) for leaf in leaves if isinstance(leaf, SafetensorsInput)]
-    others = [leaf for leaf in leaves if not isinstance(leaf, SafetensorsInput)]
+    files = [(leaf, leaf.label) for leaf in leaves if isinstance(leaf, SafetensorsCheckpoint)]
+    others = [leaf for leaf in leaves if not isinstance(leaf, SafetensorsCheckpoint)]
     if files:
         report = _verify_files(label, kind, files, progress, threads)
     else:
@@ -273,7 +274,9 @@ def _verify_leaves(
     count, nbytes = report.tensors_checked, report.bytes_checked
     zips = 0
     for other in others:
-        if isinstance(other, TorchInput) and other.kind == "torch":  # zip: CRC-32s to check
+        if (
+            isinstance(other, TorchCheckpoint) and other.kind is CheckpointKind.TORCH
+        ):  # zip: CRC-32s to check
             zipped = _verify_torch_zip(Path(other.label), None, threads)
             if zipped.header_error is not None:
                 return replace(zipped, path=label, kind=kind)
@@ -302,7 +305,3 @@ def _verify_leaves(
         tensors_checked=count,
         bytes_checked=nbytes,
     )
-
-
-def _kind(checkpoint: Checkpoint) -> str:
-    return "statevault" if checkpoint.format_version is not None else "safetensors"
