@@ -34,10 +34,12 @@ from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
 from statevault.readers.safetensors_file import Checkpoint, TensorInfo
 from statevault.reports.load_report import DtypeCast, LoadReport, ShapeMismatch, TiedKey
+from statevault.reports.stats_report import Flag, StatsReport, TensorStats
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
 from statevault.tools.diffing import DiffReport, TensorDelta, diff
 from statevault.tools.inspection import CheckpointSummary, inspect
+from statevault.tools.tensor_stats import stats
 from statevault.tools.verification import BadTensor, VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -59,6 +61,7 @@ __all__ = [
     "DeviceUnavailableError",
     "DiffReport",
     "DtypeCast",
+    "Flag",
     "FolderEntry",
     "HeaderError",
     "InvalidArgumentError",
@@ -70,9 +73,11 @@ __all__ = [
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
+    "StatsReport",
     "TensorDelta",
     "TensorInfo",
     "TensorMeta",
+    "TensorStats",
     "TiedKey",
     "TruncatedFileError",
     "UnsupportedObjectError",
@@ -90,5 +95,6 @@ __all__ = [
     "open_checkpoint",
     "save",
     "skip_init",
+    "stats",
     "verify",
 ]
