@@ -194,3 +194,22 @@ def layer_position(name: str) -> tuple[str, int | None]:
             depth = int(part) if depth is None else depth
             parts[i] = "*"
     return ".".join(parts), depth
+
+
+def human_number(value: float | None) -> str:
+    """A statistic as people read it: ``0.0123``, ``-4.5``, ``3.4e-5``, ``1.2e+38`` -> ``1.2e38``."""
+    if value is None:
+        return ""
+    if value == 0 or not math.isfinite(value):
+        return str(value).removesuffix(".0")
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key putting ``layers.2`` before ``layers.10`` (digit runs by length, then text)."""
+    return tuple(
+        (0, len(p), p) if p.isascii() and p.isdigit() else (1, 0, p) for p in name.split(".")
+    )

@@ -11,7 +11,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from statevault.reports.stats_report import DAMAGED, WARNING, Flag, TensorStats, layer_position
+from statevault.reports.stats_report import (
+    DAMAGED,
+    WARNING,
+    Flag,
+    TensorStats,
+    human_number,
+    layer_position,
+)
 
 # Optimizer state entries that hold a running mean of squared gradients (never negative):
 # Adam/AdamW/NAdam/RAdam/Adamax ``exp_avg_sq``/``max_exp_avg_sq``, RMSprop/Adadelta
@@ -67,7 +74,7 @@ def value_flags(t: TensorStats) -> list[Flag]:
             Flag(
                 "overflow",
                 DAMAGED,
-                f"{t.dtype} values overflowed to ±inf (beyond ±{HALF_MAXIMA[t.dtype]:.4g}): a "
+                f"{t.dtype} values overflowed to ±inf (beyond ±{human_number(HALF_MAXIMA[t.dtype])}): a "
                 f"wider value was cast down or an update overflowed in {t.dtype}",
             )
         )
@@ -76,7 +83,7 @@ def value_flags(t: TensorStats) -> list[Flag]:
             Flag(
                 "negative_second_moment",
                 DAMAGED,
-                f"optimizer second moment ({leaf}) has negative values (min {t.minimum:.4g}); "
+                f"optimizer second moment ({leaf}) has negative values (min {human_number(t.minimum)}); "
                 "a mean of squares cannot be negative, so this state was corrupted",
             )
         )
@@ -102,7 +109,7 @@ def shape_flags(t: TensorStats) -> list[Flag]:
             Flag(
                 "constant",
                 WARNING,
-                f"every value is {t.minimum:.6g}: expected for a fresh norm layer's scale, "
+                f"every value is {human_number(t.minimum)}: expected for a fresh norm layer's scale, "
                 "suspicious for trained weights",
             )
         )
@@ -112,7 +119,7 @@ def shape_flags(t: TensorStats) -> list[Flag]:
             Flag(
                 "saturated",
                 WARNING,
-                f"values sit at {t.dtype}'s largest finite value (±{top:.4g}): likely "
+                f"values sit at {t.dtype}'s largest finite value (±{human_number(top)}): likely "
                 "clamped after overflowing",
             )
         )
@@ -143,7 +150,8 @@ def sibling_flags(tensors: Sequence[TensorStats]) -> dict[str, Flag]:
                 found[m.name] = Flag(
                     "norm_outlier",
                     WARNING,
-                    f"L2 norm {m.norm:.4g} is {ratio:.3g}x the median ({median:.4g}) of its "
+                    f"L2 norm {human_number(m.norm)} is {ratio:.3g}x the median "
+                    f"({human_number(median)}) of its "
                     f"{len(members)} siblings {kind}: a layer that diverged or was not "
                     "trained/loaded like the others",
                 )

@@ -23,7 +23,7 @@ from statevault.engine.scan import default_threads, run_parallel
 from statevault.errors import ChecksumMismatchError, InvalidArgumentError
 from statevault.readers.base import Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
-from statevault.reports.stats_report import DAMAGED, Flag, StatsReport, TensorStats
+from statevault.reports.stats_report import DAMAGED, Flag, StatsReport, TensorStats, natural_key
 from statevault.tools.health_flags import shape_flags, sibling_flags, value_flags
 from statevault.tools.inspection import plain_state
 from statevault.tools.moments import RunningHistogram, RunningMoments
@@ -155,7 +155,7 @@ def stats_of(
 ) -> StatsReport:
     """The statistics of an already opened checkpoint (see :func:`stats`)."""
     _check_bins(histogram_bins)
-    metas = list(reader.tensors.values())
+    metas = sorted(reader.tensors.values(), key=lambda meta: natural_key(meta.name))
     if progress is not None:
         progress.start(sum(meta.nbytes for meta in metas))
     job = _Job(reader, histogram_bins, progress)
