@@ -21,6 +21,7 @@ from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
 from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
+from statevault.cli.report_cmd import report_command
 from statevault.cli.stats_cmd import stats_command
 from statevault.cli.verify_cmd import verify_command
 from statevault.errors import DestinationExistsError, StateVaultError
@@ -106,5 +107,6 @@ for _command in (
     diff_command,
     convert_command,
     stats_command,
+    report_command,
 ):
     main.add_command(_debug_option(_command))
