@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from statevault.reports.display import shown
@@ -197,15 +198,26 @@ def layer_position(name: str) -> tuple[str, int | None]:
 
 
 def human_number(value: float | None) -> str:
-    """A statistic as people read it: ``0.0123``, ``-4.5``, ``3.4e-5``, ``1.2e+38`` -> ``1.2e38``."""
+    """A statistic as people read it: ``0.0123``, ``-4.5``, ``3.4e-5``, ``1.2e38``.
+
+    Four significant digits, ties rounded away from zero as JavaScript's ``toPrecision``
+    does, so the terminal and the HTML page print the same digits.
+    """
     if value is None:
         return ""
-    if value == 0 or not math.isfinite(value):
-        return str(value).removesuffix(".0")
-    if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.4g}"
-    mantissa, exponent = f"{value:.3e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if value == 0:
+        return "0"  # -0.0 too
+    if not math.isfinite(value):
+        return str(value)
+    exact = Decimal(value)
+    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 3), rounding=ROUND_HALF_UP)
+    if 1e-3 <= abs(value) < 1e4:  # the range of the value, as the page decides it
+        return f"{float(rounded):g}"
+    exponent = rounded.adjusted()
+    mantissa = f"{rounded.scaleb(-exponent):f}"
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{exponent}"
 
 
 def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:

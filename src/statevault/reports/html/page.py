@@ -84,7 +84,7 @@ def depth_series(tensors: tuple[TensorStats, ...]) -> dict[str, Any]:
     cells: dict[str, dict[int, list[TensorStats]]] = {}
     for t in tensors:
         kind, depth = layer_position(t.name)
-        if depth is not None and t.norm is not None:
+        if depth is not None and t.norm:  # a log plot has no place for 0 (all-zero biases)
             cells.setdefault(kind, {}).setdefault(depth, []).append(t)
     kinds = sorted(
         (k for k, by_depth in cells.items() if len(by_depth) >= 2),
