@@ -17,13 +17,15 @@ Used by :mod:`statevault.tools.tensor_stats`; pure torch, no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
 from statevault.reports.stats_report import Histogram
 
+PIECE_ELEMENTS = 1 << 15  # torch's GRAIN_SIZE: kernels on this many elements run inline
+NATIVE = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 SAFE_EXPONENT = 480  # |values| within 2**±480: squares and sums of 2**40 of them fit float64
 
 
@@ -92,10 +94,18 @@ class RunningMoments:
     m2: float = 0.0  # sum of squared deviations from the mean, scaled
     scale: int = 0
     shift: float = 0.0
+    _buffer: torch.Tensor | None = field(default=None, repr=False)
 
     def add(self, chunk: torch.Tensor) -> None:
         """Fold one chunk (any shape, any numeric dtype) into the totals."""
-        values = as_values(chunk)
+        flat = chunk.reshape(-1)
+        for piece in flat.split(PIECE_ELEMENTS) if flat.numel() else (flat,):
+            self._add_piece(piece)
+
+    def _add_piece(self, piece: torch.Tensor) -> None:
+        """One piece at torch's grain, so no kernel starts the intra-op thread pool (whose
+        spinning workers cost more than the arithmetic on a busy machine)."""
+        values = piece if piece.dtype in NATIVE else as_values(piece)
         self.values += values.numel()
         if values.numel() == 0:
             return
@@ -106,21 +116,30 @@ class RunningMoments:
                 return
             low, high = (v.item() for v in torch.aminmax(values))
         count = values.numel()
-        self.zeros += count - int(torch.count_nonzero(values).item())
         self._rescale(_scale_exponent(max(-low, high)))
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
-        _times_power_of_two(values, -self.scale)
-        if self.finite == 0:
-            self.shift = values.sum().item() / count
-        values.sub_(self.shift)
-        mean = values.sum().item() / count
-        values.sub_(mean)
+        work, squares = self._scratch(count)
+        work.copy_(values)  # float64, in buffers reused piece after piece
+        self.zeros += count - int(torch.count_nonzero(work).item())
+        _times_power_of_two(work, -self.scale)
+        mean = work.sum().item() / count
+        work.sub_(mean)
         # the deviations from a rounded mean sum to n * (its rounding error), not 0:
         # taking that back out is the corrected two-pass formula (Chan, Golub, LeVeque)
-        residual = values.sum().item()
-        m2 = torch.dot(values, values).item() - residual * residual / count
-        self._merge(count, mean + residual / count, max(m2, 0.0))
+        residual = work.sum().item()
+        # a product and a sum, not torch.dot: BLAS starts its own thread pool for a dot
+        # this long, which costs milliseconds per piece on a busy machine
+        m2 = torch.mul(work, work, out=squares).sum().item() - residual * residual / count
+        if self.finite == 0:
+            self.shift = mean
+        # mean - shift is exact where it matters (close values), the residual is small
+        self._merge(count, (mean - self.shift) + residual / count, max(m2, 0.0))
+
+    def _scratch(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._buffer is None or self._buffer.shape[1] < count:
+            self._buffer = torch.empty(2, count, dtype=torch.float64)
+        return self._buffer[0, :count], self._buffer[1, :count]
 
     def _drop_nonfinite(self, values: torch.Tensor) -> torch.Tensor:
         self.nan += int(torch.isnan(values).sum().item())
