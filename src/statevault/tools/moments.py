@@ -99,8 +99,8 @@ class RunningMoments:
     def add(self, chunk: torch.Tensor) -> None:
         """Fold one chunk (any shape, any numeric dtype) into the totals."""
         flat = chunk.reshape(-1)
-        for piece in flat.split(PIECE_ELEMENTS) if flat.numel() else (flat,):
-            self._add_piece(piece)
+        for start in range(0, max(1, flat.numel()), PIECE_ELEMENTS):
+            self._add_piece(flat[start : start + PIECE_ELEMENTS])
 
     def _add_piece(self, piece: torch.Tensor) -> None:
         """One piece at torch's grain, so no kernel starts the intra-op thread pool (whose
