@@ -43,11 +43,14 @@ from statevault.reports.load_entries import (
     TieStatus,
 )
 from statevault.reports.load_report import LoadReport
+from statevault.reports.stats_report import Flag, Histogram, StatsReport, TensorStats
 from statevault.saving.save import save
 from statevault.tools.conversion import ConvertReport, convert
 from statevault.tools.diff_report import DiffReport, TensorDelta
 from statevault.tools.diffing import diff
 from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
+from statevault.tools.report_page import html_report
+from statevault.tools.tensor_stats import stats
 from statevault.tools.verification import BadTensor, VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -72,9 +75,11 @@ __all__ = [
     "DiffReport",
     "DtypeCast",
     "EntryStatus",
+    "Flag",
     "FolderEntry",
     "FolderFileKind",
     "HeaderError",
+    "Histogram",
     "InvalidArgumentError",
     "KeyMappingError",
     "LoadReport",
@@ -85,8 +90,10 @@ __all__ = [
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
+    "StatsReport",
     "TensorDelta",
     "TensorInfo",
+    "TensorStats",
     "TieStatus",
     "TiedKey",
     "TruncatedFileError",
@@ -97,6 +104,7 @@ __all__ = [
     "check",
     "convert",
     "diff",
+    "html_report",
     "inspect",
     "load",
     "load_into",
@@ -105,5 +113,6 @@ __all__ = [
     "save",
     "shown",
     "skip_init",
+    "stats",
     "verify",
 ]

@@ -4,7 +4,7 @@ May import: ``statevault`` (the public package) and ``statevault.errors``, nothi
 (tests/test_layers.py checks it). May be imported by: ``statevault.__main__`` only.
 
 Each command lives in its own module and calls one library function (``inspect``,
-``verify``, ``diff``, ``convert``); this module only wires them together and turns
+``verify``, ``diff``, ``convert``, ``stats``; ``report`` renders stats as a web page); this module only wires them together and turns
 exceptions into one clear line on stderr and the exit code of their verdict (``--debug``
 shows the traceback).
 """
@@ -25,6 +25,8 @@ from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
 from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
+from statevault.cli.report_cmd import report_command
+from statevault.cli.stats_cmd import stats_command
 from statevault.cli.verify_cmd import verify_command
 from statevault.errors import DestinationExistsError, StateVaultError
 
@@ -93,7 +95,7 @@ def _debug_option(command: click.Command) -> click.Command:
     help="Show the full traceback on errors.",
 )
 def main() -> None:
-    """Inspect, verify, diff and convert PyTorch checkpoints; run the demo.
+    """Inspect, verify, diff, convert and measure PyTorch checkpoints; run the demo.
 
     Exit codes: 0 success (intact / equal), 1 a finding about a real checkpoint (damaged /
     different), 2 could not do the job (not a checkpoint, bad usage, refused input,
@@ -102,5 +104,12 @@ def main() -> None:
 
 
 main.add_command(demo)
-for _command in (inspect_command, verify_command, diff_command, convert_command):
+for _command in (
+    inspect_command,
+    verify_command,
+    diff_command,
+    convert_command,
+    stats_command,
+    report_command,
+):
     main.add_command(_debug_option(_command))
