@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from torch.overrides import TorchFunctionMode
 
-from statevault.engine.transfer import advise_huge_pages
+from statevault.engine.memory import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.loading.diagnose import Call
 from statevault.loading.keymap import Rename

@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
 from statevault.readers.dispatch import open_checkpoint
 
 
-@gc_paused
 def load(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from statevault.engine.gcpause import gc_paused
 from statevault.engine.ties import any_repeated, identity_groups, start_addresses
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 from statevault.loading.diagnose import Call, Cause, diagnose, literal
@@ -571,7 +570,6 @@ def _torch_loads(module: nn.Module, planned: _Plan, assign: bool) -> str | None:
     return None
 
 
-@gc_paused  # many-small-tensor loads: see _gcpause
 def load_with(module: nn.Module, source: Source, *, call: Call, options: LoadOptions) -> LoadReport:
     """What every entry point runs; ``call`` says which one, for the fixes it prints."""
     strict, verify, dtype = options.strict, options.verify, options.dtype

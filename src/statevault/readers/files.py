@@ -11,7 +11,7 @@
   write, so each one must be a plain file name inside the index's directory (no ``/``,
   ``..`` or absolute paths). Symlinks are followed only when they stay in the directory,
   or, in a Hugging Face cache snapshot, in its repository's ``blobs/``.
-* Only regular files are read (a named pipe would block forever), see ``_io.open_regular``.
+* Only regular files are read (a named pipe would block forever), see ``storage.open_regular``.
 
 Each is a :class:`~statevault.readers.base.Reader`; folders are in ``_folder``, the dispatch in
 ``_open``.
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from statevault.engine.progress import Progress
+from statevault.engine.storage import read_regular
 from statevault.engine.ties import memory_identity
-from statevault.engine.transfer import read_regular
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,

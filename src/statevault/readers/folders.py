@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from statevault.engine.progress import Progress
-from statevault.engine.transfer import read_regular
+from statevault.engine.storage import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
 from statevault.fileformat.tree import Skeleton, flatten
 from statevault.readers.base import FolderEntry, Reader, TensorMeta

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
-from statevault.engine.transfer import HUGE_PAGE_MIN_BYTES, FileReader, advise_huge_pages
+from statevault.engine.memory import HUGE_PAGE_MIN_BYTES, advise_huge_pages
+from statevault.engine.reader import FileReader
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
@@ -23,7 +23,13 @@ from statevault.errors import (
     StateVaultError,
 )
 from statevault.fileformat.dtypes import CODE_TO_DTYPE, dtype_from_name, spec_for
-from statevault.fileformat.metadata import VaultInfo, decode, reject_constant, user_metadata
+from statevault.fileformat.metadata import (
+    VaultInfo,
+    decode,
+    reject_constant,
+    signed_digest,
+    user_metadata,
+)
 from statevault.fileformat.table import TensorEntry, TensorTable
 from statevault.fileformat.tree import Skeleton, check_tree, unflatten
 from statevault.readers.sniff import describe
@@ -94,10 +100,9 @@ class Checkpoint:
             state = ckpt.load()
     """
 
-    @gc_paused  # parsing a 20,000-tensor header: see _gcpause
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
-            self._reader = FileReader(path)
+            self._reader = FileReader(path, digest_header=signed_digest)
         except (CorruptFileError, CheckpointNotFoundError) as exc:
             what = describe(Path(path)) if Path(path).exists() else None
             if what is None:
@@ -210,7 +215,6 @@ class Checkpoint:
         return self.vault.aliases
 
     @property
-    @gc_paused  # a tree is up to ~100 MB of small containers: see _gcpause
     def tree(self) -> Skeleton | None:
         """The skeleton of the saved object (None for a plain safetensors file), checked
         node by node against the file's tensors: what ``load`` would refuse raises here."""

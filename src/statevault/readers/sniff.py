@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from statevault.engine.transfer import open_regular
+from statevault.engine.storage import open_regular
 from statevault.fileformat.container import PREFIX_BYTES
 
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl"})

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
 from statevault.engine.progress import Progress
+from statevault.engine.storage import LOCAL_STORAGE, Name, Storage
 from statevault.engine.ties import find_ties
-from statevault.engine.transfer import WriteJob, write_atomically
+from statevault.engine.writer import WriteJob, write_atomically
 from statevault.errors import UnsupportedObjectError
 from statevault.fileformat import metadata as _vault
 from statevault.fileformat.container import plan_layout
@@ -135,7 +135,7 @@ def _jobs(obj: Any) -> tuple[list[WriteJob], dict[str, str]]:
     return [WriteJob(entry, _cpu_bytes_source(by_name[entry.name])) for entry in entries], members
 
 
-def _plan(
+def plan_save(
     obj: Any, user: dict[str, str], checksum: bool
 ) -> tuple[list[WriteJob], _vault.SlottedHeader]:
     """What to write, in file order, and the header with blank digests to fill in.
@@ -148,7 +148,6 @@ def _plan(
     return jobs, _vault.SlottedHeader(members, entries, user, checksum)
 
 
-@gc_paused
 def save(
     obj: Any,
     path: str | os.PathLike[str],
@@ -175,6 +174,33 @@ def save(
         statevault.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3},
                         "ckpt.safetensors", metadata={"run": "baseline"})
     """
+    save_to(
+        obj,
+        path,
+        storage=LOCAL_STORAGE,
+        metadata=metadata,
+        checksum=checksum,
+        fsync=fsync,
+        progress=progress,
+    )
+
+
+def save_to(
+    obj: Any,
+    name: Name,
+    *,
+    storage: Storage,
+    metadata: Mapping[str, str] | None = None,
+    checksum: bool = True,
+    fsync: bool = True,
+    progress: Progress | None = None,
+) -> None:
+    """:func:`save` into any storage: the internal seam for other backends and for tests.
+
+    Tests hand it a storage that fails on purpose (``tests/helpers/storage.py``); the
+    checkpoint manager and object storage will hand it theirs. Not exported: ``save``
+    writes to local paths, the only storage there is so far.
+    """
     if sys.byteorder != "little":
         raise UnsupportedObjectError(
             "statevault writes little-endian files; big-endian hosts are not supported"
@@ -184,6 +210,6 @@ def save(
             f"save: got the class {obj.__qualname__}, not a model: pass an instance, e.g. "
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
-    jobs, header = _plan(obj, _check_metadata(metadata), checksum)
-    # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
-    write_atomically(path, jobs, header, checksum=checksum, fsync=fsync, progress=progress)
+    jobs, header = plan_save(obj, _check_metadata(metadata), checksum)
+    # The caller's name as given: Path() would turn "" into "." and drop a trailing "/".
+    write_atomically(storage, name, jobs, header, checksum=checksum, fsync=fsync, progress=progress)

@@ -24,7 +24,7 @@ import torch
 
 from statevault.engine.progress import Progress
 from statevault.engine.scan import ChunkReader, RowReader, default_threads, run_parallel
-from statevault.engine.transfer import PARALLEL_MIN_BYTES
+from statevault.engine.tuning import PARALLEL_MIN_BYTES
 from statevault.readers.base import Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
 from statevault.readers.files import SafetensorsInput, ShardedInput
