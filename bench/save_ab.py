@@ -31,19 +31,21 @@ import statevault
 from statevault.engine import tuning
 from statevault.engine.memory import ByteBuffer, tensor_memory
 from statevault.engine.storage import LOCAL_STORAGE, PendingObject
-from statevault.engine.writer import WriteJob, plan_write_runs
+from statevault.engine.writer import Source, plan_write_runs
 from statevault.fileformat import checksums
+from statevault.fileformat.table import TensorEntry
 from statevault.saving.save import plan_save
 
 
-def _cpu(job: WriteJob) -> torch.Tensor:
-    return job.source if isinstance(job.source, torch.Tensor) else job.source()
+def _cpu(source: Source) -> torch.Tensor:
+    return source if isinstance(source, torch.Tensor) else source()
 
 
 def _unstaged_write_data(
     pending: PendingObject,
     offset: int,
-    jobs: Sequence[WriteJob],
+    entries: Sequence[TensorEntry],
+    sources: Sequence[Source],
     record: Callable[[int, str], None] | None,
 ) -> None:
     """The previous data writer: hash the caller's memory, then write that memory."""
@@ -54,11 +56,11 @@ def _unstaged_write_data(
         queued.popleft()[0].result()
 
     try:
-        for run in plan_write_runs([job.entry.nbytes for job in jobs]):
-            if len(run) == 1 and jobs[run[0]].entry.nbytes >= tuning.SMALL_WRITE_BYTES:
+        for run in plan_write_runs([entry.nbytes for entry in entries]):
+            if len(run) == 1 and entries[run[0]].nbytes >= tuning.SMALL_WRITE_BYTES:
                 while queued:
                     wait_oldest()
-                view = tensor_memory(tensor := _cpu(jobs[run[0]]))
+                view = tensor_memory(tensor := _cpu(sources[run[0]]))
                 hasher = checksums.new_hasher()
                 for start in range(0, len(view), 8 << 20):
                     chunk = view[start : start + (8 << 20)]
@@ -69,7 +71,7 @@ def _unstaged_write_data(
                 if record is not None:
                     record(run[0], hasher.hexdigest())
                 continue
-            tensors = [_cpu(jobs[index]) for index in run]
+            tensors = [_cpu(sources[index]) for index in run]
             buffers: list[ByteBuffer] = [tensor_memory(t) for t in tensors if t.nbytes]
             if record is not None:
                 for index, tensor in zip(run, tensors, strict=True):
@@ -86,10 +88,10 @@ def _unstaged_write_data(
 
 def _save_unstaged(state: dict[str, torch.Tensor], path: Path) -> None:
     """``statevault.save(state, path, fsync=False)`` with the previous data writer."""
-    jobs, header = plan_save(state, {}, True)
+    entries, sources, header = plan_save(state, {}, True)
     pending = LOCAL_STORAGE.begin(path)
     try:
-        _unstaged_write_data(pending, header.size, jobs, header.put)
+        _unstaged_write_data(pending, header.size, entries, sources, header.put)
         pending.write(0, [memoryview(header.finish())])
         pending.commit(durable=False)
     except BaseException:
