@@ -15,82 +15,88 @@ in one process so that the machine's noise hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import statistics
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 import statevault
-from statevault.engine import transfer as _io
-from statevault.engine.transfer import WriteJob
+from statevault.engine import tuning
+from statevault.engine.memory import ByteBuffer, tensor_memory
+from statevault.engine.storage import LOCAL_STORAGE, PendingObject
+from statevault.engine.writer import Source, plan_write_runs
 from statevault.fileformat import checksums
+from statevault.fileformat.table import TensorEntry
+from statevault.saving.save import plan_save
+
+
+def _cpu(source: Source) -> torch.Tensor:
+    return source if isinstance(source, torch.Tensor) else source()
 
 
 def _unstaged_write_data(
-    fd: int,
-    jobs: Sequence[WriteJob],
+    pending: PendingObject,
+    offset: int,
+    entries: Sequence[TensorEntry],
+    sources: Sequence[Source],
     record: Callable[[int, str], None] | None,
-    progress: object = None,  # the writer's progress hook; the previous writer had none
 ) -> None:
-    """The previous ``_write_data``: hash the caller's memory, then write that memory."""
+    """The previous data writer: hash the caller's memory, then write that memory."""
     pool = ThreadPoolExecutor(max_workers=1)
-    pending: deque[tuple[Future[None], list[torch.Tensor]]] = deque()
+    queued: deque[tuple[Future[None], list[torch.Tensor]]] = deque()
 
     def wait_oldest() -> None:
-        pending.popleft()[0].result()
-
-    def write_all(buffer: memoryview) -> None:
-        while buffer:
-            buffer = buffer[os.write(fd, buffer) :]
+        queued.popleft()[0].result()
 
     try:
-        for run in _io.plan_write_runs([job.entry.nbytes for job in jobs]):
-            if len(run) == 1 and jobs[run[0]].entry.nbytes >= _io.SMALL_WRITE_BYTES:
-                while pending:
+        for run in plan_write_runs([entry.nbytes for entry in entries]):
+            if len(run) == 1 and entries[run[0]].nbytes >= tuning.SMALL_WRITE_BYTES:
+                while queued:
                     wait_oldest()
-                tensor = _io._cpu_tensor(jobs[run[0]])
-                view = _io.tensor_memory(tensor)
+                view = tensor_memory(tensor := _cpu(sources[run[0]]))
                 hasher = checksums.new_hasher()
                 for start in range(0, len(view), 8 << 20):
                     chunk = view[start : start + (8 << 20)]
                     hasher.update(chunk)
-                    write_all(chunk)
+                    pending.write(offset, [chunk])
+                    offset += len(chunk)
+                del tensor
                 if record is not None:
                     record(run[0], hasher.hexdigest())
                 continue
-            tensors = [_io._cpu_tensor(jobs[index]) for index in run]
-            buffers: list[_io.ByteBuffer] = [_io.tensor_memory(t) for t in tensors if t.nbytes]
+            tensors = [_cpu(sources[index]) for index in run]
+            buffers: list[ByteBuffer] = [tensor_memory(t) for t in tensors if t.nbytes]
             if record is not None:
                 for index, tensor in zip(run, tensors, strict=True):
-                    record(index, checksums.digest(_io.tensor_memory(tensor)))
-            pending.append((pool.submit(_io._writev_all, fd, buffers), tensors))
-            while len(pending) > _io.WRITE_AHEAD:
+                    record(index, checksums.digest(tensor_memory(tensor)))
+            queued.append((pool.submit(pending.write, offset, buffers), tensors))
+            offset += sum(len(buffer) for buffer in buffers)
+            while len(queued) > tuning.WRITE_AHEAD:
                 wait_oldest()
-        while pending:
+        while queued:
             wait_oldest()
     finally:
         pool.shutdown(wait=True)
 
 
-@contextlib.contextmanager
-def _variant(name: str) -> Iterator[None]:
-    if name != "unstaged":
-        yield
-        return
-    staged = _io._write_data
-    _io._write_data = _unstaged_write_data
+def _save_unstaged(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``statevault.save(state, path, fsync=False)`` with the previous data writer."""
+    entries, sources, header = plan_save(state, {}, True)
+    pending = LOCAL_STORAGE.begin(path)
     try:
-        yield
-    finally:
-        _io._write_data = staged
+        _unstaged_write_data(pending, header.size, entries, sources, header.put)
+        pending.write(0, [memoryview(header.finish())])
+        pending.commit(durable=False)
+    except BaseException:
+        pending.abort()
+        raise
 
 
 def _states(
@@ -112,7 +118,9 @@ def _save(variant: str, state: dict[str, torch.Tensor], path: Path) -> None:
 
         save_file(state, path)
         return
-    with _variant(variant):
+    if variant == "unstaged":
+        _save_unstaged(state, path)
+    else:
         statevault.save(state, path, fsync=False)
 
 

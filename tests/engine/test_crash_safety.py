@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import pytest
 import torch
 
 import statevault
-import statevault.saving.save
-from statevault.engine.transfer import TEMP_SUFFIX
+from helpers.storage import FaultyStorage
+from statevault.engine.temps import TEMP_SUFFIX
+from statevault.saving.save import save_to
 
 SRC = str(Path(statevault.__file__).resolve().parents[1])
 
@@ -155,100 +155,88 @@ def test_sigkill_mid_save_leaves_old_or_new_file(tmp_path: Path) -> None:
     assert leftovers(tmp_path, path) == []
 
 
-def test_failing_tensor_source_keeps_old_file_and_removes_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failing_write_mid_data_keeps_old_file_and_removes_temp(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     statevault.save(old_state(), path)
     before = path.read_bytes()
-    real_source = statevault.saving.save._cpu_bytes_source
-    calls = []
-
-    def flaky_source(tensor: torch.Tensor) -> Any:
-        materialise = real_source(tensor)
-
-        def run() -> torch.Tensor:
-            calls.append(1)
-            if len(calls) == 3:  # after two tensors' bytes are already in the temp file
-                raise OSError("device went away")
-            # the real source is a tensor to write as is, or a function that makes one
-            return materialise if isinstance(materialise, torch.Tensor) else materialise()
-
-        return run
-
-    monkeypatch.setattr(statevault.saving.save, "_cpu_bytes_source", flaky_source)
+    # after two tensors' bytes are already in the temp file (one write per 1.2 MB tensor)
+    storage = FaultyStorage(fail_write=3, error=OSError("device went away"))
     big = {"tag": "new", "layers": [torch.full((300_000,), float(i)) for i in range(5)]}
-    with pytest.raises(OSError, match="device went away"):
-        statevault.save(big, path)
-    assert len(calls) == 3
+    with pytest.raises(OSError, match="device went away") as caught:
+        save_to(big, path, storage=storage)
+    assert not isinstance(caught.value, statevault.StateVaultError)  # passed on as raised
+    assert len(storage.write_threads) == 3 and storage.ended == ["aborted"]
     assert path.read_bytes() == before
     assert leftovers(tmp_path, path) == []
     assert classify(path) == "old"
 
 
-def test_failed_write_on_the_writer_thread_keeps_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tensor_changed_mid_save_keeps_old_file_and_removes_temp(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     statevault.save(old_state(), path)
     before = path.read_bytes()
-    real_writev = os.writev
-    threads = []
+    layers = [torch.full((300_000,), float(i)) for i in range(5)]
 
-    def disk_full_on_second_run(fd: int, buffers: Any) -> int:
-        threads.append(threading.current_thread().name)
-        if len(threads) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_writev(fd, buffers)
+    def shrink_a_later_tensor(number: int) -> None:
+        if number == 2:  # two tensors written; the fourth is resized before its turn
+            layers[3].resize_(10)
 
-    monkeypatch.setattr(os, "writev", disk_full_on_second_run)
+    storage = FaultyStorage(after_write=shrink_a_later_tensor)
+    with pytest.raises(statevault.StateVaultError, match=r"'layers\.3' changed size"):
+        save_to({"tag": "new", "layers": layers}, path, storage=storage)
+    assert len(storage.write_threads) == 3 and storage.ended == ["aborted"]
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path, path) == []
+
+
+def test_failed_write_on_the_writer_thread_keeps_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    statevault.save(old_state(), path)
+    before = path.read_bytes()
+    disk_full = OSError(errno.ENOSPC, "No space left on device")
+    storage = FaultyStorage(fail_write=2, error=disk_full)
     small = {f"t{i}": torch.full((1000,), float(i)) for i in range(2000)}  # ~8 runs of 1 MiB
     with pytest.raises(OSError, match="No space left"):
-        statevault.save(small, path)
-    assert threads[1].startswith("statevault-write")  # raised there, reported here
+        save_to(small, path, storage=storage)
+    assert storage.write_threads[1].startswith("statevault-write")  # raised there, reported here
+    assert storage.ended == ["aborted"]
     assert path.read_bytes() == before
     assert leftovers(tmp_path, path) == []
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, MemoryError])
-def test_interrupt_during_write_keeps_old_file(
-    error: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupt_during_write_keeps_old_file(error: type[BaseException], tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     statevault.save(old_state(), path)
     before = path.read_bytes()
-    import statevault.engine.transfer as io_module
-
-    real_write = io_module._write_all
-    writes = []
-
-    def interrupted(fd: int, buffer: Any) -> None:
-        writes.append(1)
-        if len(writes) == 2:
-            raise error()
-        real_write(fd, buffer)
-
-    monkeypatch.setattr(io_module, "_write_all", interrupted)
+    storage = FaultyStorage(fail_write=2, error=error())
     with pytest.raises(error):
-        statevault.save({"tag": "new", "big": [torch.ones(600_000) for _ in range(3)]}, path)
+        save_to(
+            {"tag": "new", "big": [torch.ones(600_000) for _ in range(3)]}, path, storage=storage
+        )
+    assert storage.ended == ["aborted"]
     assert path.read_bytes() == before
     assert leftovers(tmp_path, path) == []
 
 
-def test_failed_rename_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_keeps_old_file(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.safetensors"
     statevault.save(old_state(), path)
     before = path.read_bytes()
-
-    def refuse(*args: Any) -> None:
-        raise PermissionError("rename refused")
-
-    monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(PermissionError):
-        statevault.save({"tag": "new"}, path)
-    monkeypatch.undo()
+    storage = FaultyStorage(fail_commit=True, error=PermissionError("rename refused"))
+    with pytest.raises(PermissionError, match="rename refused"):
+        save_to({"tag": "new"}, path, storage=storage)
+    assert storage.ended == ["commit failed", "aborted"]
     assert path.read_bytes() == before
     assert leftovers(tmp_path, path) == []
+
+
+def test_a_save_through_the_seam_commits_once(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    storage = FaultyStorage()
+    save_to(old_state(), path, storage=storage)
+    assert storage.ended == ["committed"]
+    assert classify(path) == "old" and leftovers(tmp_path, path) == []
 
 
 def test_unsupported_object_deep_in_tree_writes_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import statevault
-from statevault.engine import transfer
+from statevault.engine import tuning
 from statevault.errors import ChecksumMismatchError
 
 pytestmark = [
@@ -31,7 +31,7 @@ def _state() -> dict[str, torch.Tensor]:
 
 
 def test_load_to_cuda_matches_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transfer, "STAGING_BYTES", 64 << 10)  # many fills, both buffers reused
+    monkeypatch.setattr(tuning, "STAGING_BYTES", 64 << 10)  # many fills, both buffers reused
     path = tmp_path / "s.safetensors"
     state = _state()
     statevault.save(state, path)

@@ -6,7 +6,6 @@ writes) runs on kilobytes, not megabytes.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import os
@@ -18,23 +17,28 @@ import torch
 from safetensors.torch import save_file
 
 import statevault
-from statevault.engine import transfer
-from statevault.engine.gcpause import gc_paused
+from helpers.storage import FaultyStorage
+from statevault.engine import tuning
+from statevault.engine.memory import ByteBuffer, remaining_after
+from statevault.engine.reader import plan_reads
+from statevault.engine.staging import plan_staging
+from statevault.engine.writer import plan_write_runs
 from statevault.errors import ChecksumMismatchError, TruncatedFileError
 from statevault.fileformat.container import encode_header, plan_layout, tensor_table
 from statevault.fileformat.table import TensorEntry
+from statevault.saving.save import save_to
 
 
 @pytest.fixture
 def tiny_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transfer, "SMALL_READ_BYTES", 256)
-    monkeypatch.setattr(transfer, "SMALL_WRITE_BYTES", 256)
-    monkeypatch.setattr(transfer, "BATCH_BYTES", 1024)
-    monkeypatch.setattr(transfer, "CHUNK_BYTES", 512)
-    monkeypatch.setattr(transfer, "VERIFY_CHUNK_BYTES", 384)
-    monkeypatch.setattr(transfer, "WRITE_CHUNK_BYTES", 512)
-    monkeypatch.setattr(transfer, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(transfer, "MAX_IOV", 7)
+    monkeypatch.setattr(tuning, "SMALL_READ_BYTES", 256)
+    monkeypatch.setattr(tuning, "SMALL_WRITE_BYTES", 256)
+    monkeypatch.setattr(tuning, "BATCH_BYTES", 1024)
+    monkeypatch.setattr(tuning, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(tuning, "VERIFY_CHUNK_BYTES", 384)
+    monkeypatch.setattr(tuning, "WRITE_CHUNK_BYTES", 512)
+    monkeypatch.setattr(tuning, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(tuning, "MAX_IOV", 7)
 
 
 def _mixed_state() -> dict[str, torch.Tensor]:
@@ -58,7 +62,7 @@ def _rows(sizes: list[int]) -> tuple[list[int], list[int]]:
 def test_plan_reads_groups_contiguous_runs_within_limits(tiny_thresholds: None) -> None:
     sizes = [100] * 30
     starts, ends = _rows(sizes)
-    tasks = list(transfer.plan_reads(starts, ends, [True] * 30, limit=1024))
+    tasks = list(plan_reads(starts, ends, [True] * 30, limit=1024))
     assert [row for first, end, _ in tasks for row in range(first, end)] == list(range(30))
     for first, end, nbytes in tasks:  # none lost, file order, within both limits
         assert end - first <= 7 and nbytes == sum(sizes[first:end]) <= 1024
@@ -68,7 +72,7 @@ def test_plan_reads_breaks_at_gaps_and_reads_large_tensors_alone(tiny_thresholds
     sizes = [10, 10, 10, 10, 300, 10, 0, 10]
     starts, ends = _rows(sizes)
     wanted = [1, 1, None, 1, 1, 1, 1, 1]  # row 2 is not wanted
-    tasks = list(transfer.plan_reads(starts, ends, wanted, limit=1024))
+    tasks = list(plan_reads(starts, ends, wanted, limit=1024))
     assert tasks == [(0, 2, 20), (3, 4, 10), (4, 5, 300), (5, 8, 20)]
 
 
@@ -140,7 +144,7 @@ def test_canonical_tensor_table_matches_sorted_json_dumps() -> None:
 def test_write_runs_gather_small_tensors_and_isolate_large_ones(tiny_thresholds: None) -> None:
     # SMALL_WRITE_BYTES is 256 and MAX_IOV 7 here
     sizes = [100, 100, 100, 10, 300, 0, 0, 5, 1, 1, 1, 1, 1, 1, 1, 1, 256, 200]
-    runs = transfer.plan_write_runs(sizes)
+    runs = plan_write_runs(sizes)
     assert [list(run) for run in runs] == [
         [0, 1, 2],  # reached 256 bytes
         [3],  # cut short by the large tensor after it
@@ -150,36 +154,34 @@ def test_write_runs_gather_small_tensors_and_isolate_large_ones(tiny_thresholds:
         [16],
         [17],
     ]
-    assert transfer.plan_write_runs([]) == []
+    assert plan_write_runs([]) == []
 
 
 def test_copies_of_small_tensors_live_until_the_writer_thread_wrote_them(
-    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_thresholds: None
 ) -> None:
-    real_writev = os.writev
-
-    def slow_writev(fd: int, buffers: list[transfer.ByteBuffer]) -> int:
+    def slow(number: int) -> None:
         time.sleep(0.01)  # long enough for a copy freed too early to be reused or unmapped
-        return real_writev(fd, buffers)
 
-    monkeypatch.setattr(os, "writev", slow_writev)
+    slow_storage = FaultyStorage(before_write=slow)
     generator = torch.Generator().manual_seed(1)
     # Transposed views are not contiguous, so each is copied right before it is written:
     # small ones (128 bytes) a run at a time, large ones (1 KiB) one by one.
     state = {f"s{i}": torch.randn(8, 4, generator=generator).t() for i in range(40)}
     state |= {f"l{i}": torch.randn(16, 16, generator=generator).t() for i in range(3)}
     path = tmp_path / "copies.safetensors"
-    statevault.save(state, path)
+    save_to(state, path, storage=slow_storage)
+    assert any(name.startswith("statevault-write") for name in slow_storage.write_threads)
     loaded = statevault.load(path)  # verified: a byte changed after hashing would raise
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_written_through_resumes_mid_buffer() -> None:
-    buffers: list[transfer.ByteBuffer] = [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]
-    assert [bytes(b) for b in transfer._written_through(buffers, 0)] == [b"abc", b"", b"defg"]
-    assert [bytes(b) for b in transfer._written_through(buffers, 3)] == [b"defg"]
-    assert [bytes(b) for b in transfer._written_through(buffers, 5)] == [b"fg"]
-    assert transfer._written_through(buffers, 7) == []
+def test_remaining_after_resumes_mid_buffer() -> None:
+    buffers: list[ByteBuffer] = [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]
+    assert [bytes(b) for b in remaining_after(buffers, 0)] == [b"abc", b"", b"defg"]
+    assert [bytes(b) for b in remaining_after(buffers, 3)] == [b"defg"]
+    assert [bytes(b) for b in remaining_after(buffers, 5)] == [b"fg"]
+    assert remaining_after(buffers, 7) == []
 
 
 def test_corrupt_small_tensor_in_a_batch_is_named(tmp_path: Path, tiny_thresholds: None) -> None:
@@ -211,49 +213,31 @@ def test_file_that_shrinks_after_open_raises_truncated(
 def test_short_writes_and_reads_are_resumed(
     tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_writev, real_write, real_preadv = os.writev, os.write, os.preadv
+    real_pwritev, real_preadv = os.pwritev, os.preadv
+    short_writes = []
 
-    def writev(fd: int, buffers: list[memoryview]) -> int:
-        return real_writev(fd, [memoryview(b"".join(bytes(b) for b in buffers))[:5]])
-
-    def write(fd: int, data: memoryview) -> int:
-        return real_write(fd, memoryview(data)[:33])
+    def pwritev(fd: int, buffers: list[memoryview], offset: int) -> int:
+        short_writes.append(offset)
+        return real_pwritev(fd, [memoryview(b"".join(bytes(b) for b in buffers))[:5]], offset)
 
     def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
         return real_preadv(fd, [memoryview(buffers[0])[:3]], offset)
 
-    monkeypatch.setattr(transfer.os, "writev", writev)
-    monkeypatch.setattr(transfer.os, "write", write)
+    # the system calls themselves: the local storage and the reader must resume both
+    monkeypatch.setattr(os, "pwritev", pwritev)
     state = _mixed_state()
     path = tmp_path / "short.safetensors"
     statevault.save(state, path)
-    monkeypatch.setattr(transfer.os, "preadv", preadv)
+    assert 0 in short_writes and len(short_writes) > len(state)  # header and data, in pieces
+    monkeypatch.setattr(os, "preadv", preadv)
     loaded = statevault.load(path)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-
-
-def test_gc_paused_restores_the_collector_state() -> None:
-    seen: list[bool] = []
-
-    @gc_paused
-    def probe() -> None:
-        seen.append(gc.isenabled())
-
-    assert gc.isenabled()
-    probe()
-    assert gc.isenabled() and seen == [False]
-    gc.disable()
-    try:
-        probe()
-        assert not gc.isenabled()  # we never switch on a collector the caller switched off
-    finally:
-        gc.enable()
 
 
 def test_plan_staging_splits_big_and_packs_small_tensors() -> None:
     dest = torch.empty(0)
     entries = [_entry("a", 0, 10), _entry("b", 10, 35), _entry("c", 35, 37), _entry("e", 50, 52)]
-    fills = transfer.plan_staging([(e, dest, None) for e in reversed(entries)], 16)
+    fills = plan_staging([(e, dest, None) for e in reversed(entries)], 16)
     shapes = [[(piece[0].name, piece[1], piece[2]) for piece in fill] for fill in fills]
     assert shapes == [
         [("a", 0, 10), ("b", 0, 6)],  # back to back in the file: one fill
@@ -296,11 +280,7 @@ def test_staged_device_pipeline_fills_and_verifies_on_cpu(tmp_path: Path) -> Non
         reader.read_to_device(jobs, staging_bytes=100, buffers=2)
 
 
-@pytest.mark.parametrize("use_mmap", [True, False], ids=["mmap", "preadv"])
-def test_large_tensor_paths_agree_and_verify(
-    tmp_path: Path, tiny_thresholds: None, monkeypatch: pytest.MonkeyPatch, use_mmap: bool
-) -> None:
-    monkeypatch.setattr(transfer, "READ_LARGE_WITH_MMAP", use_mmap)
+def test_large_tensors_read_and_verify(tmp_path: Path, tiny_thresholds: None) -> None:
     state = _mixed_state()
     path = tmp_path / "big.safetensors"
     statevault.save(state, path)
@@ -317,7 +297,9 @@ def test_large_tensor_paths_agree_and_verify(
         statevault.load(path)
 
 
-def test_shrunk_file_is_never_mapped(tmp_path: Path, tiny_thresholds: None) -> None:
+def test_large_tensor_of_a_shrunk_file_raises_truncated(
+    tmp_path: Path, tiny_thresholds: None
+) -> None:
     path = tmp_path / "big.safetensors"
     statevault.save(_mixed_state(), path)
     with statevault.Checkpoint(path) as checkpoint:

@@ -24,9 +24,9 @@ import pytest
 import torch
 
 import statevault
-from statevault.engine import temps
-from statevault.engine import transfer as _io
-from statevault.engine.transfer import TEMP_SUFFIX
+from helpers.storage import NoWriteStorage
+from statevault.engine.temps import TEMP_SUFFIX
+from statevault.saving.save import save_to
 
 SRC = str(Path(statevault.__file__).resolve().parents[1])
 NOBODY = 65534
@@ -54,14 +54,9 @@ def snapshot(directory: Path) -> dict[str, bytes | str]:
     return found
 
 
-@pytest.fixture
-def no_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if the save gets as far as naming its temporary file."""
-
-    def refuse(name: str) -> str:
-        raise AssertionError(f"save went on to write a temporary file for {name!r}")
-
-    monkeypatch.setattr(temps, "temp_name", refuse)
+def save_refused(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Save, failing the test if the save gets as far as creating its temporary file."""
+    save_to(state, path, storage=NoWriteStorage())
 
 
 # -- symlinks, modes, owners -------------------------------------------------------------
@@ -91,11 +86,11 @@ def test_a_chain_of_links_and_a_dangling_link_are_followed(tmp_path: Path) -> No
     assert torch.equal(statevault.load(target)["w"], new_state()["w"])
 
 
-def test_a_symlink_loop_is_refused(tmp_path: Path, no_write: None) -> None:
+def test_a_symlink_loop_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to("b")
     (tmp_path / "b").symlink_to("a")
     with pytest.raises(statevault.CheckpointWriteError, match="loop") as caught:
-        statevault.save(new_state(), tmp_path / "a")
+        save_refused(new_state(), tmp_path / "a")
     assert caught.value.errno == errno.ELOOP
     assert str(tmp_path / "a") in str(caught.value)
 
@@ -134,22 +129,22 @@ def test_owner_and_group_are_kept_where_allowed(tmp_path: Path) -> None:
 # -- refused before writing ---------------------------------------------------------------
 
 
-def test_a_directory_is_refused_before_writing(tmp_path: Path, no_write: None) -> None:
+def test_a_directory_is_refused_before_writing(tmp_path: Path) -> None:
     target = tmp_path / "ckpt.safetensors"
     target.mkdir()
     (target / "inside").write_bytes(b"keep")
     before = snapshot(tmp_path)
     with pytest.raises(statevault.CheckpointWriteError, match="is a directory") as caught:
-        statevault.save(new_state(), target)
+        save_refused(new_state(), target)
     assert caught.value.errno == errno.EISDIR
     assert isinstance(caught.value, OSError)
     assert str(target) in str(caught.value)
     assert snapshot(tmp_path) == before
 
 
-def test_a_trailing_slash_is_refused(tmp_path: Path, no_write: None) -> None:
+def test_a_trailing_slash_is_refused(tmp_path: Path) -> None:
     with pytest.raises(statevault.CheckpointWriteError, match="names a directory"):
-        statevault.save(new_state(), f"{tmp_path}/ckpt/")
+        save_refused(new_state(), f"{tmp_path}/ckpt/")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -174,41 +169,41 @@ def special_node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
 
 @pytest.mark.parametrize("special_node", ["fifo", "device", "socket"], indirect=True)
 def test_special_files_are_refused_before_writing(
-    tmp_path: Path, special_node: tuple[Path, str], no_write: None
+    tmp_path: Path, special_node: tuple[Path, str]
 ) -> None:
     path, kind = special_node
     before = snapshot(tmp_path)
     with pytest.raises(statevault.CheckpointWriteError, match=kind) as caught:
-        statevault.save(new_state(), path)  # a FIFO must not block, /dev/null not be written
+        save_refused(new_state(), path)  # a FIFO must not block, /dev/null not be written
     assert str(caught.value).startswith(f"{path}: ")
     assert "regular file" in str(caught.value)
     assert snapshot(tmp_path) == before
 
 
 def test_empty_path_is_refused_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_write: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(statevault.CheckpointWriteError, match="empty path") as caught:
-        statevault.save(new_state(), "")
+        save_refused(new_state(), "")
     assert caught.value.errno == errno.ENOENT
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_directory_names_path_and_keeps_errno(tmp_path: Path, no_write: None) -> None:
+def test_missing_directory_names_path_and_keeps_errno(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "ckpt.safetensors"
     with pytest.raises(OSError, match="does not exist; create it first") as caught:
-        statevault.save(new_state(), path)
+        save_refused(new_state(), path)
     assert isinstance(caught.value, statevault.CheckpointNotFoundError)
     assert caught.value.errno == errno.ENOENT
     assert str(caught.value).startswith(f"{path}: ")
 
 
-def test_a_file_as_parent_directory_is_a_write_error(tmp_path: Path, no_write: None) -> None:
+def test_a_file_as_parent_directory_is_a_write_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"x")
     path = tmp_path / "file" / "ckpt.safetensors"
     with pytest.raises(statevault.CheckpointWriteError) as caught:
-        statevault.save(new_state(), path)
+        save_refused(new_state(), path)
     assert caught.value.errno == errno.ENOTDIR
     assert isinstance(caught.value.__cause__, NotADirectoryError)
     assert str(caught.value).startswith(f"{path}: ")
@@ -275,14 +270,16 @@ def test_injected_os_errors_name_the_users_path(
     state: dict[str, Any] = {"w": torch.ones(1000)}
     if where == "large chunks":
         state = {"w": torch.ones(1_000_000)}
-    seam = {"small runs": "writev", "large chunks": "writev", "header": "pwrite"}.get(
-        where, "fsync"
-    )
+    seam = "fsync" if where == "fsync" else "pwritev"
+    real_pwritev = os.pwritev
 
-    def fail(*args: object) -> int:
+    def fail(*args: Any) -> int:
+        if where == "header" and args[2] != 0:  # data lands after the header; it is last
+            return real_pwritev(*args)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(_io.os, seam, fail)  # the lowest seam: the system call itself
+    # The lowest seam: the system call itself, under the local storage's error translation.
+    monkeypatch.setattr(os, seam, fail)
     with pytest.raises(OSError) as caught:
         statevault.save(state, path)
     monkeypatch.undo()
@@ -303,7 +300,7 @@ def test_failed_rename_is_a_write_error_and_keeps_the_old_file(
     def busy(source: object, destination: object) -> None:
         raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(source))
 
-    monkeypatch.setattr(_io.os, "replace", busy)
+    monkeypatch.setattr(os, "replace", busy)
     with pytest.raises(statevault.CheckpointWriteError) as caught:
         statevault.save(new_state(), path)
     monkeypatch.undo()

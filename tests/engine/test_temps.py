@@ -24,28 +24,28 @@ from click.testing import CliRunner
 
 import statevault
 from helpers.samples import write_sharded
+from helpers.storage import FaultyStorage
 from statevault.cli import main
 from statevault.engine import temps
-from statevault.engine import transfer as _io
-from statevault.engine.transfer import TEMP_SUFFIX
+from statevault.engine.temps import TEMP_SUFFIX
+from statevault.saving.save import save_to
 
 SRC = str(Path(statevault.__file__).resolve().parents[1])
+TESTS = str(Path(__file__).resolve().parents[1])
 
 # Saves a 4 MB tensor (written in chunks) and stops for good once the first chunk is in the
 # temporary file, so the parent kills it mid-save at a known point, whatever the machine's load.
 CHILD = textwrap.dedent(
     """
-    import sys, threading, torch, statevault
-    from statevault.engine import transfer as _io
-    real_write_all = _io._write_all
+    import sys, threading, torch
+    from helpers.storage import FaultyStorage
+    from statevault.saving.save import save_to
 
-    def write_then_stop(fd, buffer):
-        real_write_all(fd, buffer)
+    def stop(number):
         print("mid-save", flush=True)
         threading.Event().wait()  # until SIGKILL
 
-    _io._write_all = write_then_stop
-    statevault.save({"w": torch.ones(1_000_000)}, sys.argv[1])
+    save_to({"w": torch.ones(1_000_000)}, sys.argv[1], storage=FaultyStorage(after_write=stop))
     """
 )
 
@@ -57,7 +57,7 @@ def kill_mid_save(path: Path) -> int:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, TESTS])),
     )
     assert child.stdout is not None
     line = child.stdout.readline()
@@ -158,25 +158,21 @@ def test_a_zombie_writer_is_gone(tmp_path: Path) -> None:
         child.wait()
 
 
-def test_a_save_in_flight_on_another_thread_survives_a_save_beside_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_save_in_flight_on_another_thread_survives_a_save_beside_it(tmp_path: Path) -> None:
     reached, release = threading.Event(), threading.Event()
-    real_write_all = _io._write_all
 
-    def pause_first_chunk(fd: int, buffer: _io.ByteBuffer) -> None:
-        real_write_all(fd, buffer)
-        if threading.current_thread() is not threading.main_thread() and not reached.is_set():
+    def pause_after_first_chunk(number: int) -> None:
+        if number == 1:
             reached.set()
             release.wait(60)
 
-    monkeypatch.setattr(_io, "_write_all", pause_first_chunk)
+    paused = FaultyStorage(after_write=pause_after_first_chunk)
     slow_path = tmp_path / "slow.safetensors"
     errors: list[BaseException] = []
 
     def slow_save() -> None:
         try:
-            statevault.save({"w": torch.ones(1_000_000)}, slow_path)
+            save_to({"w": torch.ones(1_000_000)}, slow_path, storage=paused)
         except BaseException as exc:
             errors.append(exc)
 

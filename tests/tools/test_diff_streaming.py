@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import statevault
-from statevault.engine.transfer import VERIFY_CHUNK_BYTES
+from statevault.engine.tuning import VERIFY_CHUNK_BYTES
 from statevault.tools import diff_streams
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import statevault
-from statevault.engine.transfer import MAX_IOV, VERIFY_CHUNK_BYTES
+from statevault.engine.tuning import MAX_IOV, VERIFY_CHUNK_BYTES
 from statevault.fileformat import checksums
 from statevault.fileformat.table import TensorTable
 

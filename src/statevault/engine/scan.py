@@ -1,12 +1,14 @@
 """Whole-file scans for the tools: hash every tensor of a file, collecting every mismatch.
 
 ``load`` stops at the first damaged tensor; ``verify`` must read everything and name every
-damaged tensor. It uses the load engine's plan (``_io.plan_reads``: a large tensor per task,
+damaged tensor. It uses the load engine's plan (``reader.plan_reads``: a large tensor per task,
 runs of small tensors back to back in the file read by one ``preadv``, at most
 ``VERIFY_CHUNK_BYTES`` per read so each piece is hashed while still in L2), but reads into a
 small scratch buffer per task instead of destination tensors, so memory stays flat for any
 file size. A mismatch is recorded as ``(row, digest found)``; rows are file order, so the
-result is sorted once at the end: linear in the number of tensors, damaged or not.
+result is sorted once at the end: linear in the number of tensors, damaged or not. Reading
+and checking go through ``verified``, as loads do. May import: the engine's ``reader``,
+``verified``, ``tuning``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+from statevault.engine import tuning
 from statevault.engine.progress import Progress
-from statevault.engine.transfer import (
-    PARALLEL_MIN_BYTES,
-    SMALL_READ_BYTES,
-    VERIFY_CHUNK_BYTES,
-    FileReader,
-    plan_reads,
-)
-from statevault.errors import ChecksumMismatchError, TruncatedFileError
+from statevault.engine.reader import FileReader, plan_reads
+from statevault.engine.verified import TensorBytes, check_bytes, ended_early, pread_exact
 from statevault.fileformat import checksums
-from statevault.fileformat.table import TensorTable
 
 T = TypeVar("T")
 
@@ -57,18 +53,6 @@ def run_parallel(tasks: Sequence[Callable[[threading.Event], T]], threads: int) 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def pread_exact(
-    fd: int, view: memoryview, offset: int, on_short: Callable[[int], Exception]
-) -> None:
-    """Fill ``view`` from ``offset``; ``on_short(bytes read)`` is raised if the file ends."""
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got <= 0:
-            raise on_short(done)
-        done += got
-
-
 Mismatch = tuple[int, str]  # (row in the header table, hex digest found)
 
 
@@ -78,50 +62,27 @@ class _Hasher:
     def __init__(
         self, reader: FileReader, digests: Mapping[str, str], progress: Progress | None
     ) -> None:
-        self.fd = reader.fileno()
-        self.base = reader.header.data_offset
+        self.reader = reader
         self.table = reader.header.entries
-        self.path = reader.path
         self.digests = digests
         self.progress = progress
 
-    def _short(self, row: int, start: int) -> Callable[[int], Exception]:
-        return self.short_for_table(self.path, self.table, row, start)
-
-    @staticmethod
-    def short_for(reader: FileReader, row: int, start: int) -> Callable[[int], Exception]:
-        return _Hasher.short_for_table(reader.path, reader.header.entries, row, start)
-
-    @staticmethod
-    def short_for_table(
-        path: object, table: TensorTable, row: int, start: int
-    ) -> Callable[[int], Exception]:
-        """The error for a read of ``row`` from ``start`` that met the end of the file."""
-        name, nbytes = table.names[row], table.ends[row] - table.starts[row]
-
-        def error(done: int) -> Exception:
-            return TruncatedFileError(
-                f"{path}: tensor {name!r} ends early: read {start + done} of {nbytes} "
-                "bytes (the file shrank while being read or is truncated)"
-            )
-
-        return error
-
     def large(self, row: int, stop: threading.Event) -> list[Mismatch]:
         """One tensor of ``SMALL_READ_BYTES`` or more, hashed chunk by chunk."""
-        start, end = self.table.starts[row], self.table.ends[row]
-        view = memoryview(bytearray(min(VERIFY_CHUNK_BYTES, end - start)))
-        hasher = checksums.new_hasher()
-        for done in range(0, end - start, len(view)):
+        name = self.table.names[row]
+        nbytes = self.table.ends[row] - self.table.starts[row]
+        base = self.reader.header.data_offset + self.table.starts[row]
+        tensor = TensorBytes(self.reader.file, base, name, nbytes, self.digests[name])
+        view = memoryview(bytearray(min(tuning.VERIFY_CHUNK_BYTES, nbytes)))
+        for done in range(0, nbytes, len(view)):
             if stop.is_set():
                 return []
-            piece = view[: min(len(view), end - start - done)]
-            pread_exact(self.fd, piece, self.base + start + done, self._short(row, done))
-            hasher.update(piece)
+            piece = view[: min(len(view), nbytes - done)]
+            tensor.read(piece, done)
             if self.progress is not None:
                 self.progress.advance(len(piece))
-        found: str = hasher.hexdigest()
-        return [] if found == self.digests[self.table.names[row]] else [(row, found)]
+        found = tensor.mismatch()
+        return [] if found is None else [(row, found)]
 
     def run(self, first: int, end: int, stop: threading.Event) -> list[Mismatch]:
         """Small tensors back to back in the file: one read, then one digest each."""
@@ -131,7 +92,8 @@ class _Hasher:
         origin = starts[first]
         view = memoryview(bytearray(ends[end - 1] - origin))
         if len(view):
-            pread_exact(self.fd, view, self.base + origin, self._short(first, 0))
+            short = _short(self.reader, first, 0)
+            pread_exact(self.reader.fileno(), view, self.reader.header.data_offset + origin, short)
         digest, digests = checksums.digest, self.digests
         bad = []
         for row in range(first, end):
@@ -141,6 +103,13 @@ class _Hasher:
         if self.progress is not None:
             self.progress.advance(len(view))
         return bad
+
+
+def _short(reader: FileReader, row: int, start: int) -> Callable[[int], Exception]:
+    """The error for a read of ``row`` from ``start`` that met the end of the file."""
+    table = reader.header.entries
+    name, nbytes = table.names[row], table.ends[row] - table.starts[row]
+    return lambda done: ended_early(reader.path, name, start + done, nbytes)
 
 
 def hash_rows(
@@ -161,16 +130,16 @@ def hash_rows(
     sized: list[tuple[int, Callable[[threading.Event], list[Mismatch]]]] = []
     count = 0
     for first, end, nbytes in plan_reads(
-        table.starts, table.ends, wanted, limit=VERIFY_CHUNK_BYTES
+        table.starts, table.ends, wanted, limit=tuning.VERIFY_CHUNK_BYTES
     ):
         count += end - first
-        if end - first == 1 and nbytes >= SMALL_READ_BYTES:
+        if end - first == 1 and nbytes >= tuning.SMALL_READ_BYTES:
             sized.append((nbytes, partial(hasher.large, first)))
         else:
             sized.append((nbytes, partial(hasher.run, first, end)))
     sized.sort(key=lambda task: -task[0])  # big ones first keeps every thread busy to the end
     total = sum(size for size, _ in sized)
-    workers = 1 if total < PARALLEL_MIN_BYTES else (threads or default_threads())
+    workers = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
     found = [bad for result in run_parallel([t for _, t in sized], workers) for bad in result]
     found.sort()
     return found, count, total
@@ -199,31 +168,17 @@ class ChunkReader:
     def chunks(self, name: str, *, chunk_bytes: int) -> Iterator[memoryview]:
         table = self.reader.header.entries
         row = table.row(name)
-        start, end = table.starts[row], table.ends[row]
-        base = self.reader.header.data_offset + start
-        expected = self.digests.get(name)
-        hasher = checksums.new_hasher() if expected is not None else None
-        fd = self.reader.fileno()
-        for done in range(0, end - start, chunk_bytes):
-            piece = self._buffer_for(min(chunk_bytes, end - start - done))
-            for at in range(0, len(piece), VERIFY_CHUNK_BYTES):
-                part = piece[at : at + VERIFY_CHUNK_BYTES]
-                pread_exact(
-                    fd, part, base + done + at, _Hasher.short_for(self.reader, row, done + at)
-                )
-                if hasher is not None:
-                    hasher.update(part)
-            if hasher is not None and done + len(piece) == end - start:
-                self._check(name, expected, hasher.hexdigest())
+        nbytes = table.ends[row] - table.starts[row]
+        base = self.reader.header.data_offset + table.starts[row]
+        tensor = TensorBytes(self.reader.file, base, name, nbytes, self.digests.get(name))
+        step = tuning.VERIFY_CHUNK_BYTES
+        for done in range(0, nbytes, chunk_bytes):
+            piece = self._buffer_for(min(chunk_bytes, nbytes - done))
+            for at in range(0, len(piece), step):
+                tensor.read(piece[at : at + step], done + at)
+            if done + len(piece) == nbytes:
+                tensor.check()
             yield piece
-
-    def _check(self, name: str, expected: str | None, found: str) -> None:
-        if found != expected:
-            raise ChecksumMismatchError(
-                f"{self.reader.path}: tensor {name!r} is damaged: checksum expected "
-                f"{checksums.ALGORITHM} {expected}, found {found}. Restore the file from a "
-                "good copy"
-            )
 
 
 class RowReader:
@@ -256,18 +211,12 @@ class RowReader:
             first_row, origin = rows[index], starts[rows[index]]
             span = ends[rows[last]] - origin
             if span:
-                short = _Hasher.short_for(self.reader, first_row, 0)
+                short = _short(self.reader, first_row, 0)
                 pread_exact(fd, self._buffer[at : at + span], base + origin, short)
             for row in rows[index : last + 1]:
                 view = self._buffer[at + starts[row] - origin : at + ends[row] - origin]
                 name = table.names[row]
-                expected = self.digests.get(name)
-                if expected is not None and checksums.digest(view) != expected:
-                    raise ChecksumMismatchError(
-                        f"{self.reader.path}: tensor {name!r} is damaged: checksum expected "
-                        f"{checksums.ALGORITHM} {expected}, found {checksums.digest(view)}. "
-                        "Restore the file from a good copy"
-                    )
+                check_bytes(self.reader.path, name, self.digests.get(name), view)
                 views[name] = view
             at += span
             index = last + 1

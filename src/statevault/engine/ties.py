@@ -1,4 +1,7 @@
-"""Recognising tied tensors: two names that are the very same data."""
+"""Recognising tied tensors: two names that are the very same data.
+
+May import: torch only. Imported by saving, loading and the readers.
+"""
 
 from __future__ import annotations
 
@@ -38,15 +41,19 @@ def identity_groups(named: Iterable[tuple[str, torch.Tensor]]) -> list[list[str]
     attributes) is built only for addresses that repeat. In most state dicts none does, and
     a tensor costs one ``data_ptr()`` call: that matters for states of 20,000 tensors.
     """
-    pairs = list(named)
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    for name, tensor in named:  # two columns, not a tuple kept per tensor for the collector
+        names.append(name)
+        tensors.append(tensor)
     # empty tensors are never tied (and may have no data pointer to ask for)
-    addresses = [tensor.data_ptr() if tensor.numel() else None for _, tensor in pairs]
+    addresses = [tensor.data_ptr() if tensor.numel() else None for tensor in tensors]
     counts = Counter(addresses)
     repeated = {a for a, count in counts.items() if count > 1 and a is not None}
     if not repeated:
         return []
     groups: dict[tuple[Any, ...], list[str]] = {}
-    for address, (name, tensor) in zip(addresses, pairs, strict=True):
+    for address, name, tensor in zip(addresses, names, tensors, strict=True):
         if address in repeated:
             identity = memory_identity(tensor)
             if identity is not None:

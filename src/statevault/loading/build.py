@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from statevault.engine.transfer import advise_huge_pages
+from statevault.engine.memory import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fixes import Call, EntryPoint

@@ -10,11 +10,9 @@ from typing import Any
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
 from statevault.readers.base import Checkpoint
 
 
-@gc_paused
 def load(
     source: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Any:

@@ -21,7 +21,6 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from statevault.engine.gcpause import gc_paused
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fill import fill_in_place, fill_with_torch, torch_load_reason
@@ -83,7 +82,6 @@ def _refuse_meta(module: nn.Module, planned: LoadPlan, call: Call) -> None:
     raise MetaDeviceError(message)
 
 
-@gc_paused  # many-small-tensor loads: see _gcpause
 def load_with(module: nn.Module, source: Source, *, call: Call, options: LoadOptions) -> LoadReport:
     """What every entry point runs; ``call`` says which one, for the fixes it prints."""
     require_instance(module, call)

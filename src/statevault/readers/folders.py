@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statevault.engine.transfer import read_regular
+from statevault.engine.storage import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
 from statevault.readers.base import Checkpoint
 from statevault.readers.folder_checkpoint import (

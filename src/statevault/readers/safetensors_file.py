@@ -18,12 +18,18 @@ from typing import Any
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
+from statevault.engine.memory import HUGE_PAGE_MIN_BYTES, advise_huge_pages
 from statevault.engine.progress import Progress
-from statevault.engine.transfer import HUGE_PAGE_MIN_BYTES, FileReader, advise_huge_pages
+from statevault.engine.reader import FileReader
 from statevault.errors import HeaderError, StateVaultError
 from statevault.fileformat.dtypes import CODE_TO_DTYPE
-from statevault.fileformat.metadata import VaultInfo, decode, reject_constant, user_metadata
+from statevault.fileformat.metadata import (
+    VaultInfo,
+    decode,
+    reject_constant,
+    signed_digest,
+    user_metadata,
+)
 from statevault.fileformat.table import TensorEntry, TensorTable
 from statevault.fileformat.tree import Skeleton, check_tree, unflatten
 from statevault.readers.base import Checkpoint, TensorInfo, top_level_objects, tree_versions
@@ -47,13 +53,12 @@ class SafetensorsCheckpoint(Checkpoint):
     _facts: tuple[dict[str, Skeleton], dict[str, Any] | None] | None
 
     @classmethod
-    @gc_paused  # parsing a 20,000-tensor header: see engine.gcpause
     def from_file(
         cls, path: Path, *, listing: FolderListing | None = None
     ) -> SafetensorsCheckpoint:
         """Open ``path`` (already known to be safetensors, or damaged: the parser says how)."""
         self = cls._blank()
-        self._reader = FileReader(path)
+        self._reader = FileReader(path, digest_header=signed_digest)
         try:
             self.path = self._reader.path
             self.label = str(self.path)
@@ -132,7 +137,6 @@ class SafetensorsCheckpoint(Checkpoint):
         return self.describe(self.aliases.get(name, name))
 
     @property
-    @gc_paused  # a tree is up to ~100 MB of small containers: see engine.gcpause
     def tree(self) -> Skeleton | None:
         """The skeleton of the saved object (None for a plain safetensors file), checked
         node by node against the file's tensors: what ``load`` would refuse raises here."""

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from statevault.engine.progress import Progress
-from statevault.engine.transfer import read_regular
+from statevault.engine.storage import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError
 from statevault.fileformat.metadata import reject_constant
 from statevault.readers.base import Checkpoint, TensorInfo

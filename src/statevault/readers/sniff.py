@@ -12,7 +12,7 @@ import zipfile
 from enum import StrEnum
 from pathlib import Path
 
-from statevault.engine.transfer import open_regular
+from statevault.engine.storage import open_regular
 from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from statevault.engine.gcpause import gc_paused
 from statevault.engine.progress import Progress
+from statevault.engine.storage import LOCAL_STORAGE, Name, Storage
 from statevault.engine.ties import find_ties
-from statevault.engine.transfer import WriteJob, write_atomically
+from statevault.engine.writer import Source, write_atomically
 from statevault.errors import UnsupportedObjectError
 from statevault.fileformat import metadata as _vault
 from statevault.fileformat.container import plan_layout
 from statevault.fileformat.dtypes import DtypeSpec, spec_for
+from statevault.fileformat.table import TensorEntry
 from statevault.fileformat.tree import check_text, flatten
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -47,7 +48,7 @@ def _spec_or_refuse(name: str, tensor: torch.Tensor) -> DtypeSpec:
     raise UnsupportedObjectError(f"{name}: cannot store this tensor: it {reason}")
 
 
-def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
+def _cpu_bytes_source(tensor: torch.Tensor) -> Source:
     if (
         tensor.is_cpu  # 5x cheaper than tensor.device.type, which builds a device object
         and tensor.is_contiguous()
@@ -66,25 +67,33 @@ def _cpu_bytes_source(tensor: torch.Tensor) -> Any:
     return materialise
 
 
-def _stored_and_aliases(
-    tensors: Mapping[str, torch.Tensor],
-) -> tuple[list[tuple[str, torch.Tensor, DtypeSpec]], dict[str, str]]:
+class _Stored(NamedTuple):
+    """The tensors to write, as parallel columns: no tuple per tensor (see ``plan_save``)."""
+
+    names: list[str]
+    tensors: list[torch.Tensor]
+    specs: list[DtypeSpec]
+
+
+def _stored_and_aliases(tensors: Mapping[str, torch.Tensor]) -> tuple[_Stored, dict[str, str]]:
     """The tensors to write with their specs, and alias -> name for tied ones (not written)."""
-    named = list(tensors.items())
-    specs = [_spec_or_refuse(name, tensor) for name, tensor in named]
-    aliases = find_ties(named)
-    stored = [
-        (name, tensor, spec)
-        for (name, tensor), spec in zip(named, specs, strict=True)
-        if not aliases or name not in aliases
-    ]
-    return stored, aliases
+    names = list(tensors)
+    values = list(tensors.values())
+    specs = [_spec_or_refuse(name, tensor) for name, tensor in zip(names, values, strict=True)]
+    aliases = find_ties(zip(names, values, strict=True))
+    if aliases:
+        kept = [row for row, name in enumerate(names) if name not in aliases]
+        names = [names[row] for row in kept]
+        values = [values[row] for row in kept]
+        specs = [specs[row] for row in kept]
+    return _Stored(names, values, specs), aliases
 
 
 def _stored_shape(tensor: torch.Tensor, spec: DtypeSpec) -> tuple[int, ...]:
+    """A plain tuple of ints: the cyclic collector stops tracking those (a torch.Size stays)."""
     if spec.trailing:
         return (*tensor.shape, spec.trailing)
-    return tensor.shape  # a torch.Size; plan_layout makes it a plain tuple
+    return tuple(tensor.shape)
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -107,9 +116,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
-def _described(
-    obj: Any,
-) -> tuple[list[tuple[str, torch.Tensor, DtypeSpec]], dict[str, str]]:
+def _described(obj: Any) -> tuple[_Stored, dict[str, str]]:
     """The tensors to store, and our metadata's members already encoded as JSON text.
 
     A function of its own so that the skeleton (Python objects several times the size
@@ -117,38 +124,40 @@ def _described(
     """
     skeleton, tensors = flatten(obj)
     stored, aliases = _stored_and_aliases(tensors)
-    dtypes = {name: spec.name for name, _, spec in stored if spec.encoded}
+    dtypes = {
+        name: spec.name
+        for name, spec in zip(stored.names, stored.specs, strict=True)
+        if spec.encoded
+    }
     info = _vault.VaultInfo(
         version=_vault.FORMAT_VERSION, tree=skeleton, has_tree=True, aliases=aliases, dtypes=dtypes
     )
     return stored, _vault.encoded_members(info)
 
 
-def _jobs(obj: Any) -> tuple[list[WriteJob], dict[str, str]]:
-    """What to write, in file order, and our metadata's members as JSON text."""
+def plan_save(
+    obj: Any, user: dict[str, str], checksum: bool
+) -> tuple[list[TensorEntry], list[Source], _vault.SlottedHeader]:
+    """What to write, in file order (entries and their byte sources), and the header with
+    blank digests to fill in.
+
+    Columns, not a record per tensor: every container object that lives through a save of
+    20,000 tensors is one more for the cyclic collector to count, and enough of them set off
+    a full collection of the whole program (the caller's model included). The per-tensor
+    tables of the steps before are freed by then, so they are not alive next to the header.
+    """
     stored, members = _described(obj)
+    names, tensors, specs = stored
     entries = plan_layout(
         (name, spec.code, _stored_shape(tensor, spec), tensor.nbytes)
-        for name, tensor, spec in stored
+        for name, tensor, spec in zip(names, tensors, specs, strict=True)
     )
-    by_name = {name: tensor for name, tensor, _ in stored}
-    return [WriteJob(entry, _cpu_bytes_source(by_name[entry.name])) for entry in entries], members
+    row = {name: index for index, name in enumerate(names)}
+    sources = [_cpu_bytes_source(tensors[row[entry.name]]) for entry in entries]
+    del stored, names, tensors, specs, row
+    return entries, sources, _vault.SlottedHeader(members, entries, user, checksum)
 
 
-def _plan(
-    obj: Any, user: dict[str, str], checksum: bool
-) -> tuple[list[WriteJob], _vault.SlottedHeader]:
-    """What to write, in file order, and the header with blank digests to fill in.
-
-    The per-tensor tables of the steps before are freed by then, so they are not alive
-    next to the header (megabytes each for 20,000 tensors).
-    """
-    jobs, members = _jobs(obj)
-    entries = [job.entry for job in jobs]
-    return jobs, _vault.SlottedHeader(members, entries, user, checksum)
-
-
-@gc_paused
 def save(
     obj: Any,
     destination: str | os.PathLike[str],
@@ -175,6 +184,33 @@ def save(
         statevault.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 3},
                         "ckpt.safetensors", metadata={"run": "baseline"})
     """
+    save_to(
+        obj,
+        destination,
+        storage=LOCAL_STORAGE,
+        metadata=metadata,
+        checksum=checksum,
+        fsync=fsync,
+        progress=progress,
+    )
+
+
+def save_to(
+    obj: Any,
+    name: Name,
+    *,
+    storage: Storage,
+    metadata: Mapping[str, str] | None = None,
+    checksum: bool = True,
+    fsync: bool = True,
+    progress: Progress | None = None,
+) -> None:
+    """:func:`save` into any storage: the internal seam for other backends and for tests.
+
+    Tests hand it a storage that fails on purpose (``tests/helpers/storage.py``); the
+    checkpoint manager and object storage will hand it theirs. Not exported: ``save``
+    writes to local paths, the only storage there is so far.
+    """
     if sys.byteorder != "little":
         raise UnsupportedObjectError(
             "statevault writes little-endian files; big-endian hosts are not supported"
@@ -184,6 +220,8 @@ def save(
             f"save: got the class {obj.__qualname__}, not a model: pass an instance, e.g. "
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
-    jobs, header = _plan(obj, _check_metadata(metadata), checksum)
-    # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
-    write_atomically(destination, jobs, header, checksum=checksum, fsync=fsync, progress=progress)
+    entries, sources, header = plan_save(obj, _check_metadata(metadata), checksum)
+    # The caller's name as given: Path() would turn "" into "." and drop a trailing "/".
+    write_atomically(
+        storage, name, entries, sources, header, checksum=checksum, fsync=fsync, progress=progress
+    )

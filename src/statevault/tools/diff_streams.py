@@ -16,7 +16,7 @@ import torch
 
 from statevault.engine.progress import Progress
 from statevault.engine.scan import ChunkReader, RowReader, default_threads, run_parallel
-from statevault.engine.transfer import PARALLEL_MIN_BYTES
+from statevault.engine.tuning import PARALLEL_MIN_BYTES
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sharded import ShardedCheckpoint

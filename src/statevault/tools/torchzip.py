@@ -21,7 +21,8 @@ from functools import partial
 from pathlib import Path
 
 from statevault.engine.progress import Progress
-from statevault.engine.scan import default_threads, pread_exact, run_parallel
+from statevault.engine.scan import default_threads, run_parallel
+from statevault.engine.verified import pread_exact
 from statevault.errors import CorruptFileError, TruncatedFileError
 
 CHUNK_BYTES = 1 << 20

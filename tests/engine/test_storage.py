@@ -1,0 +1,45 @@
+"""The local storage keeps the storage interface's contract: atomic commit, abort, listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statevault.engine.storage import LocalStorage
+from statevault.errors import CheckpointNotFoundError, StateVaultError
+
+
+def test_a_pending_object_is_invisible_until_commit(tmp_path: Path) -> None:
+    storage = LocalStorage()
+    name = tmp_path / "a.bin"
+    pending = storage.begin(name)
+    pending.write(3, [memoryview(b"defg")])  # positional: the head is written last
+    pending.write(0, [memoryview(b"a"), memoryview(b"bc")])
+    assert not storage.exists(name) and storage.list_names(tmp_path) == []
+    pending.commit(durable=True)
+    assert storage.exists(name) and storage.list_names(tmp_path) == ["a.bin"]
+    with storage.open(name) as stored:
+        assert stored.size == 7 and stored.read(100, 2) == b"cdefg"
+        buffer = bytearray(4)
+        assert stored.readv([memoryview(buffer)], 1) == 4 and buffer == b"bcde"
+    pending.abort()  # after a commit: nothing to remove, the object stays
+    assert name.read_bytes() == b"abcdefg"
+    with pytest.raises(StateVaultError, match="already committed"):
+        pending.commit(durable=False)
+
+
+def test_abort_keeps_the_old_object_and_leaves_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage()
+    name = tmp_path / "a.bin"
+    name.write_bytes(b"old")
+    pending = storage.begin(name)
+    pending.write(0, [memoryview(b"new data")])
+    pending.abort()
+    pending.abort()  # twice is fine
+    assert name.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    storage.remove(name)
+    storage.remove(name)  # absent is not an error
+    assert not storage.exists(name) and storage.list_names(tmp_path) == []
+    with pytest.raises(CheckpointNotFoundError, match="no such checkpoint file"):
+        storage.open(name)
