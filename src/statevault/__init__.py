@@ -18,10 +18,13 @@ from statevault.errors import (
     HeaderError,
     InvalidArgumentError,
     KeyMappingError,
+    ManagerLockedError,
     MetaDeviceError,
     NotACheckpointError,
     StateDictMismatchError,
     StateVaultError,
+    StepExistsError,
+    StepNotFoundError,
     TruncatedFileError,
     UnsupportedObjectError,
 )
@@ -30,6 +33,20 @@ from statevault.loading.diagnose import Cause
 from statevault.loading.keymap import AppliedMapping
 from statevault.loading.load import load
 from statevault.loading.load_into import check, load_into, load_model
+from statevault.manager.manager import CheckpointManager
+from statevault.manager.policies import (
+    AnyOf,
+    KeepBest,
+    KeepEveryInterval,
+    KeepEveryNSteps,
+    KeepLatest,
+    KeepPinned,
+    RetentionPlan,
+    RetentionPolicy,
+    StepRecord,
+)
+from statevault.manager.preemption import PreemptionHandler
+from statevault.manager.steps import Restored, StepInfo
 from statevault.readers.base import FolderEntry, Reader, TensorMeta
 from statevault.readers.dispatch import open_checkpoint
 from statevault.readers.safetensors_file import Checkpoint, TensorInfo
@@ -43,11 +60,13 @@ from statevault.tools.verification import BadTensor, VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnyOf",
     "AppliedMapping",
     "BadTensor",
     "Cause",
     "Checkpoint",
     "CheckpointKindError",
+    "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointPermissionError",
     "CheckpointSummary",
@@ -62,14 +81,28 @@ __all__ = [
     "FolderEntry",
     "HeaderError",
     "InvalidArgumentError",
+    "KeepBest",
+    "KeepEveryInterval",
+    "KeepEveryNSteps",
+    "KeepLatest",
+    "KeepPinned",
     "KeyMappingError",
     "LoadReport",
+    "ManagerLockedError",
     "MetaDeviceError",
     "NotACheckpointError",
+    "PreemptionHandler",
     "Reader",
+    "Restored",
+    "RetentionPlan",
+    "RetentionPolicy",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
+    "StepExistsError",
+    "StepInfo",
+    "StepNotFoundError",
+    "StepRecord",
     "TensorDelta",
     "TensorInfo",
     "TensorMeta",
