@@ -61,6 +61,9 @@ LEAVES = [
     (statevault.NotACheckpointError, ValueError),
     (statevault.InvalidArgumentError, ValueError),
     (statevault.InvalidArgumentError, TypeError),
+    (statevault.StepNotFoundError, FileNotFoundError),
+    (statevault.StepExistsError, FileExistsError),
+    (statevault.ManagerLockedError, RuntimeError),
 ]
 
 
@@ -102,6 +105,10 @@ def test_keyword_only_options() -> None:
         (statevault.build_model, ["factory", "source"]),
         (statevault.materialize, ["module", "source"]),
         (statevault.open_checkpoint, ["source"]),
+        (statevault.CheckpointManager, ["directory"]),
+        (statevault.CheckpointManager.save, ["self", "step", "state"]),
+        (statevault.CheckpointManager.restore, ["self", "step"]),
+        (statevault.PreemptionHandler, ["manager"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional
