@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.training_states import assert_state_is, state_for
 
 import statevault
 from statevault import (
@@ -22,7 +23,6 @@ from statevault import (
     StepNotFoundError,
 )
 from statevault.manager import layout
-from tests.helpers.training_states import assert_state_is, state_for
 
 
 def test_restore_returns_the_newest_step_bit_exactly(tmp_path: Path) -> None:
@@ -323,9 +323,11 @@ def test_delete_and_read_only_and_closed_managers(tmp_path: Path) -> None:
         assert [info.step for info in manager.steps()] == [2]
         with pytest.raises(StepNotFoundError):
             manager.delete(1)
-    with CheckpointManager(tmp_path, read_only=True) as reader:
-        with pytest.raises(InvalidArgumentError, match="read-only"):
-            reader.save(3, state_for(3, numel=8))
+    with (
+        CheckpointManager(tmp_path, read_only=True) as reader,
+        pytest.raises(InvalidArgumentError, match="read-only"),
+    ):
+        reader.save(3, state_for(3, numel=8))
     with pytest.raises(InvalidArgumentError, match="closed"):
         manager.latest_step()
     with pytest.raises(statevault.CheckpointNotFoundError):
