@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.training_states import assert_state_is, state_for
 
 from statevault import (
     CheckpointManager,
@@ -20,7 +21,6 @@ from statevault import (
     CheckpointWriteError,
 )
 from statevault.manager import layout
-from tests.helpers.training_states import assert_state_is, state_for
 
 
 @pytest.fixture
