@@ -21,6 +21,7 @@ from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
 from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
+from statevault.cli.ls_cmd import ls_command
 from statevault.cli.verify_cmd import verify_command
 from statevault.errors import DestinationExistsError, StateVaultError
 from statevault.reports.display import shown
@@ -90,7 +91,7 @@ def _debug_option(command: click.Command) -> click.Command:
     help="Show the full traceback on errors.",
 )
 def main() -> None:
-    """Inspect, verify, diff and convert PyTorch checkpoints; run the demo.
+    """Inspect, verify, diff and convert PyTorch checkpoints; list a run's steps; run the demo.
 
     Exit codes: 0 success (intact / equal), 1 a finding about a real checkpoint (damaged /
     different), 2 could not do the job (not a checkpoint, bad usage, refused input,
@@ -99,5 +100,5 @@ def main() -> None:
 
 
 main.add_command(demo)
-for _command in (inspect_command, verify_command, diff_command, convert_command):
+for _command in (inspect_command, verify_command, diff_command, convert_command, ls_command):
     main.add_command(_debug_option(_command))

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from statevault.cli._output import emit_json, human_bytes, stdout_console
+from statevault.cli.ls_cmd import step_file, step_option
 from statevault.reports.display import NAME_CHARS, VALUE_CHARS, shown
 from statevault.tools.inspection import CheckpointSummary, ModuleNode, inspect
 
@@ -123,14 +124,15 @@ def _join(path: str, key: str) -> str:
     default=None,
     help="Show the module tree only this many levels deep (totals still cover everything).",
 )
-def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
+@step_option()
+def inspect_command(path: str, as_json: bool, depth: int | None, step: int | None) -> None:
     """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
 
     PATH is a statevault or safetensors file, a .pt/.pth/.bin file (read through torch's
     weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
     checkpoint-N, accelerate save_state). Only headers are read.
     """
-    summary = inspect(path)
+    summary = inspect(step_file(path, step))
     if as_json:
         emit_json(summary.to_dict())
     else:

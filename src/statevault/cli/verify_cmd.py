@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
+from statevault.cli.ls_cmd import step_file, step_option
 from statevault.tools.verification import verify
 
 
 @click.command("verify")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@step_option()
 @click.pass_context
-def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
+def verify_command(ctx: click.Context, path: str, as_json: bool, step: int | None) -> None:
     """Check every byte of PATH that records a checksum; exit 0 only when all is well.
 
     statevault files: the header digest and every tensor's xxh3-64 checksum; torch .pt zip
@@ -21,6 +23,7 @@ def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
     first). Exit codes: 0 intact, 1 damaged, 2 not a checkpoint or could not verify,
     130 interrupted.
     """
+    path = step_file(path, step)
     with progress_bar("verifying", path) as bar:
         report = verify(path, progress=bar)
     if as_json:
