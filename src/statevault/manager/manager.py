@@ -233,7 +233,8 @@ class CheckpointManager:
         if self._resumed_from is not None:
             reasons.setdefault(self._resumed_from, []).append("resumed from")
         for step in self._background.steps():
-            reasons.setdefault(step, []).append("save in flight")
+            if step not in self._catalog:  # not committed yet (its own pass sees it committed)
+                reasons.setdefault(step, []).append("save in flight")
         return {step: ", ".join(why) for step, why in reasons.items()}
 
     def retention_plan(self) -> RetentionPlan:
