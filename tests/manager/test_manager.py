@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from tests.helpers.training_states import assert_state_is, state_for
@@ -48,6 +49,11 @@ def test_async_save_writes_the_same_bytes_as_a_sync_save(tmp_path: Path) -> None
     state = state_for(5)
     state["tied"] = state["model"]["weight"]  # a tie must survive the snapshot
     state["view"] = state["model"]["weight"][::2]  # a non-contiguous view
+    state["module"] = torch.nn.BatchNorm1d(3).state_dict()  # keeps torch's version table
+    state["conj"] = torch.randn(4, dtype=torch.complex64).conj()
+    state["empty"] = torch.zeros(0, 3)
+    state["numpy"] = numpy.arange(5, dtype=numpy.int16)
+    state["extras"] = [1.5, "text", None, (True, numpy.float64(2.0)), torch.Size([2])]
     with CheckpointManager(tmp_path / "a") as sync, CheckpointManager(tmp_path / "b") as background:
         sync.save(5, state, metadata={"run": "x"})
         background.save(5, state, metadata={"run": "x"}, blocking=False)
