@@ -66,6 +66,9 @@ LEAVES = [
     (statevault.NotACheckpointError, ValueError),
     (statevault.InvalidArgumentError, ValueError),
     (statevault.InvalidArgumentError, TypeError),
+    (statevault.StepNotFoundError, FileNotFoundError),
+    (statevault.StepExistsError, FileExistsError),
+    (statevault.ManagerLockedError, RuntimeError),
 ]
 
 
@@ -103,6 +106,7 @@ def test_every_exception_we_export_is_in_the_tree() -> None:
 # function reads, ``destination`` the file it writes, ``a`` and ``b`` the two sides it compares.
 READS, WRITES, COMPARES = "source", "destination", ("a", "b")
 COMPARED_TO = "compare_to"  # what a report of one source is compared with
+MANAGES = "directory"  # the folder a CheckpointManager keeps its steps in
 
 # KNOWN, TEMPORARY divergences owned by other layers' work; each entry is checked to still be
 # needed, so it must be deleted when its owner fixes it.
@@ -202,7 +206,7 @@ def test_arguments_that_name_a_checkpoint_have_one_name_per_role() -> None:
         for parameter in _parameters(function):
             if _names_a_path(hints.get(parameter.name)):
                 found.add((name.split(".")[0], parameter.name))
-    allowed = {READS, WRITES, *COMPARES, COMPARED_TO}
+    allowed = {READS, WRITES, *COMPARES, COMPARED_TO, MANAGES}
     odd = {(f, p) for f, p in found if p not in allowed}
     assert odd - KNOWN_CHECKPOINT_NAMES == set()
     assert KNOWN_CHECKPOINT_NAMES - odd == set(), "stale KNOWN_CHECKPOINT_NAMES entry"
@@ -252,6 +256,10 @@ def test_positional_arguments_of_the_main_functions() -> None:
         (statevault.verify, ["source"]),
         (statevault.diff, ["a", "b"]),
         (statevault.convert, ["source", "destination"]),
+        (statevault.CheckpointManager, ["directory"]),
+        (statevault.CheckpointManager.save, ["self", "step", "state"]),
+        (statevault.CheckpointManager.restore, ["self", "step"]),
+        (statevault.PreemptionHandler, ["manager"]),
     ]:
         parameters = inspect.signature(function).parameters.values()
         assert [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD] == positional

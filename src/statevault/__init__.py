@@ -19,10 +19,13 @@ from statevault.errors import (
     HeaderError,
     InvalidArgumentError,
     KeyMappingError,
+    ManagerLockedError,
     MetaDeviceError,
     NotACheckpointError,
     StateDictMismatchError,
     StateVaultError,
+    StepExistsError,
+    StepNotFoundError,
     TruncatedFileError,
     UnsupportedObjectError,
 )
@@ -30,6 +33,20 @@ from statevault.loading.build import build_model, materialize
 from statevault.loading.load import load
 from statevault.loading.load_into import check, load_into, load_model
 from statevault.loading.meta_init import skip_init
+from statevault.manager.manager import CheckpointManager
+from statevault.manager.policies import (
+    AnyOf,
+    KeepBest,
+    KeepEveryInterval,
+    KeepEveryNSteps,
+    KeepLatest,
+    KeepPinned,
+    RetentionPlan,
+    RetentionPolicy,
+    StepRecord,
+)
+from statevault.manager.preemption import PreemptionHandler
+from statevault.manager.steps import Restored, StepInfo
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderFileKind
 from statevault.reports.display import shown
@@ -56,6 +73,7 @@ from statevault.tools.verification import BadTensor, VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnyOf",
     "AppliedMapping",
     "BadTensor",
     "Cause",
@@ -63,6 +81,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointKind",
     "CheckpointKindError",
+    "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointPermissionError",
     "CheckpointSummary",
@@ -81,16 +100,30 @@ __all__ = [
     "HeaderError",
     "Histogram",
     "InvalidArgumentError",
+    "KeepBest",
+    "KeepEveryInterval",
+    "KeepEveryNSteps",
+    "KeepLatest",
+    "KeepPinned",
     "KeyMappingError",
     "LoadReport",
+    "ManagerLockedError",
     "MetaDeviceError",
     "ModuleNode",
     "NotACheckpointError",
+    "PreemptionHandler",
     "Progress",
+    "Restored",
+    "RetentionPlan",
+    "RetentionPolicy",
     "ShapeMismatch",
     "StateDictMismatchError",
     "StateVaultError",
     "StatsReport",
+    "StepExistsError",
+    "StepInfo",
+    "StepNotFoundError",
+    "StepRecord",
     "TensorDelta",
     "TensorInfo",
     "TensorStats",

@@ -5,7 +5,9 @@ leaf also subclasses the builtin a caller would naturally catch::
 
     StateVaultError
     ├── CheckpointNotFoundError      (FileNotFoundError)  the path (or, for save, its
-    │                                                     directory) does not exist
+    │   │                                                 directory) does not exist
+    │   └── StepNotFoundError                             a CheckpointManager has no (valid)
+    │                                                     step of that number
     ├── CheckpointKindError          (ValueError)         a healthy file of a kind this entry
     │                                                     point does not read (names the kind)
     ├── CheckpointPermissionError    (PermissionError)    the checkpoint may not be read by
@@ -14,6 +16,10 @@ leaf also subclasses the builtin a caller would naturally catch::
     │                                                     (``.errno`` is the OS error's)
     ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
     │                                                     file and was not allowed to
+    ├── StepExistsError              (FileExistsError)    CheckpointManager.save() of a step
+    │                                                     that is committed or in flight
+    ├── ManagerLockedError           (RuntimeError)       another CheckpointManager (names its
+    │                                                     pid and host) manages the directory
     ├── UnsupportedObjectError       (TypeError)          save() met something it cannot store
     ├── InvalidArgumentError         (ValueError, TypeError) an argument's value or type is
     │                                                     not accepted (names it and the choices)
@@ -49,10 +55,13 @@ __all__ = [
     "HeaderError",
     "InvalidArgumentError",
     "KeyMappingError",
+    "ManagerLockedError",
     "MetaDeviceError",
     "NotACheckpointError",
     "StateDictMismatchError",
     "StateVaultError",
+    "StepExistsError",
+    "StepNotFoundError",
     "TruncatedFileError",
     "UnsupportedObjectError",
 ]
@@ -64,6 +73,13 @@ class StateVaultError(Exception):
 
 class CheckpointNotFoundError(StateVaultError, FileNotFoundError):
     """The checkpoint path does not exist."""
+
+
+class StepNotFoundError(CheckpointNotFoundError):
+    """A :class:`~statevault.CheckpointManager` has no step of that number, or none that is valid.
+
+    The message names the directory, the step, and the damaged steps it skipped (with why).
+    """
 
 
 class CheckpointKindError(StateVaultError, ValueError):
@@ -104,6 +120,14 @@ class DestinationExistsError(StateVaultError, FileExistsError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class StepExistsError(StateVaultError, FileExistsError):
+    """``CheckpointManager.save`` was given a step that is already committed or in flight."""
+
+
+class ManagerLockedError(StateVaultError, RuntimeError):
+    """Another ``CheckpointManager`` (the message names its pid and host) manages the directory."""
 
 
 class DeviceUnavailableError(StateVaultError, RuntimeError):

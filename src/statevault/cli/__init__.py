@@ -25,6 +25,7 @@ from statevault.cli.convert_cmd import convert_command
 from statevault.cli.demo import demo
 from statevault.cli.diff_cmd import diff_command
 from statevault.cli.inspect_cmd import inspect_command
+from statevault.cli.ls_cmd import ls_command
 from statevault.cli.report_cmd import report_command
 from statevault.cli.stats_cmd import stats_command
 from statevault.cli.verify_cmd import verify_command
@@ -95,7 +96,7 @@ def _debug_option(command: click.Command) -> click.Command:
     help="Show the full traceback on errors.",
 )
 def main() -> None:
-    """Inspect, verify, diff, convert and measure PyTorch checkpoints; run the demo.
+    """Inspect, verify, diff, convert and measure PyTorch checkpoints; list a run's steps; run the demo.
 
     Exit codes: 0 success (intact / equal), 1 a finding about a real checkpoint (damaged /
     different), 2 could not do the job (not a checkpoint, bad usage, refused input,
@@ -111,5 +112,6 @@ for _command in (
     convert_command,
     stats_command,
     report_command,
+    ls_command,
 ):
     main.add_command(_debug_option(_command))

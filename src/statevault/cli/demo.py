@@ -4,7 +4,9 @@ Define a tiny logistic-regression model, train it, save it, build a fresh instan
 state back (and build one straight from the file with build_model) and check the predictions
 are identical; then save a full training checkpoint
 (model + optimizer + epoch + RNG state), resume from it and check the result is bit-identical
-to a run that was never interrupted. May be imported by: ``statevault.cli`` only.
+to a run that was never interrupted. Part 3 (demo_training.py) kills a training run with
+SIGKILL during an async CheckpointManager save and resumes it bit-exactly. May be imported
+by: ``statevault.cli`` only.
 """
 
 from __future__ import annotations
@@ -153,4 +155,9 @@ def demo(directory: Path | None) -> None:
     click.echo(f"statevault demo: writing files to {directory}")
     if not run_demo(directory, click.echo):
         raise click.ClickException("the reloaded state did not match (see above)")
+    from statevault.cli.demo_training import run_resumable_demo  # it imports this module
+
+    click.echo("3. A training run killed mid-save (SIGKILL) resumes from its latest valid step")
+    if not run_resumable_demo(directory, click.echo):
+        raise click.ClickException("the resumed run did not match (see above)")
     click.echo("All matched: saved, reloaded and resumed state is identical.")

@@ -9,6 +9,7 @@ import click
 
 import statevault
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
+from statevault.cli.ls_cmd import step_file, step_option
 
 
 @click.command("diff")
@@ -29,9 +30,22 @@ from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progre
     help="Relative tolerance (times |B|).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@step_option(
+    "--step-a", "When A is a CheckpointManager directory: its step (default: newest valid)."
+)
+@step_option(
+    "--step-b", "When B is a CheckpointManager directory: its step (default: newest valid)."
+)
 @click.pass_context
 def diff_command(
-    ctx: click.Context, a: str, b: str, atol: float, rtol: float, as_json: bool
+    ctx: click.Context,
+    a: str,
+    b: str,
+    atol: float,
+    rtol: float,
+    as_json: bool,
+    step_a: int | None,
+    step_b: int | None,
 ) -> None:
     """Compare checkpoints A and B: exit 0 if equal, 1 if different (or damaged), 2 on error.
 
@@ -41,6 +55,7 @@ def diff_command(
     kind inspect accepts, e.g. a .pt and its converted file. Both files are streamed in
     parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
+    a, b = step_file(a, step_a), step_file(b, step_b)
     with progress_bar("comparing", a, b) as bar:
         report = statevault.diff(a, b, atol=atol, rtol=rtol, progress=bar)
     if as_json:

@@ -15,6 +15,7 @@ from rich.tree import Tree
 import statevault
 from statevault import CheckpointSummary, ModuleNode, shown
 from statevault.cli._output import NAME_CHARS, VALUE_CHARS, emit_json, human_bytes, stdout_console
+from statevault.cli.ls_cmd import step_file, step_option
 
 
 def _text(text: str, limit: int = NAME_CHARS) -> str:
@@ -126,14 +127,15 @@ def _join(path: str, key: str) -> str:
     default=None,
     help="Show the module tree only this many levels deep (totals still cover everything).",
 )
-def inspect_command(path: str, as_json: bool, depth: int | None) -> None:
+@step_option()
+def inspect_command(path: str, as_json: bool, depth: int | None, step: int | None) -> None:
     """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
 
     PATH is a statevault or safetensors file, a .pt/.pth/.bin file (read through torch's
     weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
     checkpoint-N, accelerate save_state). Only headers are read.
     """
-    summary = statevault.inspect(path)
+    summary = statevault.inspect(step_file(path, step))
     if as_json:
         emit_json(summary.to_dict())
     else:

@@ -9,13 +9,15 @@ import click
 
 import statevault
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
+from statevault.cli.ls_cmd import step_file, step_option
 
 
 @click.command("verify")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@step_option()
 @click.pass_context
-def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
+def verify_command(ctx: click.Context, path: str, as_json: bool, step: int | None) -> None:
     """Check every byte of PATH that records a checksum; exit 0 only when all is well.
 
     statevault files: the header digest and every tensor's xxh3-64 checksum; torch .pt zip
@@ -24,6 +26,7 @@ def verify_command(ctx: click.Context, path: str, as_json: bool) -> None:
     first). Exit codes: 0 intact, 1 damaged, 2 not a checkpoint or could not verify,
     130 interrupted.
     """
+    path = step_file(path, step)
     with progress_bar("verifying", path) as bar:
         report = statevault.verify(path, progress=bar)
     if as_json:
