@@ -420,21 +420,17 @@ def write_atomically(
     except OSError as exc:
         raise _target.write_error(target.given, exc, directory) from exc
     try:
-        try:
-            os.lseek(fd, header.size, os.SEEK_SET)
-            if progress is not None:
-                progress.start(sum(job.entry.nbytes for job in jobs))
-            _write_data(fd, jobs, header.put if checksum else None, progress)
-            complete = header.finish()
-            if len(complete) != header.size:
-                raise StateVaultError("internal error: header length changed after hashing")
-            _pwrite_all(fd, complete, 0)
-            if target.existing is not None:
-                _target.keep_attributes(fd, target.existing)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        if progress is not None:
+            progress.start(sum(job.entry.nbytes for job in jobs))
+        write_file(
+            fd,
+            jobs,
+            header,
+            checksum=checksum,
+            fsync=fsync,
+            progress=progress,
+            existing=target.existing,
+        )
         os.replace(temp_path, target.file)
     except BaseException as exc:
         temp_path.unlink(missing_ok=True)
@@ -446,6 +442,38 @@ def write_atomically(
             _fsync_directory(directory)
         except OSError as exc:
             raise _target.write_error(target.given, exc, directory, replaced=True) from exc
+
+
+def write_file(
+    fd: int,
+    jobs: Sequence[WriteJob],
+    header: HeaderToFill,
+    *,
+    checksum: bool,
+    fsync: bool,
+    progress: Progress | None = None,
+    existing: os.stat_result | None = None,
+) -> bytes | bytearray:
+    """Write a whole checkpoint into the new file ``fd`` and close it; return its header.
+
+    The data is written and hashed in one pass after ``header.size`` bytes, then the
+    header; ``existing`` is the status of the file it will replace (mode kept). The
+    caller renames it into place (``write_atomically``, or a sharded save's commit).
+    """
+    try:
+        os.lseek(fd, header.size, os.SEEK_SET)
+        _write_data(fd, jobs, header.put if checksum else None, progress)
+        complete = header.finish()
+        if len(complete) != header.size:
+            raise StateVaultError("internal error: header length changed after hashing")
+        _pwrite_all(fd, complete, 0)
+        if existing is not None:
+            _target.keep_attributes(fd, existing)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return complete
 
 
 def _from_the_os(exc: BaseException) -> TypeGuard[OSError]:

@@ -148,6 +148,35 @@ def _plan(
     return jobs, _vault.SlottedHeader(members, entries, user, checksum)
 
 
+def _save_sharded(
+    obj: Any,
+    destination: str | os.PathLike[str],
+    max_shard_size: int | str,
+    user: dict[str, str],
+    checksum: bool,
+    fsync: bool,
+    progress: Progress | None,
+) -> None:
+    # imported here: saving.sharded builds on this module's helpers
+    from statevault.fileformat.shards import parse_size
+    from statevault.saving.sharded import save_sharded
+
+    parse_size(max_shard_size)  # a bad size is refused before the state is walked
+    skeleton, tensors = flatten(obj)
+    stored, aliases = _stored_and_aliases(tensors)
+    save_sharded(
+        stored,
+        aliases,
+        skeleton,
+        destination,
+        max_shard_size=max_shard_size,
+        user=user,
+        checksum=checksum,
+        fsync=fsync,
+        progress=progress,
+    )
+
+
 @gc_paused
 def save(
     obj: Any,
@@ -157,6 +186,7 @@ def save(
     checksum: bool = True,
     fsync: bool = True,
     progress: Progress | None = None,
+    max_shard_size: int | str | None = None,
 ) -> None:
     """Save a module's state, a state dict or training state to ``destination``, atomically.
 
@@ -168,6 +198,8 @@ def save(
     is replaced and keeps its mode; directories, special and unwritable files are refused;
     OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
     ``progress`` hears the bytes to write, then each piece written (the CLI draws a bar).
+    ``max_shard_size`` (bytes, or "5GB" in decimal units) writes Hugging Face shards and
+    their index beside ``destination``, replaced as a whole (docs/sharding.md).
 
     Example::
 
@@ -184,6 +216,11 @@ def save(
             f"save: got the class {obj.__qualname__}, not a model: pass an instance, e.g. "
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
+    if max_shard_size is not None:
+        _save_sharded(
+            obj, destination, max_shard_size, _check_metadata(metadata), checksum, fsync, progress
+        )
+        return
     jobs, header = _plan(obj, _check_metadata(metadata), checksum)
     # The caller's path as given: Path() would turn "" into "." and drop a trailing "/".
     write_atomically(destination, jobs, header, checksum=checksum, fsync=fsync, progress=progress)
