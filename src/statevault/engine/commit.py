@@ -166,3 +166,31 @@ def roll_forward(directory: Path, base: str, *, fsync: bool = True) -> None:
     journal.unlink(missing_ok=True)
     if fsync:
         fsync_directory(directory)
+
+
+def committed_view(directory: Path) -> tuple[dict[str, Path], set[str]]:
+    """How a directory reads while commits are unfinished, for folder listings (no writes).
+
+    Final name -> the path holding its committed bytes (the temporary until renamed), and
+    the names the commits supersede (to be read as gone). Empty outside a commit.
+    """
+    present: dict[str, Path] = {}
+    superseded: set[str] = set()
+    try:
+        with os.scandir(directory) as entries:
+            journals = [Path(e.path) for e in entries if e.name.endswith(JOURNAL_SUFFIX)]
+    except OSError:
+        return present, superseded  # the listing that follows says why it cannot be read
+    for journal in journals:
+        try:
+            found = read_journal(journal)
+        except HeaderError:
+            continue  # damaged: it commits nothing
+        if found is None:
+            continue
+        renames, removals = found
+        for temporary, final in renames:
+            held = directory / temporary
+            present[final] = held if os.path.lexists(held) else directory / final
+        superseded.update(removals)
+    return present, superseded
