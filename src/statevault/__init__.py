@@ -32,6 +32,7 @@ from statevault.loading.load_into import check, load_into, load_model
 from statevault.loading.meta_init import skip_init
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderFileKind
+from statevault.readers.slices import TensorSlice
 from statevault.reports.display import shown
 from statevault.reports.load_entries import (
     AppliedMapping,
@@ -87,6 +88,7 @@ __all__ = [
     "StateVaultError",
     "TensorDelta",
     "TensorInfo",
+    "TensorSlice",
     "TieStatus",
     "TiedKey",
     "TruncatedFileError",

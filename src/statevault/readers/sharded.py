@@ -235,6 +235,10 @@ class ShardedCheckpoint(Checkpoint):
         stored = self.aliases.get(name, name)
         return self._owner[stored].signature(stored)
 
+    def owner(self, name: str) -> Checkpoint:
+        """The shard holding stored tensor ``name``."""
+        return self._owner[name]
+
     def leaves(self) -> list[Checkpoint]:
         return [leaf for shard in self._shards.values() for leaf in shard.leaves()]
 
