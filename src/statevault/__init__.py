@@ -49,6 +49,7 @@ from statevault.manager.preemption import PreemptionHandler
 from statevault.manager.steps import Restored, StepInfo
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderFileKind
+from statevault.readers.slices import TensorSlice
 from statevault.reports.display import shown
 from statevault.reports.load_entries import (
     AppliedMapping,
@@ -126,6 +127,7 @@ __all__ = [
     "StepRecord",
     "TensorDelta",
     "TensorInfo",
+    "TensorSlice",
     "TensorStats",
     "TieStatus",
     "TiedKey",

@@ -265,6 +265,19 @@ class LocalPendingFile(PendingObject):
             except OSError as exc:
                 raise self._error(exc, replaced=True) from exc
 
+    def stage(self, *, durable: bool) -> Path:
+        """Finish the file but leave it under its temporary name, for a commit of several
+        files at once (``engine.commit``'s journal renames it); ``abort`` still removes it."""
+        if self._temp is None:
+            raise StateVaultError("internal error: stage of a save already committed or aborted")
+        try:
+            if durable:
+                os.fsync(self._fd)
+            self._close()
+        except OSError as exc:
+            raise self._error(exc) from exc
+        return self._temp
+
     def abort(self) -> None:
         self._close()
         if self._temp is not None:

@@ -7,7 +7,8 @@ save into the directory can tell, without any lock, which leftovers belong to a 
 this machine that no longer exists (pid gone, a zombie, or the pid now used by a process
 started after the file was last written) and remove only those. Files of live writers
 (another process, or another thread of this one) and of other hosts (a shared file system)
-are never touched.
+are never touched, nor are temporaries that a sharded save's commit journal names
+(``engine.commit``): they are the new checkpoint until the journal is carried out.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import secrets
 import socket
 from pathlib import Path
 from typing import NamedTuple
+
+from statevault.engine.commit import journaled_temporaries
 
 TEMP_SUFFIX = ".svtmp"
 NAME_MAX_BYTES = 255  # the longest file name most Linux file systems accept
@@ -90,9 +93,10 @@ def stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     them. A file that disappears while being looked at (its save just finished) is skipped.
     """
     ours = writer_token()
+    committed = journaled_temporaries(Path(directory))  # a sharded save's new set: not stale
     stale = []
     for temporary in temporaries(directory):
-        if temporary.writer != ours:
+        if temporary.writer != ours or temporary.path.name in committed:
             continue  # another host's (or container's) pids mean nothing here
         try:
             written = temporary.path.stat().st_mtime

@@ -269,13 +269,28 @@ def write_atomically(
     try:
         if progress is not None:
             progress.start(sum(entry.nbytes for entry in entries))
-        record = header.put if checksum else None
-        write_data(pending, header.size, entries, sources, record, progress)
-        complete = header.finish()
-        if len(complete) != header.size:
-            raise StateVaultError("internal error: header length changed after hashing")
-        pending.write(0, [memoryview(complete)])
+        write_contents(pending, entries, sources, header, checksum=checksum, progress=progress)
         pending.commit(durable=fsync)
     except BaseException:
         pending.abort()
         raise
+
+
+def write_contents(
+    pending: PendingObject,
+    entries: Sequence[TensorEntry],
+    sources: Sequence[Source],
+    header: HeaderToFill,
+    *,
+    checksum: bool,
+    progress: Progress | None = None,
+) -> bytearray:
+    """Fill ``pending`` with a whole checkpoint: the data after ``header.size`` bytes, hashed
+    as written, then the header at 0. Returns the header; committing is the caller's."""
+    record = header.put if checksum else None
+    write_data(pending, header.size, entries, sources, record, progress)
+    complete = header.finish()
+    if len(complete) != header.size:
+        raise StateVaultError("internal error: header length changed after hashing")
+    pending.write(0, [memoryview(complete)])
+    return bytearray(complete)

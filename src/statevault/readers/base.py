@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
@@ -32,6 +32,9 @@ from statevault.fileformat.tree import Skeleton, unflatten
 from statevault.readers.devices import usable_device
 from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderListing
 from statevault.readers.sniff import describe
+
+if TYPE_CHECKING:
+    from statevault.readers.slices import TensorSlice
 
 # what Checkpoint(...) opens; load_into and friends also take an open Checkpoint
 CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
@@ -144,6 +147,18 @@ class Checkpoint:
         """(shape, dtype) of ``name`` without reading data."""
         meta = self.resolve(name)
         return meta.shape, meta.dtype
+
+    def get_slice(self, name: str) -> TensorSlice:
+        """A lazy handle on tensor ``name``: indexing it reads only that part (as safetensors).
+
+        Example::
+
+            with statevault.Checkpoint("model.safetensors") as ckpt:
+                rows = ckpt.get_slice("embed.weight")[1000:2000]  # reads those rows only
+        """
+        from statevault.readers.slices import TensorSlice  # it reads through this module
+
+        return TensorSlice(self, name)
 
     def weights(self) -> Checkpoint:
         """The model weights in this checkpoint (itself, except for a training folder)."""

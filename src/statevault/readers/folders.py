@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from statevault.engine.commit import committed_view
 from statevault.engine.storage import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
 from statevault.readers.base import Checkpoint
@@ -94,7 +95,8 @@ def _kind_of(path: Path) -> FolderFileKind | None:
 def _shard_names(index: Path) -> set[str]:
     """The shard file names an index names (empty when it cannot be read: opening says why)."""
     try:
-        document = json.loads(read_regular(index, limit=MAX_INDEX_BYTES).decode("utf-8"))
+        held = committed_view(index.parent)[0].get(index.name, index)
+        document = json.loads(read_regular(held, limit=MAX_INDEX_BYTES).decode("utf-8"))
     except (OSError, StateVaultError, UnicodeDecodeError, ValueError, RecursionError):
         return set()
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
@@ -109,7 +111,10 @@ def _scan(directory: Path) -> tuple[dict[str, _Candidate], list[FolderEntry]]:
         children = sorted(directory.iterdir())
     except OSError as exc:
         raise CheckpointNotFoundError(f"{directory}: cannot list this directory ({exc})") from exc
-    files = [p for p in children if not p.name.startswith(".")]
+    # an unfinished sharded save's commit: its new files count, what it supersedes does not
+    committed, superseded = committed_view(directory)
+    files = [p for p in children if not p.name.startswith(".") and p.name not in superseded]
+    files += sorted(directory / name for name in committed if directory / name not in files)
     shards = {
         name: p
         for p in files
@@ -153,7 +158,8 @@ def _open_candidate(
 ) -> Checkpoint:
     if candidate.kind.is_index:
         return ShardedCheckpoint.from_index(candidate.path, label=label, listing=listing)
-    return open_tensor_file(candidate.path, listing=listing)
+    held = committed_view(candidate.path.parent)[0].get(candidate.path.name, candidate.path)
+    return open_tensor_file(held, listing=listing)
 
 
 def open_folder(directory: Path, *, weights: bool = False) -> Checkpoint:

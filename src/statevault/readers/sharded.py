@@ -25,8 +25,18 @@ from statevault.engine.progress import Progress
 from statevault.engine.storage import read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError
 from statevault.fileformat.metadata import reject_constant
+from statevault.fileformat.shards import BINDING_KEY, index_aliases
+from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, FolderListing
+from statevault.readers.shard_binding import (
+    OPEN_ATTEMPTS,
+    StaleShardError,
+    binding_of,
+    check_binding,
+    committed_paths,
+    parse_tree,
+)
 from statevault.readers.tensor_files import open_tensor_file
 
 MAX_INDEX_BYTES = 100_000_000  # as for a header: a real index is kilobytes
@@ -113,6 +123,8 @@ class ShardedCheckpoint(Checkpoint):
     """Shards (safetensors or torch files) tied together by an index's ``weight_map``."""
 
     index: Path
+    _committed: dict[str, Path]  # final name -> temporary, while a commit is unfinished
+    _tree: Skeleton | None
     _shards: dict[str, Checkpoint]
     _owner: dict[str, Checkpoint]
     _tensors: dict[str, TensorInfo]
@@ -122,16 +134,40 @@ class ShardedCheckpoint(Checkpoint):
         cls, index: Path, *, label: str | None = None, listing: FolderListing | None = None
     ) -> ShardedCheckpoint:
         """Open ``index`` and its shards; ``label`` names it in messages (its directory,
-        when the directory was what the caller gave)."""
+        when the directory was what the caller gave).
+
+        A statevault index binds its shards (``shard_binding``); a reader that raced a
+        sharded save's commit and met shards of both sets opens again, and then sees the
+        new set whole.
+        """
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return cls._open_once(index, label=label, listing=listing)
+            except StaleShardError:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_once(
+        cls, index: Path, *, label: str | None, listing: FolderListing | None
+    ) -> ShardedCheckpoint:
         self = cls._blank()
         self.kind = CheckpointKind.SHARDED
         self.label = label or str(index)
         self.index = index
         self._listing = listing
-        weight_map, self.metadata = _weight_map(index, read_index(index))
+        self._committed = committed_paths(index)
+        weight_map, metadata = _weight_map(
+            index, read_index(self._committed.get(index.name, index))
+        )
+        binding = binding_of(index, metadata)
+        self._tree = parse_tree(index, binding)
+        self.metadata = {k: v for k, v in metadata.items() if k != BINDING_KEY}
         self._shards, self._owner = {}, {}
         try:
             self._open_shards(weight_map)
+            check_binding(index, binding, self._shards)
             self._check_map(weight_map)
         except BaseException:
             self.close()
@@ -142,6 +178,7 @@ class ShardedCheckpoint(Checkpoint):
             for name, shard in self._owner.items()
             if name in shard.aliases
         }
+        self.aliases.update(index_aliases(metadata, weight_map))  # HF's "removed -> kept"
         self._tensors = {
             name: self._owner[name].tensors[name]
             for name in sorted(self._owner, key=_natural)
@@ -154,7 +191,7 @@ class ShardedCheckpoint(Checkpoint):
         for shard_name in sorted(
             {check_shard_name(v, index=self.index) for v in weight_map.values()}
         ):
-            shard_path = directory / shard_name
+            shard_path = self._committed.get(shard_name, directory / shard_name)
             contained(shard_path, directory=directory, what="shard")
             if not os.path.lexists(shard_path):  # a pipe is refused when opened
                 raise CheckpointNotFoundError(
@@ -189,8 +226,18 @@ class ShardedCheckpoint(Checkpoint):
     def tensors(self) -> Mapping[str, TensorInfo]:
         return self._tensors
 
+    @property
+    def tree(self) -> Skeleton | None:
+        """The skeleton a statevault sharded save recorded in the index (else None)."""
+        return self._tree
+
     def signature(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        return self._owner[name].signature(name)
+        stored = self.aliases.get(name, name)
+        return self._owner[stored].signature(stored)
+
+    def owner(self, name: str) -> Checkpoint:
+        """The shard holding stored tensor ``name``."""
+        return self._owner[name]
 
     def leaves(self) -> list[Checkpoint]:
         return [leaf for shard in self._shards.values() for leaf in shard.leaves()]
@@ -204,14 +251,16 @@ class ShardedCheckpoint(Checkpoint):
     ) -> None:
         by_shard: dict[int, list[tuple[str, torch.Tensor]]] = {}
         for name, dest in pairs:
-            by_shard.setdefault(id(self._owner[name]), []).append((name, dest))
+            stored = self.aliases.get(name, name)
+            by_shard.setdefault(id(self._owner[stored]), []).append((stored, dest))
         for shard in self._shards.values():
             mine = by_shard.get(id(shard))
             if mine:
                 shard.fill(mine, verify=verify, dtypes_match=dtypes_match)
 
     def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        return self._owner[name].chunks(name, elements=elements, verify=verify)
+        stored = self.aliases.get(name, name)
+        return self._owner[stored].chunks(stored, elements=elements, verify=verify)
 
     def read(
         self,
@@ -221,18 +270,19 @@ class ShardedCheckpoint(Checkpoint):
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
         wanted = self.keys() if names is None else list(names)
-        unknown = [n for n in wanted if n not in self._owner]
+        stored = [self.aliases.get(n, n) for n in wanted]  # an index's aliases share a tensor
+        unknown = [n for n, s in zip(wanted, stored, strict=True) if s not in self._owner]
         if unknown:
             raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
         by_shard: dict[int, list[str]] = {}
-        for name in wanted:  # one pass: not every name once per shard
+        for name in dict.fromkeys(stored):  # one pass: not every name once per shard
             by_shard.setdefault(id(self._owner[name]), []).append(name)
         flat: dict[str, torch.Tensor] = {}
         for shard in self._shards.values():
             mine = by_shard.get(id(shard))
             if mine:
                 flat.update(shard.read(mine, verify=verify, progress=progress))
-        return {name: flat[name] for name in wanted}
+        return {name: flat[s] for name, s in zip(wanted, stored, strict=True)}
 
     def close(self) -> None:
         for shard in self._shards.values():

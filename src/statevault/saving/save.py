@@ -158,6 +158,35 @@ def plan_save(
     return entries, sources, _vault.SlottedHeader(members, entries, user, checksum)
 
 
+def _save_sharded(
+    obj: Any,
+    destination: str | os.PathLike[str],
+    max_shard_size: int | str,
+    user: dict[str, str],
+    checksum: bool,
+    fsync: bool,
+    progress: Progress | None,
+) -> None:
+    # imported here: saving.sharded builds on this module's helpers
+    from statevault.fileformat.shards import parse_size
+    from statevault.saving.sharded import save_sharded
+
+    parse_size(max_shard_size)  # a bad size is refused before the state is walked
+    skeleton, tensors = flatten(obj)
+    stored, aliases = _stored_and_aliases(tensors)
+    save_sharded(
+        list(zip(stored.names, stored.tensors, stored.specs, strict=True)),
+        aliases,
+        skeleton,
+        destination,
+        max_shard_size=max_shard_size,
+        user=user,
+        checksum=checksum,
+        fsync=fsync,
+        progress=progress,
+    )
+
+
 def save(
     obj: Any,
     destination: str | os.PathLike[str],
@@ -166,6 +195,7 @@ def save(
     checksum: bool = True,
     fsync: bool = True,
     progress: Progress | None = None,
+    max_shard_size: int | str | None = None,
 ) -> None:
     """Save a module's state, a state dict or training state to ``destination``, atomically.
 
@@ -177,6 +207,8 @@ def save(
     is replaced and keeps its mode; directories, special and unwritable files are refused;
     OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
     ``progress`` hears the bytes to write, then each piece written (the CLI draws a bar).
+    ``max_shard_size`` (bytes, or "5GB" in decimal units) writes Hugging Face shards and
+    their index beside ``destination``, replaced as a whole (docs/sharding.md).
 
     Example::
 
@@ -192,6 +224,7 @@ def save(
         checksum=checksum,
         fsync=fsync,
         progress=progress,
+        max_shard_size=max_shard_size,
     )
 
 
@@ -204,6 +237,7 @@ def save_to(
     checksum: bool = True,
     fsync: bool = True,
     progress: Progress | None = None,
+    max_shard_size: int | str | None = None,
 ) -> None:
     """:func:`save` into any storage: the internal seam for other backends and for tests.
 
@@ -220,6 +254,19 @@ def save_to(
             f"save: got the class {obj.__qualname__}, not a model: pass an instance, e.g. "
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
+    if max_shard_size is not None:
+        if storage is not LOCAL_STORAGE:
+            raise UnsupportedObjectError("sharded saves write to local directories only, so far")
+        _save_sharded(
+            obj,
+            os.fspath(name),
+            max_shard_size,
+            _check_metadata(metadata),
+            checksum,
+            fsync,
+            progress,
+        )
+        return
     entries, sources, header = plan_save(obj, _check_metadata(metadata), checksum)
     # The caller's name as given: Path() would turn "" into "." and drop a trailing "/".
     write_atomically(

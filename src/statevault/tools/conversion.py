@@ -23,6 +23,7 @@ from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
+from statevault.fileformat.shards import index_name, parse_size
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.readers.base import Checkpoint
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
@@ -154,6 +155,8 @@ def _source_metadata(source: Checkpoint) -> dict[str, str]:
     metadata = dict(source.metadata)
     if isinstance(source, ShardedCheckpoint):
         metadata.pop("total_size", None)  # described the shard set, not the new file
+        for alias in source.aliases:  # HF's "removed -> kept": the new file records ties itself
+            metadata.pop(alias, None)
     return metadata
 
 
@@ -195,6 +198,12 @@ def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     return _Selection(obj)
 
 
+def _written_size(index: Path) -> int:
+    """Bytes of a sharded destination: its shards, as the checkpoint reports them."""
+    with Checkpoint(index) as written:
+        return written.file_size
+
+
 def convert(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -206,6 +215,7 @@ def convert(
     overwrite: bool = False,
     progress: Progress | None = None,
     write_progress: Progress | None = None,
+    max_shard_size: int | str | None = None,
 ) -> ConvertReport:
     """Write ``source`` (any supported kind) as a statevault file at ``destination``, atomically.
 
@@ -216,7 +226,8 @@ def convert(
     :class:`UnsupportedObjectError`. An existing ``destination`` raises
     :class:`DestinationExistsError` unless ``overwrite=True``; it is then replaced atomically
     (readers see the old file or the new one, never a mix). ``progress`` hears the reading,
-    ``write_progress`` the writing (two phases, two bars).
+    ``write_progress`` the writing (two phases, two bars). ``max_shard_size`` writes
+    Hugging Face shards and their index instead of one file (as ``save``).
 
     Example::
 
@@ -229,6 +240,10 @@ def convert(
     source_path = checkpoint_path(source)
     destination_path = checkpoint_path(destination, argument="destination")
     _check_destination(source_path, destination_path, overwrite=overwrite)
+    index_path = destination_path.with_name(index_name(destination_path.name))
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # refused before anything is read
+        _check_destination(source_path, index_path, overwrite=overwrite)
     if progress is not None and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(source_path.stat().st_size)
@@ -243,13 +258,21 @@ def convert(
             obj, cast = cast_floating(obj, target)
         _, written = flatten(obj)
         metadata = _source_metadata(opened)
-        save(obj, destination_path, metadata=metadata, checksum=checksum, progress=write_progress)
+        save(
+            obj,
+            destination_path,
+            metadata=metadata,
+            checksum=checksum,
+            progress=write_progress,
+            max_shard_size=max_shard_size,
+        )
+        sharded = max_shard_size is not None and index_path.exists()
         return ConvertReport(
             source=opened.label,
-            destination=str(destination_path),
+            destination=str(index_path if sharded else destination_path),
             source_kind=opened.kind,
             tensors=len(written),
-            file_size=destination_path.stat().st_size,
+            file_size=_written_size(index_path) if sharded else destination_path.stat().st_size,
             dropped=selection.dropped,
             renamed=selection.renamed,
             cast=cast,
