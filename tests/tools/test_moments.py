@@ -106,3 +106,12 @@ def test_histogram_of_a_constant_puts_everything_in_one_bin() -> None:
     histogram = RunningHistogram(2.0, 2.0, 5)
     histogram.add(torch.full((7,), 2.0))
     assert histogram.result().counts == (0, 0, 7, 0, 0)
+
+
+@pytest.mark.parametrize("sizes", [[], [1], [5]])
+def test_the_largest_float_among_zeros_has_itself_as_norm(sizes: list[int]) -> None:
+    """Found by hypothesis: rounding in the scaled moments pushed this norm to inf."""
+    tensor = torch.tensor([0.0] * 5 + [1.7976931348623157e308], dtype=torch.float64)
+    found = streamed(tensor, sizes)
+    assert found["norm"] == 1.7976931348623157e308
+    assert_matches(found, tensor)

@@ -174,8 +174,18 @@ class RunningMoments:
             maximum=self.maximum,
             mean=_ldexp(mean, self.scale),
             std=_ldexp(math.sqrt(self.m2 / self.finite), self.scale),
-            norm=_ldexp(math.sqrt(self.m2 + self.finite * mean * mean), self.scale),
+            norm=self._norm(math.sqrt(self.m2 + self.finite * mean * mean)),
         )
+
+    def _norm(self, scaled: float) -> float:
+        """The L2 norm from its scaled value: never below the largest magnitude (it cannot
+        be), and that magnitude where rounding of a few ulps alone went past float64's range
+        (one value of 1.8e308 among zeros has the norm 1.8e308, not inf)."""
+        largest = max(-self.minimum, self.maximum)
+        norm = _ldexp(scaled, self.scale)
+        if math.isinf(norm) and _ldexp(scaled * (1 - 2**-50), self.scale) <= largest:
+            return largest
+        return max(norm, largest)
 
 
 class RunningHistogram:
