@@ -8,15 +8,14 @@ May be imported by the other reader modules and the layers above ``readers``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from statevault.engine.progress import Progress
 from statevault.errors import UnsupportedObjectError
-from statevault.fileformat.dtypes import spec_for
-from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
+from statevault.readers.base import TensorInfo
+from statevault.readers.held import HeldTensors, describe_tensor
 from statevault.readers.listing import CheckpointKind
 
 EXTRA_STATE = "_extra_state"  # torch's state_dict key for get_extra_state()
@@ -27,7 +26,7 @@ def _is_extra_state(key: object) -> bool:
     return isinstance(key, str) and key.rpartition(".")[2] == EXTRA_STATE
 
 
-class MemoryCheckpoint(Checkpoint):
+class MemoryCheckpoint(HeldTensors):
     """A flat state dict already in memory (e.g. what ``torch.load`` returned); never copied
     or modified."""
 
@@ -63,14 +62,11 @@ class MemoryCheckpoint(Checkpoint):
 
     @functools.cached_property
     def tensors(self) -> Mapping[str, TensorInfo]:
-        result = {}
-        for name, t in self.state.items():
-            if isinstance(t, torch.Tensor):
-                spec = spec_for(t.dtype)
-                code = spec.code if spec is not None else None
-                nbytes = t.numel() * t.element_size()
-                result[name] = TensorInfo(name, t.dtype, tuple(t.shape), nbytes, code, None, "")
-        return result
+        return {
+            name: describe_tensor(name, t, "")
+            for name, t in self.state.items()
+            if isinstance(t, torch.Tensor)
+        }
 
     def keys(self) -> list[str]:
         return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
@@ -88,29 +84,9 @@ class MemoryCheckpoint(Checkpoint):
         tensor = self.state[name]
         return tuple(tensor.shape), tensor.dtype
 
-    def fill(
-        self,
-        pairs: Iterable[tuple[str, torch.Tensor]],
-        *,
-        verify: bool,
-        dtypes_match: bool = False,
-    ) -> None:
-        with torch.no_grad():
-            for name, dest in pairs:
-                dest.copy_(self.state[name])
-
-    def read(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        wanted = self.keys() if names is None else list(names)
-        return {n: self.state[n] for n in wanted}
-
     def close(self) -> None:
         pass  # the caller's dict: nothing of ours to release
 
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        return tensor_chunks(self.state[name], elements)
+    def held(self, name: str) -> torch.Tensor | None:
+        value = self.state.get(name)
+        return value if isinstance(value, torch.Tensor) else None

@@ -11,19 +11,18 @@ May be imported by the other reader modules and the layers above ``readers``.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import CorruptFileError, UnsupportedObjectError
-from statevault.fileformat.dtypes import spec_for
 from statevault.fileformat.tree import Skeleton, flatten
-from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
+from statevault.readers.base import TensorInfo
 from statevault.readers.devices import usable_device
+from statevault.readers.held import HeldTensors, describe_tensor
 from statevault.readers.listing import CheckpointKind, FolderListing
 from statevault.readers.weights_only import WeightsOnlyRefusal, numpy_arrays_allowed
 
@@ -66,7 +65,7 @@ def _load_torch(path: Path, *, legacy: bool) -> Any:
         ) from None
 
 
-class TorchCheckpoint(Checkpoint):
+class TorchCheckpoint(HeldTensors):
     """A ``torch.save`` file read through the weights-only loader (never plain pickle)."""
 
     _object: Any
@@ -94,14 +93,10 @@ class TorchCheckpoint(Checkpoint):
                 f"without pickle: {exc}"
             ) from None
         self._flat, self.aliases = _untied(flat)
-        self._tensors = {name: self._describe(name, t) for name, t in self._flat.items()}
+        self._tensors = {
+            name: describe_tensor(name, t, self.label) for name, t in self._flat.items()
+        }
         return self
-
-    def _describe(self, name: str, tensor: torch.Tensor) -> TensorInfo:
-        spec = spec_for(tensor.dtype)
-        nbytes = tensor.numel() * tensor.element_size()
-        code = spec.code if spec is not None else None
-        return TensorInfo(name, tensor.dtype, tuple(tensor.shape), nbytes, code, None, self.label)
 
     @property
     def tree(self) -> Skeleton:
@@ -111,40 +106,13 @@ class TorchCheckpoint(Checkpoint):
     def tensors(self) -> Mapping[str, TensorInfo]:
         return self._tensors
 
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        return tensor_chunks(self._flat[self.aliases.get(name, name)], elements)
-
     def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
         if usable_device(device).type == "cpu":
             return self._object  # exactly what the weights-only loader built
         return super().load(device=device, verify=verify)
 
-    def fill(
-        self,
-        pairs: Iterable[tuple[str, torch.Tensor]],
-        *,
-        verify: bool,
-        dtypes_match: bool = False,
-    ) -> None:
-        with torch.no_grad():
-            for name, dest in pairs:
-                dest.copy_(self._flat[self.aliases.get(name, name)])
-
-    def read(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        wanted = self.keys() if names is None else list(names)
-        unknown = [n for n in wanted if self.aliases.get(n, n) not in self._flat]
-        if unknown:
-            raise KeyError(f"{self.label}: no tensor named {unknown[0]!r}")
-        result = {n: self._flat[self.aliases.get(n, n)] for n in wanted}
-        if progress is not None:
-            progress.advance(sum(self.resolve(n).nbytes for n in wanted))
-        return result
+    def held(self, name: str) -> torch.Tensor | None:
+        return self._flat.get(self.aliases.get(name, name))
 
     def close(self) -> None:
         self._object = None
