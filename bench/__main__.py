@@ -63,6 +63,14 @@ SAVE_FSYNC = (
     "safetensors save_file + fsync",
     "statevault save (fsync=True)",
 )
+COLD = (
+    "raw sequential read, cold",
+    "torch.load(mmap) + load_state_dict, cold",
+    "safetensors load_model, cold",
+    "statevault load_into, cold",
+    "statevault load_into (verify=False), cold",
+    "statevault verify, cold",
+)
 BUILD = (
     "Model() + torch.load + load_state_dict",
     "Model() + safetensors load_model",
@@ -84,6 +92,12 @@ GROUPS = (
         "llm",
         ("raw page-cache read, 2 threads", "raw page-cache read + xxh3, 2 threads", *LOAD),
         "raw page-cache read, 2 threads",
+    ),
+    Group(
+        "Load LLM-like state, cold (the file's pages dropped before each run)",
+        "llm",
+        COLD,
+        "raw sequential read, cold",
     ),
     Group("Build model + load (LLM-like)", "llm", BUILD, None, BUILD[0]),
     Group(
