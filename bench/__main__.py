@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cases import Config, run_case
+from bench.fresh import import_times, render_imports
 from bench.models import build, llm_config, state_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,14 @@ SAVE_FSYNC = (
     "safetensors save_file + fsync",
     "statevault save (fsync=True)",
 )
+COLD = (
+    "raw sequential read, cold",
+    "torch.load(mmap) + load_state_dict, cold",
+    "safetensors load_model, cold",
+    "statevault load_into, cold",
+    "statevault load_into (verify=False), cold",
+    "statevault verify, cold",
+)
 BUILD = (
     "Model() + torch.load + load_state_dict",
     "Model() + safetensors load_model",
@@ -83,6 +92,12 @@ GROUPS = (
         "llm",
         ("raw page-cache read, 2 threads", "raw page-cache read + xxh3, 2 threads", *LOAD),
         "raw page-cache read, 2 threads",
+    ),
+    Group(
+        "Load LLM-like state, cold (the file's pages dropped before each run)",
+        "llm",
+        COLD,
+        "raw sequential read, cold",
     ),
     Group("Build model + load (LLM-like)", "llm", BUILD, None, BUILD[0]),
     Group(
@@ -203,8 +218,10 @@ def _table(group: Group, rows: dict[str, dict[str, Any]], nbytes: int) -> list[s
     return lines
 
 
-def _render(groups: list[Group], prepared: dict[str, Any], results: dict[str, Any]) -> str:
-    parts = []
+def _render(
+    groups: list[Group], prepared: dict[str, Any], results: dict[str, Any], *, imports: bool = True
+) -> str:
+    parts = [render_imports(results["imports"])] if imports and "imports" in results else []
     for group in groups:
         info = prepared[group.kind]
         rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
@@ -255,6 +272,13 @@ def _headline(groups: list[Group], prepared: dict[str, Any], results: dict[str, 
                 f"| {group.title} ({size}) | {name} | {row['median']:.3f} | {best[0]} "
                 f"| {best[1]:.3f} | {best[1] / row['median']:.2f}x |"
             )
+    if "imports" in results:
+        rows = results["imports"]["rows"]
+        ours, peer = rows["import statevault"]["median"], rows["import safetensors.torch"]["median"]
+        lines.append(
+            f"| Import time after torch | import statevault | {ours:.4f} "
+            f"| import safetensors.torch | {peer:.4f} | {peer / ours:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -350,6 +374,10 @@ def main() -> None:
             if "error" in prepared[kind]:
                 raise SystemExit(f"preparing {kind}: {prepared[kind]['error']}")
         results: dict[str, Any] = {}
+        if not args.only or "import" in args.only.lower():
+            samples = max(5, args.runs)
+            results["imports"] = {"rows": import_times(ROOT / "src", samples), "samples": samples}
+            print(render_imports(results["imports"]), flush=True)
         for group in groups:
             info = prepared[group.kind]
             cfg = Config(group.kind, models[group.kind], info["files"], str(directory / "out"))
@@ -362,7 +390,7 @@ def main() -> None:
                         row["median"] = statistics.median(row["times"])
                     row["wall"] = time.perf_counter() - started
                     results[key] = row
-            _print_tables([group], prepared, results)
+            print(_render([group], prepared, results, imports=False), flush=True)
         if args.json:
             document = {
                 "models": models,

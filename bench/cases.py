@@ -173,6 +173,12 @@ def statevault_load_into(cfg: Config, verify: bool) -> tuple[Operation, Operatio
     return lambda: statevault.load_into(model, cfg.files["statevault"], verify=verify), _noop
 
 
+def statevault_verify(cfg: Config) -> tuple[Operation, Operation]:
+    import statevault
+
+    return lambda: statevault.verify(cfg.files["statevault"]), _noop
+
+
 # -- building a model and loading it ---------------------------------------------------------
 def build_torch(cfg: Config) -> tuple[Operation, Operation]:
     def run() -> nn.Module:
@@ -254,6 +260,52 @@ def statevault_save(cfg: Config, fsync: bool) -> tuple[Operation, Operation]:
     return lambda: statevault.save(state, cfg.out, fsync=fsync), lambda: _unlink(cfg.out)
 
 
+# -- cold: the file's pages dropped before each run ------------------------------------------
+def drop_pages(path: str) -> None:
+    """Evict ``path``'s pages from the page cache (clean ones go at once; dirty ones are
+    synced first), so the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cold(
+    case: Callable[[Config], tuple[Operation, Operation]], library: str
+) -> Callable[[Config], tuple[Operation, Operation]]:
+    """``case`` with the file of ``library`` ("torch", "safetensors", "statevault") dropped
+    from the page cache by each (untimed) reset."""
+
+    def setup(cfg: Config) -> tuple[Operation, Operation]:
+        operation, reset = case(cfg)
+
+        def reset_cold() -> None:
+            reset()
+            drop_pages(cfg.files[library])
+
+        return operation, reset_cold
+
+    return setup
+
+
+def raw_sequential_read(cfg: Config) -> tuple[Operation, Operation]:
+    """One thread reading the file front to back in 8 MiB requests: the disk's sequential rate."""
+    path = cfg.files["safetensors"]
+    buffer = bytearray(CHUNK)
+
+    def run() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while os.readv(fd, [buffer]):
+                pass
+        finally:
+            os.close(fd)
+
+    return run, _noop
+
+
 CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "raw memcpy, 1 thread": lambda c: raw_memcpy(c, 1),
     "raw memcpy, 2 threads": lambda c: raw_memcpy(c, 2),
@@ -278,6 +330,14 @@ CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "safetensors save_file + fsync": lambda c: safetensors_save(c, True),
     "statevault save (fsync=False)": lambda c: statevault_save(c, False),
     "statevault save (fsync=True)": lambda c: statevault_save(c, True),
+    "raw sequential read, cold": cold(raw_sequential_read, "safetensors"),
+    "torch.load(mmap) + load_state_dict, cold": cold(lambda c: torch_load_into(c, True), "torch"),
+    "safetensors load_model, cold": cold(safetensors_load_model, "safetensors"),
+    "statevault load_into, cold": cold(lambda c: statevault_load_into(c, True), "statevault"),
+    "statevault load_into (verify=False), cold": cold(
+        lambda c: statevault_load_into(c, False), "statevault"
+    ),
+    "statevault verify, cold": cold(statevault_verify, "statevault"),
 }
 
 

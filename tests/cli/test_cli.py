@@ -33,7 +33,7 @@ def ckpt(tmp_path: Path) -> Path:
 def test_inspect_human_and_json(ckpt: Path) -> None:
     human = run("inspect", ckpt)
     assert human.exit_code == 0, human.output
-    for text in ("statevault format 2", "embed", "tied to model.embed.weight", "run: baseline"):
+    for text in ("statevault format 3", "embed", "tied to model.embed.weight", "run: baseline"):
         assert text in human.stdout
     assert "epoch = 3" in human.stdout
     as_json = run("inspect", ckpt, "--json")

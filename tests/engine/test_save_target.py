@@ -314,6 +314,7 @@ def test_failed_rename_is_a_write_error_and_keeps_the_old_file(
 UNPRIVILEGED = textwrap.dedent(
     """
     import errno, json, os, sys, torch, statevault
+    import statevault.saving.save  # the package imports lazily: load it before dropping privileges
     cases = {}
     # Opened while still root: the test's tmp_path (0700, root's) is not reachable for nobody.
     directories = {"read_only_file": os.open(sys.argv[1], os.O_RDONLY),

@@ -1,4 +1,5 @@
-"""Format 2 (what save writes) refuses damaged metadata; format-1 files still load exactly."""
+"""Format 3 (what save writes) and format 2 refuse damaged metadata; format-2 and format-1
+files still load exactly."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import safetensors.torch
 import torch
 
 import statevault
-from helpers import fixture_v2
+from helpers import fixture_v2, fixture_v3
 from helpers.fixture_v1 import expected_state
 from statevault.errors import ChecksumMismatchError, HeaderError, StateVaultError
 from statevault.fileformat import checksums as _checksum
+from statevault.fileformat import metadata
 from statevault.fileformat.metadata import LEAD, TREE_KEY
 
 FORMAT1 = Path(__file__).parents[1] / "data" / "format1.safetensors"
 FORMAT2 = FORMAT1.parent / "format2.safetensors"
+FORMAT3 = FORMAT1.parent / "format3.safetensors"
 
 
 def same(found: Any, expected: Any) -> bool:
@@ -47,18 +50,61 @@ def test_format1_file_loads_exactly(tmp_path: Path) -> None:
     model = state["model"]
     assert model["head.weight"] is model["embed.weight"]  # the tie survives
     assert statevault.verify(FORMAT1).ok
-    # re-saving writes format 2 with the same content
+    # re-saving writes format 3 with the same content
     statevault.save(state, tmp_path / "again.safetensors")
     with statevault.Checkpoint(tmp_path / "again.safetensors") as again:
-        assert again.format_version == 2
+        assert again.format_version == 3
         assert same(again.load(), expected)
 
 
-def test_save_writes_the_golden_format2_file_byte_for_byte(tmp_path: Path) -> None:
-    # pins the header encoder, layout and digests that save uses (see helpers.fixture_v2)
+def test_save_writes_the_golden_format3_file_byte_for_byte(tmp_path: Path) -> None:
+    # pins the header encoder, layout and per-block digests save uses (helpers.fixture_v3)
     path = tmp_path / "again.safetensors"
-    statevault.save(fixture_v2.expected_state(), path, metadata=fixture_v2.METADATA)
-    assert path.read_bytes() == FORMAT2.read_bytes()
+    fixture_v3.save(str(path))
+    assert path.read_bytes() == FORMAT3.read_bytes()
+
+
+def test_save_records_the_default_block_size(tmp_path: Path) -> None:
+    path = tmp_path / "default.safetensors"
+    statevault.save({"w": torch.ones(3)}, path)
+    with statevault.Checkpoint(path) as checkpoint:
+        assert checkpoint.format_version == 3
+        assert checkpoint.vault.block_bytes == metadata.BLOCK_BYTES == 8 << 20
+
+
+def test_golden_format3_file_loads_exactly_and_each_block_has_its_digest() -> None:
+    with statevault.Checkpoint(FORMAT3) as checkpoint:
+        assert checkpoint.format_version == 3 and checkpoint.vault.block_bytes == 64
+        assert dict(checkpoint.metadata) == {"format": "pt", **fixture_v3.METADATA}
+        digests = checkpoint.vault.checksums
+        four, short = fixture_v3.expected_state()["blocks"].values()
+        raw = four.numpy().tobytes()
+        assert digests["blocks.four"] == "".join(
+            _checksum.digest(raw[at : at + 64]) for at in range(0, 256, 64)
+        )
+        raw = short.numpy().tobytes()
+        assert digests["blocks.short_last"] == _checksum.digest(raw[:64]) + _checksum.digest(
+            raw[64:]
+        )
+        assert digests["model.empty"] == _checksum.digest(b"")
+        state = checkpoint.load()
+    assert same(state, fixture_v3.expected_state())
+    assert statevault.verify(FORMAT3).ok
+
+
+def test_a_damaged_block_is_named_by_load_and_verify(tmp_path: Path) -> None:
+    data = bytearray(FORMAT3.read_bytes())
+    with statevault.Checkpoint(FORMAT3) as checkpoint:
+        offset = checkpoint.tensors["blocks.four"].offset
+    data[offset + 2 * 64 + 5] ^= 0xFF  # a byte of the third block
+    path = tmp_path / "damaged.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(
+        ChecksumMismatchError, match=r"'blocks.four' is damaged in block 2 \(bytes 128-191\)"
+    ):
+        statevault.load(path)
+    report = statevault.verify(path)
+    assert [bad.name for bad in report.bad] == ["blocks.four"]
 
 
 def test_golden_format2_file_loads_exactly() -> None:
@@ -135,7 +181,8 @@ def test_the_test_writer_makes_a_file_that_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (format2_file(version=3), "newer statevault"),
+        (format2_file(version=4), "newer statevault"),
+        (format2_file(version=3), "block size None"),
         (format2_file(version=True), "no valid format version"),
         (format2_file(first=False), "does not begin with its header digest"),
         (format2_file(checksums='"checksums":"x"'), "checksums entry is damaged"),
@@ -161,7 +208,7 @@ def test_the_test_writer_makes_a_file_that_loads(tmp_path: Path) -> None:
         (format2_file(tree='{"tensor":"missing"}'), "unknown tensor"),
     ],
     ids=[
-        "newer", "bool-version", "digest-not-first", "checksums-not-object",
+        "newer", "format3-without-block", "bool-version", "digest-not-first", "checksums-not-object",
         "no-algorithm", "short-packed", "uppercase-packed", "other-algorithm", "aliases-list",
         "alias-dangles", "dtype-misfits", "tree-not-json", "tree-too-deep", "tree-unknown-tensor",
     ],

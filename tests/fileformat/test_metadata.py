@@ -1,4 +1,4 @@
-"""The save-side header (format 2): encoded once with blank digests, filled in place."""
+"""The save-side header (format 2 and 3): encoded once with blank digests, filled in place."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from statevault.errors import HeaderError
 from statevault.fileformat import checksums as _checksum
 from statevault.fileformat.container import TABLE_CHUNK, parse_header, plan_layout
 from statevault.fileformat.metadata import (
+    BLOCK_BYTES,
     FORMAT_KEY,
     LEAD,
     TREE_KEY,
@@ -38,12 +39,16 @@ def _reference(
     def build(header_digest: str) -> bytes:
         vault: dict[str, object] = {
             "header_digest": header_digest,
-            "version": 2,
+            "version": 3,
             "aliases": dict(info.aliases),
             "dtypes": dict(info.dtypes),
         }
         if digests is not None:
-            vault["checksums"] = {"algorithm": "xxh3-64", "packed": "".join(digests)}
+            vault["checksums"] = {
+                "algorithm": "xxh3-64",
+                "block_bytes": BLOCK_BYTES,
+                "packed": "".join(digests),
+            }
         metadata = {
             VAULT_KEY: json.dumps(vault, separators=(",", ":"), ensure_ascii=False),
             TREE_KEY: _checksum.canonical_json(info.tree),
@@ -122,3 +127,20 @@ def test_format2_decode_refuses_a_header_whose_digest_is_not_first() -> None:
         decode(parsed, source="t", signed=None)
     with pytest.raises(HeaderError, match="header checksum mismatch"):
         decode(parsed, source="t", signed=("0" * 16, "1" * 16))
+
+
+def test_format3_slots_hold_one_digest_per_block_and_decode_by_tensor() -> None:
+    # 8-byte blocks: 20 bytes is three blocks (the last short), 8 is one, 0 is one (empty)
+    entries = plan_layout([("a", "U8", (20,), 20), ("b", "U8", (8,), 8), ("c", "U8", (0,), 0)])
+    info = VaultInfo(version=3, tree={"tensor": "a"}, has_tree=True)
+    header = SlottedHeader(encoded_members(info), entries, {}, True, block_bytes=8)
+    per_tensor = {"a": ["1" * 16, "2" * 16, "3" * 16], "b": ["4" * 16], "c": ["5" * 16]}
+    for index, digests in enumerate(per_tensor.values()):
+        header.put(index, "".join(digests))
+    data = bytes(header.finish())
+    parsed = parse_header(data[8:], file_size=len(data) + 28, source="t")
+    decoded = decode(parsed, source="t", signed=signed_digest(data[:8], data[8:]))
+    assert decoded.version == 3 and decoded.block_bytes == 8
+    assert dict(decoded.checksums) == {name: "".join(d) for name, d in per_tensor.items()}
+    with pytest.raises(AssertionError, match="wrong length"):
+        header.put(0, "1" * 16)  # a three-block tensor needs three digests

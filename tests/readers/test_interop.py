@@ -63,7 +63,7 @@ def test_reference_reader_sees_our_metadata_and_format_pt(tmp_path: Path) -> Non
     with safetensors.safe_open(path, framework="pt") as reference:
         metadata = reference.metadata()
     assert metadata["run"] == "r1" and metadata["format"] == "pt"
-    assert json.loads(metadata["statevault"])["version"] == 2
+    assert json.loads(metadata["statevault"])["version"] == 3
 
 
 def reference_dtypes() -> list[torch.dtype]:

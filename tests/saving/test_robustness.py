@@ -338,12 +338,13 @@ HOSTILE_UNDER_LIMIT = """
 import resource, sys
 import statevault
 from statevault.errors import StateVaultError
+calls = (statevault.load, statevault.verify)  # loaded now: the package imports lazily
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 base = int(status["VmSize"].split()[0]) * 1024
 limit = base + 8 * int(sys.argv[1])  # a small multiple of the largest header, no more
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 for path in sys.argv[2:]:
-    for call in (statevault.load, statevault.verify):
+    for call in calls:
         try:
             report = call(path)
             print("ok" if report is None else f"report {type(report).__name__} {report.ok}")

@@ -281,7 +281,7 @@ def test_user_metadata_roundtrips(tmp_path: Path) -> None:
     statevault.save({"x": torch.ones(1)}, path, metadata={"run": "r1", "json": '{"a": 1}'})
     with statevault.Checkpoint(path) as checkpoint:
         assert dict(checkpoint.metadata) == {"format": "pt", "run": "r1", "json": '{"a": 1}'}
-        assert checkpoint.format_version == 2
+        assert checkpoint.format_version == 3
 
 
 def test_checksum_false_still_loads_and_has_no_checksums(tmp_path: Path) -> None:

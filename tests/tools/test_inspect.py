@@ -30,7 +30,7 @@ def test_statevault_file_summary_matches_the_saved_state(tmp_path: Path) -> None
 
     summary = statevault.inspect(path)
 
-    assert summary.kind == "statevault" and summary.format_version == 2
+    assert summary.kind == "statevault" and summary.format_version == 3
     assert summary.has_checksums
     assert summary.aliases == {"model.head.weight": "model.embed.weight"}
     assert len(summary.tensors) + len(summary.aliases) == tensor_count(state)

@@ -56,9 +56,9 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
         seen.read()
         return preadv(fd, buffers, offset)
 
-    def counted_digest(buffer: memoryview) -> str:
+    def counted_digest(buffer: memoryview, block_bytes: int | None = None) -> str:
         seen.digest()
-        return digest(buffer)
+        return digest(buffer, block_bytes)
 
     monkeypatch.setattr(os, "preadv", counted_preadv)
     monkeypatch.setattr(checksums, "digest", counted_digest)

@@ -27,7 +27,7 @@ import torch
 from statevault.engine import staging, tuning
 from statevault.engine.memory import ByteBuffer, remaining_after, tensor_memory
 from statevault.engine.storage import LOCAL_STORAGE, LocalFile
-from statevault.engine.verified import TensorBytes, check_bytes, ended_early
+from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_blocks
 from statevault.errors import CorruptFileError, StateVaultError, TruncatedFileError
 from statevault.fileformat.container import (
     PREFIX_BYTES,
@@ -47,7 +47,13 @@ HeaderDigest = Callable[[bytes, bytes], Any]
 
 
 class FileReader:
-    """An open checkpoint file: its validated header and verified reads of its tensors."""
+    """An open checkpoint file: its validated header and verified reads of its tensors.
+
+    ``block_bytes`` is None (one digest per tensor) until the opener, having decoded the
+    format's metadata, sets the block size that the file's digests cover (format 3).
+    """
+
+    block_bytes: int | None = None
 
     def __init__(
         self, path: str | os.PathLike[str], *, digest_header: HeaderDigest | None = None
@@ -100,7 +106,9 @@ class FileReader:
 
     def _tensor(self, entry: TensorEntry, expected: str | None) -> TensorBytes:
         base = self.header.data_offset + entry.start
-        return TensorBytes(self.file, base, entry.name, entry.nbytes, expected)
+        return TensorBytes(
+            self.file, base, entry.name, entry.nbytes, expected, block_bytes=self.block_bytes
+        )
 
     def read_into(self, entry: TensorEntry, dest: memoryview, expected: str | None) -> None:
         """Fill ``dest`` with the tensor's bytes, checking ``expected`` digest when given."""
@@ -134,7 +142,7 @@ class FileReader:
         if done != total:  # unreachable by construction; a cheap guard for future edits
             raise StateVaultError("internal error: batched read size mismatch")
         for (entry, _, expected), view in zip(batch, memory, strict=True):
-            check_bytes(self.path, entry.name, expected, view)
+            check_bytes(self.path, entry.name, expected, view, self.block_bytes)
 
     def read_rows(
         self, dests: Sequence[torch.Tensor | None], digests: Mapping[str, str] | None
@@ -147,13 +155,22 @@ class FileReader:
         tensor; None reads unverified. Large tensors are one task each (their checksum is a
         single stream, so one thread owns it), biggest first so both threads stay busy to
         the end; runs of small tensors back to back in the file are read by one ``preadv``.
+        Where the digests cover blocks (format 3), or none are checked, a large tensor is
+        split into block-aligned pieces instead, so every thread reads and checks any of
+        them, with requests large and many enough to keep a disk busy.
         """
         table = self.header.entries
         limit = tuning.VERIFY_CHUNK_BYTES if digests else tuning.BATCH_BYTES
+        piece = self.block_bytes if digests else tuning.SPLIT_BYTES
         tasks: list[tuple[int, Callable[[], None]]] = []
         for first, end, nbytes in plan_reads(table.starts, table.ends, dests, limit=limit):
-            tasks.append((nbytes, partial(self._read_rows, first, end, dests, digests)))
-        tasks.sort(key=lambda task: -task[0])
+            if piece is not None and end - first == 1 and nbytes > piece:
+                for at in range(0, nbytes, piece):
+                    size = min(piece, nbytes - at)
+                    tasks.append((size, partial(self._read_piece, first, at, size, dests, digests)))
+            else:
+                tasks.append((nbytes, partial(self._read_rows, first, end, dests, digests)))
+        tasks.sort(key=lambda task: -task[0])  # stable: a tensor's pieces stay in file order
         total = sum(size for size, _ in tasks)
         threads = min(len(tasks), os.cpu_count() or 1, tuning.MAX_THREADS)
         if threads <= 1 or total < tuning.PARALLEL_MIN_BYTES:
@@ -185,6 +202,35 @@ class FileReader:
         else:
             self.read_batch(jobs)
 
+    def _read_piece(
+        self,
+        row: int,
+        at: int,
+        size: int,
+        dests: Sequence[torch.Tensor | None],
+        digests: Mapping[str, str] | None,
+    ) -> None:
+        """One task of ``read_rows``: bytes ``at``..``at + size`` of a large tensor, checked."""
+        table, dest = self.header.entries, dests[row]
+        if dest is None:
+            raise StateVaultError("internal error: read task for an unwanted tensor")
+        name, nbytes = table.names[row], table.ends[row] - table.starts[row]
+        base = self.header.data_offset + table.starts[row]
+        view = tensor_memory(dest)[at : at + size]
+        expected = digests[name] if digests else None
+        request = tuning.VERIFY_CHUNK_BYTES if expected else tuning.CHUNK_BYTES
+        read_blocks(
+            self.file,
+            base,
+            name,
+            nbytes,
+            view,
+            at,
+            expected,
+            self.block_bytes,
+            request_bytes=request,
+        )
+
     def read_to_device(
         self,
         jobs: Sequence[ReadJob],
@@ -199,6 +245,7 @@ class FileReader:
             jobs,
             staging_bytes=tuning.STAGING_BYTES if staging_bytes is None else staging_bytes,
             buffers=tuning.STAGING_BUFFERS if buffers is None else buffers,
+            block_bytes=self.block_bytes,
         )
 
     def stream(

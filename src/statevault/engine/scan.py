@@ -72,7 +72,14 @@ class _Hasher:
         name = self.table.names[row]
         nbytes = self.table.ends[row] - self.table.starts[row]
         base = self.reader.header.data_offset + self.table.starts[row]
-        tensor = TensorBytes(self.reader.file, base, name, nbytes, self.digests[name])
+        tensor = TensorBytes(
+            self.reader.file,
+            base,
+            name,
+            nbytes,
+            self.digests[name],
+            block_bytes=self.reader.block_bytes,
+        )
         view = memoryview(bytearray(min(tuning.VERIFY_CHUNK_BYTES, nbytes)))
         for done in range(0, nbytes, len(view)):
             if stop.is_set():
@@ -94,10 +101,10 @@ class _Hasher:
         if len(view):
             short = _short(self.reader, first, 0)
             pread_exact(self.reader.fileno(), view, self.reader.header.data_offset + origin, short)
-        digest, digests = checksums.digest, self.digests
+        digest, digests, block = checksums.digest, self.digests, self.reader.block_bytes
         bad = []
         for row in range(first, end):
-            found = digest(view[starts[row] - origin : ends[row] - origin])
+            found = digest(view[starts[row] - origin : ends[row] - origin], block)
             if found != digests[names[row]]:
                 bad.append((row, found))
         if self.progress is not None:
@@ -170,7 +177,14 @@ class ChunkReader:
         row = table.row(name)
         nbytes = table.ends[row] - table.starts[row]
         base = self.reader.header.data_offset + table.starts[row]
-        tensor = TensorBytes(self.reader.file, base, name, nbytes, self.digests.get(name))
+        tensor = TensorBytes(
+            self.reader.file,
+            base,
+            name,
+            nbytes,
+            self.digests.get(name),
+            block_bytes=self.reader.block_bytes,
+        )
         step = tuning.VERIFY_CHUNK_BYTES
         for done in range(0, nbytes, chunk_bytes):
             piece = self._buffer_for(min(chunk_bytes, nbytes - done))
@@ -216,7 +230,8 @@ class RowReader:
             for row in rows[index : last + 1]:
                 view = self._buffer[at + starts[row] - origin : at + ends[row] - origin]
                 name = table.names[row]
-                check_bytes(self.reader.path, name, self.digests.get(name), view)
+                expected = self.digests.get(name)
+                check_bytes(self.reader.path, name, expected, view, self.reader.block_bytes)
                 views[name] = view
             at += span
             index = last + 1

@@ -62,8 +62,11 @@ def read_to_device(
     *,
     staging_bytes: int,
     buffers: int,
+    block_bytes: int | None = None,
 ) -> None:
-    """Read tensors into (GPU) device memory through ``buffers`` pinned host buffers."""
+    """Read tensors into (GPU) device memory through ``buffers`` pinned host buffers.
+
+    ``block_bytes``: the file's digests cover blocks of that size (format 3)."""
     if not jobs:
         return
     device = jobs[0][1].device
@@ -84,7 +87,9 @@ def read_to_device(
             return ended_early(file.name, entry.name, start + done, entry.nbytes)
 
         read_exact(file.readv, views[slot][:length], data_offset + entry.start + start, short)
-        _check_and_copy(file, data_offset, fill, host[slot], views[slot], checks, stream)
+        _check_and_copy(
+            file, data_offset, fill, host[slot], views[slot], checks, stream, block_bytes
+        )
         if stream is not None:
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(stream)
@@ -101,6 +106,7 @@ def _check_and_copy(
     view: memoryview,
     checks: dict[str, TensorBytes],
     stream: Any,
+    block_bytes: int | None,
 ) -> None:
     """Hash each piece of a filled buffer, then copy it to its device tensor (async on CUDA)."""
     at = 0
@@ -110,7 +116,7 @@ def _check_and_copy(
             if check is None:
                 base = data_offset + entry.start
                 check = checks[entry.name] = TensorBytes(
-                    file, base, entry.name, entry.nbytes, expected
+                    file, base, entry.name, entry.nbytes, expected, block_bytes=block_bytes
                 )
             check.hash(view[at : at + size])
             if start + size == entry.nbytes:

@@ -29,21 +29,55 @@ def ended_early(source: object, name: str, done: int, nbytes: int) -> TruncatedF
     )
 
 
-def damaged(source: object, name: str, expected: str | None, found: str) -> ChecksumMismatchError:
-    """The error for tensor ``name`` of ``source`` whose bytes hash to ``found``."""
+def damaged(
+    source: object,
+    name: str,
+    expected: str | None,
+    found: str,
+    *,
+    block_bytes: int | None = None,
+    first_block: int = 0,
+) -> ChecksumMismatchError:
+    """The error for tensor ``name`` of ``source`` whose bytes hash to ``found``.
+
+    ``block_bytes`` given (a tensor of several format-3 blocks; ``expected`` and ``found`` are
+    joined digests, the first being block ``first_block``): the message names the first
+    damaged block and its byte range.
+    """
+    chars, where = checksums.DIGEST_CHARS, ""
+    if block_bytes is not None and expected is not None:
+        bad = next(
+            (
+                at
+                for at in range(0, len(found), chars)
+                if found[at : at + chars] != expected[at : at + chars]
+            ),
+            0,
+        )
+        block = first_block + bad // chars
+        where = f" in block {block} (bytes {block * block_bytes}-{(block + 1) * block_bytes - 1})"
+        expected, found = expected[bad : bad + chars], found[bad : bad + chars]
     return ChecksumMismatchError(
-        f"{source}: tensor {name!r} is damaged: checksum expected "
+        f"{source}: tensor {name!r} is damaged{where}: checksum expected "
         f"{checksums.ALGORITHM} {expected}, found {found}. Restore the file from a good "
         "copy; load(..., verify=False) reads the damaged bytes anyway"
     )
 
 
-def check_bytes(source: object, name: str, expected: str | None, data: ByteBuffer | bytes) -> None:
+def check_bytes(
+    source: object,
+    name: str,
+    expected: str | None,
+    data: ByteBuffer | bytes,
+    block_bytes: int | None = None,
+) -> None:
     """Raise :func:`damaged` unless ``data``, one whole tensor read at once, has ``expected``."""
     if expected is not None:
-        found = checksums.digest(data)
+        found = checksums.digest(data, block_bytes)
         if found != expected:
-            raise damaged(source, name, expected, found)
+            several = block_bytes is not None and len(data) > block_bytes
+            located = block_bytes if several else None
+            raise damaged(source, name, expected, found, block_bytes=located)
 
 
 def read_exact(
@@ -70,10 +104,11 @@ class TensorBytes:
 
     ``expected`` None reads without hashing, unless ``always_hash`` (a scan that reports
     what it found rather than raising). Pieces must come in order; ``hash`` takes pieces a
-    batched read already brought in.
+    batched read already brought in. ``block_bytes``: the digests cover blocks of that size
+    (format 3), ``expected`` being all of the tensor's, joined.
     """
 
-    __slots__ = ("_base", "_file", "_hasher", "expected", "name", "nbytes")
+    __slots__ = ("_base", "_block", "_file", "_hasher", "expected", "name", "nbytes")
 
     def __init__(
         self,
@@ -84,14 +119,16 @@ class TensorBytes:
         expected: str | None,
         *,
         always_hash: bool = False,
+        block_bytes: int | None = None,
     ) -> None:
         self._file = file
+        self._block = block_bytes
         self._base = base  # where the tensor's first byte is in the object
         self.name = name
         self.nbytes = nbytes
         self.expected = expected
         hashing = expected is not None or always_hash
-        self._hasher = checksums.new_hasher() if hashing else None
+        self._hasher = checksums.new_hasher(block_bytes) if hashing else None
 
     def read(self, view: memoryview, at: int) -> None:
         """Fill ``view`` with the tensor's bytes from ``at`` and hash them."""
@@ -116,4 +153,51 @@ class TensorBytes:
         """After the last piece: raise :func:`damaged` if the bytes are not what was saved."""
         found = self.mismatch()
         if found is not None:
-            raise damaged(self._file.name, self.name, self.expected, found)
+            several = self._block is not None and self.nbytes > self._block
+            located = self._block if several else None
+            raise damaged(self._file.name, self.name, self.expected, found, block_bytes=located)
+
+
+def read_blocks(
+    file: StoredObject,
+    base: int,
+    name: str,
+    nbytes: int,
+    view: memoryview,
+    at: int,
+    expected: str | None,
+    block_bytes: int | None,
+    *,
+    request_bytes: int,
+) -> None:
+    """Fill ``view`` with bytes ``at``.. of a tensor and check the blocks it covers.
+
+    ``at`` is a block boundary and ``view`` ends at one or at the tensor's end, so the
+    piece is checked on its own, whichever thread reads it (format 3). Reads go in requests
+    of ``request_bytes``, each hashed as it lands. ``expected`` None reads unverified.
+    """
+    hasher = checksums.new_hasher(block_bytes) if expected is not None else None
+    short = partial(_short_at, file.name, name, nbytes, at)
+    for done in range(0, len(view), request_bytes):
+        piece = view[done : done + request_bytes]
+        read_exact(file.readv, piece, base + at + done, partial(_plus, short, done))
+        if hasher is not None:
+            hasher.update(piece)
+    if hasher is None or block_bytes is None or expected is None:
+        return
+    chars, first = checksums.DIGEST_CHARS, at // block_bytes
+    wanted = expected[
+        first * chars : (first + checksums.block_count(len(view), block_bytes)) * chars
+    ]
+    found: str = hasher.hexdigest()
+    if found != wanted:
+        located = block_bytes if nbytes > block_bytes else None
+        raise damaged(file.name, name, wanted, found, block_bytes=located, first_block=first)
+
+
+def _short_at(source: object, name: str, nbytes: int, at: int, done: int) -> Exception:
+    return ended_early(source, name, at + done, nbytes)
+
+
+def _plus(short: Callable[[int], Exception], offset: int, done: int) -> Exception:
+    return short(offset + done)

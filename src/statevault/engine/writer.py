@@ -43,9 +43,10 @@ class HeaderToFill(Protocol):
     """A header encoded before the data, with its tensor digests filled in while writing."""
 
     size: int  # its length in bytes: the data section starts right after it
+    block_bytes: int | None  # each digest covers a block of this size (None: a whole tensor)
 
     def put(self, index: int, digest: str) -> None:
-        """Record the digest of tensor ``entries[index]``'s bytes."""
+        """Record the digest(s) of tensor ``entries[index]``'s bytes (per block, joined)."""
 
     def finish(self) -> bytes | bytearray:
         """The complete header, once every digest has been put."""
@@ -155,6 +156,7 @@ def _write_small(
     sources: Sequence[Source],
     run: range,
     record: DigestSink | None,
+    block_bytes: int | None,
 ) -> None:
     """Queue a run of small tensors as one write; with ``record``, hash what is written.
 
@@ -173,7 +175,7 @@ def _write_small(
     at = 0
     for index, tensor in zip(run, tensors, strict=True):
         size = tensor.nbytes
-        record(index, checksums.digest(gathered[at : at + size]))
+        record(index, checksums.digest(gathered[at : at + size], block_bytes))
         at += size
     if buffers:
         appender.queue([gathered], [])
@@ -187,6 +189,7 @@ def _write_large(
     index: int,
     record: DigestSink | None,
     progress: Progress | None,
+    block_bytes: int | None,
 ) -> None:
     """Write a large tensor in chunks; with ``record``, hash each chunk as it is written.
 
@@ -196,7 +199,7 @@ def _write_large(
     function) is ours alone: it is hashed and written from its own memory.
     """
     tensor = _cpu_tensor(entry, source)  # held: ``view`` does not keep a copy made for us alive
-    hasher = checksums.new_hasher() if record is not None else None
+    hasher = checksums.new_hasher(block_bytes) if record is not None else None
     copy = hasher is not None and isinstance(source, torch.Tensor)  # the caller's memory
     stage, stage_view = staging.buffer() if copy else (0, None)
     view = tensor_memory(tensor)
@@ -222,6 +225,7 @@ def write_data(
     sources: Sequence[Source],
     record: DigestSink | None,
     progress: Progress | None,
+    block_bytes: int | None = None,
 ) -> None:
     """Write every tensor in file order from ``offset``, hashing exactly what is written.
 
@@ -240,10 +244,17 @@ def write_data(
             first = run[0]
             if len(run) == 1 and entries[first].nbytes >= tuning.SMALL_WRITE_BYTES:
                 _write_large(
-                    appender, staging, entries[first], sources[first], first, record, progress
+                    appender,
+                    staging,
+                    entries[first],
+                    sources[first],
+                    first,
+                    record,
+                    progress,
+                    block_bytes,
                 )
             else:
-                _write_small(appender, entries, sources, run, record)
+                _write_small(appender, entries, sources, run, record, block_bytes)
                 if progress is not None:  # queued: at most WRITE_AHEAD runs behind the disk
                     progress.advance(sum(entries[index].nbytes for index in run))
         appender.drain()
@@ -288,7 +299,7 @@ def write_contents(
     """Fill ``pending`` with a whole checkpoint: the data after ``header.size`` bytes, hashed
     as written, then the header at 0. Returns the header; committing is the caller's."""
     record = header.put if checksum else None
-    write_data(pending, header.size, entries, sources, record, progress)
+    write_data(pending, header.size, entries, sources, record, progress, header.block_bytes)
     complete = header.finish()
     if len(complete) != header.size:
         raise StateVaultError("internal error: header length changed after hashing")

@@ -5,19 +5,25 @@ dtypes of encoded tensors, tied-weight aliases, per-tensor checksums, and a dige
 whole header so that damage to names, shapes or metadata is caught, not only to tensor data.
 Plain safetensors files simply have none of this and load as flat state dicts.
 
-Format 2, which ``save`` writes, lays the header out as (``<...>`` filled in)::
+Format 3, which ``save`` writes, lays the header out as (``<...>`` filled in)::
 
-    {"__metadata__":{"statevault":"{\\"header_digest\\":\\"<16 hex>\\",\\"version\\":2,
+    {"__metadata__":{"statevault":"{\\"header_digest\\":\\"<16 hex>\\",\\"version\\":3,
       \\"aliases\\":{...},\\"dtypes\\":{...},\\"checksums\\":{\\"algorithm\\":\\"xxh3-64\\",
-      \\"packed\\":\\"<16 hex per tensor, in data order>\\"}}",
+      \\"block_bytes\\":<B>,\\"packed\\":\\"<16 hex per block of each tensor, in data order>\\"}}",
       "statevault.tree":"<skeleton JSON>","format":"pt",<user metadata>},<tensor table>}
 
 The header digest is the xxh3-64 of the file's first 8 + N bytes (length prefix and header)
 with its own 16 characters read as zeros. It sits at a fixed offset, so checking it is one
 hash over the header bytes, before and without any parsing. Digests are one string, not a
 name -> digest table, and the skeleton is a string of its own that only ``load`` parses:
-opening a 20,000-tensor file builds no per-tensor objects for either. Format 1 files (a
-canonical-JSON digest, ``_format1``) are still read.
+opening a 20,000-tensor file builds no per-tensor objects for either.
+
+Format 3 differs from format 2 only in its checksums: each tensor has one digest per
+``block_bytes`` block (the last one short; one for an empty tensor) instead of one for all
+its bytes, so any thread can read and check any block of a large tensor, and a partial read
+can check exactly the blocks it read. A tensor of at most one block has the same digest in
+both. Format 2 files (one digest per tensor) and format 1 files (a canonical-JSON digest,
+``_format1``) are still read.
 
 May import: ``statevault.errors`` and the other ``fileformat`` modules. Imported by: readers
 (decode) and saving (``SlottedHeader``).
@@ -29,6 +35,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from statevault.errors import HeaderError
@@ -47,7 +54,12 @@ from statevault.fileformat.tree import Skeleton
 VAULT_KEY = "statevault"
 TREE_KEY = "statevault.tree"
 FORMAT_KEY = "format"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Format 3's block: large enough that a block is one deep disk request and hashing it
+# costs one call, small enough that a 100 MiB tensor still splits over every core. Chosen
+# by measurement (see docs/performance.md, "Block size"; bench/block_ab.py).
+BLOCK_BYTES = 8 << 20
+MAX_BLOCK_BYTES = 1 << 40  # a larger recorded block is damage, not a choice we ever make
 RESERVED_KEYS = frozenset({VAULT_KEY, TREE_KEY})
 # How every format-2 header begins; the header digest's 16 characters follow.
 LEAD = f'{{"{METADATA_KEY}":{{"{VAULT_KEY}":"{{\\"header_digest\\":\\"'.encode()
@@ -68,6 +80,7 @@ class VaultInfo:
     # safetensors files have none, so presence cannot be inferred from ``tree``.
     has_tree: bool = False
     tree_text: str | None = None  # format 2: the skeleton as JSON, parsed when needed
+    block_bytes: int | None = None  # format 3: the block each digest covers (None: a tensor)
 
     @property
     def has_checksums(self) -> bool:
@@ -123,15 +136,25 @@ class SlottedHeader:
         entries: list[TensorEntry],
         user: Mapping[str, str],
         checksum: bool,
+        block_bytes: int | None = None,
     ) -> None:
+        block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes  # read at call time
         before_digest = '{"header_digest":"'
         lead = f'{before_digest}{_checksum.PLACEHOLDER}","version":{FORMAT_VERSION}'
         vault = [lead, f',"aliases":{members["aliases"]}', f',"dtypes":{members["dtypes"]}']
         before_packed = None
+        self.block_bytes: int | None = block_bytes
+        # where each tensor's first block digest goes, in digests from the packed string's start
+        self._first_block = list(
+            accumulate((_checksum.block_count(e.nbytes, block_bytes) for e in entries), initial=0)
+        )
         if checksum and entries:
-            vault.append(f',"checksums":{{"algorithm":"{_checksum.ALGORITHM}","packed":"')
+            vault.append(
+                f',"checksums":{{"algorithm":"{_checksum.ALGORITHM}",'
+                f'"block_bytes":{block_bytes},"packed":"'
+            )
             before_packed = "".join(vault)
-            vault.append(_checksum.PLACEHOLDER * len(entries))
+            vault.append(_checksum.PLACEHOLDER * self._first_block[-1])
             vault.append('"}')
         vault.append("}")
         metadata = {VAULT_KEY: "".join(vault)}
@@ -147,9 +170,12 @@ class SlottedHeader:
         )
 
     def put(self, index: int, digest: str) -> None:
+        """Record tensor ``index``'s digests (one per block, concatenated)."""
         assert self._packed_at is not None, "put() of a header saved without checksums"
-        offset = self._packed_at + index * _checksum.DIGEST_CHARS
-        self.data[offset : offset + _checksum.DIGEST_CHARS] = digest.encode("ascii")
+        first, end = self._first_block[index], self._first_block[index + 1]
+        assert len(digest) == (end - first) * _checksum.DIGEST_CHARS, "digest of wrong length"
+        offset = self._packed_at + first * _checksum.DIGEST_CHARS
+        self.data[offset : offset + len(digest)] = digest.encode("ascii")
 
     def finish(self) -> bytearray:
         """The complete header, once every tensor's digest has been ``put``."""
@@ -179,21 +205,50 @@ def signed_digest(prefix: bytes, raw: bytes) -> tuple[str, str] | None:
 
 
 class PackedDigests(Mapping[str, str]):
-    """Format 2's digests: name -> hex digest, sliced out of one string in data order."""
+    """Format 2 and 3's digests: name -> hex digest(s), sliced out of one string in data order.
 
-    def __init__(self, table: TensorTable, packed: str) -> None:
+    In format 3 a tensor's value is its blocks' digests, concatenated (``block_bytes``).
+    """
+
+    def __init__(
+        self,
+        table: TensorTable,
+        packed: str,
+        block_bytes: int | None = None,
+        first_blocks: list[int] | None = None,
+    ) -> None:
         self._table = table
         self._packed = packed
+        self.block_bytes: int | None = block_bytes
+        self._first = first_blocks  # format 3: each row's first digest (made on use if None)
+
+    def digest_range(self, row: int) -> tuple[int, int]:
+        """Character range of tensor ``row``'s digests in the packed string."""
+        chars = _checksum.DIGEST_CHARS
+        if self.block_bytes is None:
+            return row * chars, (row + 1) * chars
+        if self._first is None:
+            self._first = _first_blocks(self._table, self.block_bytes)
+        return self._first[row] * chars, self._first[row + 1] * chars
 
     def __getitem__(self, name: str) -> str:
-        start = self._table.row(name) * _checksum.DIGEST_CHARS
-        return self._packed[start : start + _checksum.DIGEST_CHARS]
+        start, end = self.digest_range(self._table.row(name))
+        return self._packed[start:end]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._table)
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+def _first_blocks(table: TensorTable, block_bytes: int) -> list[int]:
+    """Index of each row's first block digest, plus the total, for format 3's packed string."""
+    counts = (
+        _checksum.block_count(end - start, block_bytes)
+        for start, end in zip(table.starts, table.ends, strict=True)
+    )
+    return list(accumulate(counts, initial=0))
 
 
 def decode(header: Header, *, source: str, signed: tuple[str, str] | None = None) -> VaultInfo:
@@ -259,34 +314,42 @@ def _decode_format2(
     if signed != (recorded, recorded):
         raise _mismatch(source, recorded, signed[1])
     tree_text = header.metadata.get(TREE_KEY)
+    digests = _packed_digests(stored.get("checksums"), header.entries, stored["version"], source)
     return VaultInfo(
         version=stored["version"],
         has_tree=tree_text is not None,
         tree_text=tree_text,
-        checksums=_packed_digests(stored.get("checksums"), header.entries, source),
+        checksums=digests,
         aliases=_string_map(stored.get("aliases", {}), "alias", source),
         dtypes=_string_map(stored.get("dtypes", {}), "dtype", source),
         header_digest=recorded,
+        block_bytes=digests.block_bytes if isinstance(digests, PackedDigests) else None,
     )
 
 
-def _packed_digests(value: Any, table: TensorTable, source: str) -> Mapping[str, str]:
+def _packed_digests(value: Any, table: TensorTable, version: int, source: str) -> Mapping[str, str]:
     if value is None:
         return {}
     packed = value.get("packed") if isinstance(value, dict) else None
     algorithm = value.get("algorithm") if isinstance(value, dict) else None
-    expected = len(table) * _checksum.DIGEST_CHARS
-    if not isinstance(packed, str) or algorithm != _checksum.ALGORITHM:
+    block = value.get("block_bytes") if isinstance(value, dict) and version >= 3 else None
+    if version >= 3 and (type(block) is not int or not 1 <= block <= MAX_BLOCK_BYTES):
+        problem = f"block size {brief(block)} (expected a positive integer of bytes)"
+    elif not isinstance(packed, str) or algorithm != _checksum.ALGORITHM:
         problem = f"algorithm {brief(algorithm)} (expected {_checksum.ALGORITHM!r}) or no digests"
-    elif len(packed) != expected:
+    elif len(packed) != (
+        expected := _checksum.DIGEST_CHARS
+        * (len(table) if block is None else (first := _first_blocks(table, block))[-1])
+    ):
+        what = "tensors" if block is None else f"tensors in {block}-byte blocks"
         problem = (
-            f"{len(packed)} characters of digests for {len(table)} tensors "
+            f"{len(packed)} characters of digests for {len(table)} {what} "
             f"(expected {expected}: {_checksum.DIGEST_CHARS} each)"
         )
     elif not _HEX_DIGESTS.fullmatch(packed):
         problem = "digests that are not lower-case hex"
     else:
-        return PackedDigests(table, packed)
+        return PackedDigests(table, packed, block, first if block is not None else None)
     raise HeaderError(f"{source}: statevault checksums entry is damaged: {problem}; header damaged")
 
 

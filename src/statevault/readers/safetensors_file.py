@@ -66,6 +66,7 @@ class SafetensorsCheckpoint(Checkpoint):
             self._listing = listing
             header = self._reader.header
             self._vault = decode(header, source=self.label, signed=self._reader.signed_digest)
+            self._reader.block_bytes = self._vault.block_bytes  # what each digest covers
             self.format_version = self._vault.version
             self.kind = (
                 CheckpointKind.SAFETENSORS
