@@ -75,6 +75,9 @@ def test_the_directory_is_one_statevault_file_and_a_json_index(tmp_path: Path) -
     assert statevault.verify(tmp_path / names[0]).ok
     stored = statevault.load(tmp_path / names[0])
     assert torch.equal(stored["model.weight"], _state()["model"]["weight"])
+    whole = statevault.load(tmp_path)  # the directory, without torch.distributed
+    assert sorted(whole) == ["empty", "model.half", "model.tied", "model.weight", "view"]
+    assert torch.equal(whole["view"], _state()["view"])
 
 
 def test_async_save(tmp_path: Path) -> None:
