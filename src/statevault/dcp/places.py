@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from statevault.engine.storage import LOCAL_STORAGE, LocalStorage, Storage
+from statevault.engine.fsspec_storage import StorageOptions, storage_for
+from statevault.engine.storage import LocalStorage, Storage
 
 
 def joined(directory: str, name: str) -> str:
@@ -27,5 +28,8 @@ def make_directory(storage: Storage, directory: str) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
 
 
-def default_storage(storage: Storage | None) -> Storage:
-    return LOCAL_STORAGE if storage is None else storage
+def chosen_storage(
+    path: str, storage: Storage | None, storage_options: StorageOptions | None
+) -> Storage:
+    """``storage`` when given, else the one ``path`` names (a URL: fsspec; a path: disk)."""
+    return storage_for(path, storage_options) if storage is None else storage

@@ -27,9 +27,10 @@ from torch.futures import Future
 
 from statevault.dcp.byte_ranges import box_runs
 from statevault.dcp.index_codec import StoredChunk, metadata_of
-from statevault.dcp.places import checkpoint_dir, default_storage, joined
+from statevault.dcp.places import checkpoint_dir, chosen_storage, joined
 from statevault.dcp.rank_files import RankFile
 from statevault.engine import tuning
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.memory import tensor_memory
 from statevault.engine.storage import Storage
 from statevault.errors import CheckpointNotFoundError, HeaderError, StateVaultError
@@ -57,12 +58,13 @@ class Reader(StorageReader):
         *,
         verify: bool = True,
         storage: Storage | None = None,
+        storage_options: StorageOptions | None = None,
         threads: int | None = None,
     ) -> None:
         super().__init__()
         self.path = checkpoint_dir(path)
         self.verify = verify
-        self.storage = default_storage(storage)
+        self.storage = chosen_storage(self.path, storage, storage_options)
         self.threads = threads if threads is not None else tuning.MAX_THREADS
         self.load_id = secrets.token_hex(8)
         self.stored: dict[Any, StoredChunk] = {}

@@ -28,7 +28,8 @@ from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
 from statevault.dcp.index_codec import StoredChunk, index_of
-from statevault.dcp.places import checkpoint_dir, default_storage, joined, make_directory
+from statevault.dcp.places import checkpoint_dir, chosen_storage, joined, make_directory
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.storage import Storage
 from statevault.errors import UnsupportedObjectError
 from statevault.fileformat.dcp_index import INDEX_NAME, RANK_FILE, Place, encode, rank_file_name
@@ -77,12 +78,13 @@ class Writer(StorageWriter):
         checksum: bool = True,
         fsync: bool = True,
         storage: Storage | None = None,
+        storage_options: StorageOptions | None = None,
     ) -> None:
         super().__init__()
         self.path = checkpoint_dir(path)
         self.checksum = checksum
         self.fsync = fsync
-        self.storage = default_storage(storage)
+        self.storage = chosen_storage(self.path, storage, storage_options)
         self.save_id = secrets.token_hex(8)
         self.rank = 0
 

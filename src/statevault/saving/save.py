@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions, storage_for
 from statevault.engine.progress import Progress
-from statevault.engine.storage import LOCAL_STORAGE, Name, Storage
+from statevault.engine.storage import Name, Storage
 from statevault.engine.ties import find_ties
 from statevault.engine.writer import Source, write_atomically
 from statevault.errors import UnsupportedObjectError
@@ -166,6 +167,7 @@ def save(
     checksum: bool = True,
     fsync: bool = True,
     progress: Progress | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> None:
     """Save a module's state, a state dict or training state to ``destination``, atomically.
 
@@ -177,6 +179,8 @@ def save(
     is replaced and keeps its mode; directories, special and unwritable files are refused;
     OS errors raise ``CheckpointWriteError`` (an ``OSError``). See docs/saving.md.
     ``progress`` hears the bytes to write, then each piece written (the CLI draws a bar).
+    ``destination`` may be a URL (``s3://bucket/key``, any fsspec scheme) configured by
+    ``storage_options`` (passed to fsspec); the object appears whole when its upload ends.
 
     Example::
 
@@ -187,7 +191,7 @@ def save(
     save_to(
         obj,
         destination,
-        storage=LOCAL_STORAGE,
+        storage=storage_for(destination, storage_options),
         metadata=metadata,
         checksum=checksum,
         fsync=fsync,
