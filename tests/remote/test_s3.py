@@ -16,6 +16,7 @@ import torch.distributed.checkpoint as dcp
 
 import statevault
 from statevault.dcp import Reader, Writer
+from statevault.dcp.rank_files import RankFile
 from statevault.engine.fsspec_storage import FsspecStorage
 from statevault.errors import (
     CheckpointNotFoundError,
@@ -51,8 +52,6 @@ def test_dcp_round_trip_on_s3(s3: dict[str, Any]) -> None:
 
 
 def test_reading_one_tensor_fetches_only_its_header_and_bytes(s3: dict[str, Any]) -> None:
-    from statevault.dcp.rank_files import RankFile
-
     big = {f"t{i}": torch.randn(256, 256) for i in range(8)}  # 2 MiB
     statevault.save(big, "s3://bucket/big.safetensors", storage_options=s3)
     storage = FsspecStorage.for_url("s3://bucket", s3)
@@ -135,3 +134,27 @@ def test_a_checkpoint_without_its_index_is_not_loadable(s3: dict[str, Any]) -> N
     _fs(s3).rm_file("bucket/ckpt/statevault-dcp.json")
     with pytest.raises(CheckpointNotFoundError, match="written last"):
         Reader("s3://bucket/ckpt", storage_options=s3).read_metadata()
+
+
+def test_a_failed_upload_leaves_the_previous_object_and_no_spool(
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "s3://bucket/model.safetensors"
+    statevault.save({"w": torch.ones(4)}, url, storage_options=s3)
+    storage = FsspecStorage.for_url(url, s3)
+    spools: list[str] = []
+
+    def dropped(local: str, remote: str, **options: Any) -> None:
+        spools.append(local)
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(type(storage.fs), "put_file", lambda self, *a, **k: dropped(*a, **k))
+    with pytest.raises(CheckpointWriteError, match="previous object, if any, is intact"):
+        statevault.save({"w": torch.zeros(4)}, url, storage_options=s3)
+    monkeypatch.undo()
+    assert spools and not Path(spools[0]).exists()
+    rank_file = RankFile(FsspecStorage.for_url(url, s3), url)
+    out = torch.empty(4)
+    view = memoryview(out.numpy()).cast("B")
+    rank_file.read_into(rank_file.entry("w"), view, 0)
+    assert torch.equal(out, torch.ones(4))

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
@@ -50,15 +50,19 @@ def _stored_key(item: WriteItem) -> str:
     return f"{item.index.fqn}@{','.join(map(str, offsets))}"
 
 
-def _as_tensor(item: WriteItem, data: torch.Tensor | io.BytesIO) -> torch.Tensor:
-    if item.type == WriteItemType.BYTE_IO:
-        assert isinstance(data, io.BytesIO)
+def _as_tensor(item: WriteItem, data: object) -> torch.Tensor:
+    """A piece as a tensor to store: a bytes item's serialised value becomes uint8."""
+    if isinstance(data, io.BytesIO):
         raw = bytearray(data.getbuffer())
-        if not raw:
-            return torch.empty(0, dtype=torch.uint8)
-        return torch.frombuffer(raw, dtype=torch.uint8)
-    assert isinstance(data, torch.Tensor)
-    return data.detach()
+        return (
+            torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        )
+    if isinstance(data, torch.Tensor):
+        return data.detach()
+    raise UnsupportedObjectError(
+        f"{item.index.fqn}: the save planner resolved it to {type(data).__name__}, not a "
+        "tensor or bytes; statevault.dcp stores what DCP's planners produce"
+    )
 
 
 class Writer(StorageWriter):
