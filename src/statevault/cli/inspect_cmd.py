@@ -60,6 +60,7 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
             "safetensors": "plain safetensors",
             "sharded": "sharded checkpoint",
             "folder": "checkpoint folder",
+            "dcp": "distributed checkpoint (statevault.dcp)",
         }.get(summary.kind, f"{summary.kind} (weights-only loader)")
     if summary.has_checksums:
         checks = "xxh3-64 checksums"

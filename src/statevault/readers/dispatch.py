@@ -16,6 +16,7 @@ import torch
 
 from statevault.errors import CheckpointNotFoundError, UnsupportedObjectError
 from statevault.readers.base import Checkpoint
+from statevault.readers.dcp_checkpoint import DcpCheckpoint, is_dcp_directory
 from statevault.readers.folders import open_folder
 from statevault.readers.in_memory import MemoryCheckpoint
 from statevault.readers.sharded import ShardedCheckpoint
@@ -37,6 +38,8 @@ def open_any(
         path = Path(source)
         if not os.path.lexists(path):  # a symlink loop exists: opening it says so
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
+        if path.is_dir() and is_dcp_directory(path):
+            return DcpCheckpoint.from_directory(path)
         if path.is_dir():
             return open_folder(path, weights=weights)
         kind = checkpoint_file_kind(path)

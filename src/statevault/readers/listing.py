@@ -21,6 +21,7 @@ class CheckpointKind(StrEnum):
     TORCH_LEGACY = "torch-legacy"  # torch.save's format before 1.6
     SHARDED = "sharded"  # an index and its shards
     FOLDER = "folder"  # several kinds of state, read as {key: state}
+    DCP = "dcp"  # a torch.distributed.checkpoint directory written by statevault.dcp
     MEMORY = "memory"  # a state dict already in memory
 
 

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions, storage_for
 from statevault.engine.progress import Progress
 from statevault.engine.storage import LOCAL_STORAGE, Name, Storage
 from statevault.engine.ties import find_ties
@@ -196,6 +197,7 @@ def save(
     fsync: bool = True,
     progress: Progress | None = None,
     max_shard_size: int | str | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> None:
     """Save a module's state, a state dict or training state to ``destination``, atomically.
 
@@ -209,6 +211,8 @@ def save(
     ``progress`` hears the bytes to write, then each piece written (the CLI draws a bar).
     ``max_shard_size`` (bytes, or "5GB" in decimal units) writes Hugging Face shards and
     their index beside ``destination``, replaced as a whole (docs/sharding.md).
+    ``destination`` may be a URL (``s3://bucket/key``, any fsspec scheme) configured by
+    ``storage_options`` (passed to fsspec); the object appears whole when its upload ends.
 
     Example::
 
@@ -219,7 +223,7 @@ def save(
     save_to(
         obj,
         destination,
-        storage=LOCAL_STORAGE,
+        storage=storage_for(destination, storage_options),
         metadata=metadata,
         checksum=checksum,
         fsync=fsync,
