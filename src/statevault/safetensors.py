@@ -106,8 +106,7 @@ def _as_caught() -> Iterator[None]:
         raise
     except StateVaultError as exc:
         both = _with_reference_error(type(exc))
-        copy = both.__new__(both)
-        copy.args = exc.args
+        copy = both(*exc.args)  # OSError kinds keep their errno, set from the arguments
         copy.__dict__.update(exc.__dict__)
         raise copy from exc
 
@@ -117,7 +116,7 @@ _DUAL: dict[type[StateVaultError], type[StateVaultError]] = {}
 
 def _with_reference_error(cls: type[StateVaultError]) -> type[StateVaultError]:
     if cls not in _DUAL:
-        _DUAL[cls] = type(cls.__name__, (cls, SafetensorError), {"__module__": cls.__module__})
+        _DUAL[cls] = type(cls.__name__, (cls, SafetensorError), {"__module__": __name__})
     return _DUAL[cls]
 
 

@@ -338,6 +338,14 @@ def test_reading_errors_are_caught_as_safetensors_errors(
             call()
 
 
+@pytest.mark.parametrize("api", BOTH)
+def test_a_save_into_a_missing_directory_is_a_safetensors_error(
+    tmp_path: Path, api: SimpleNamespace
+) -> None:
+    with pytest.raises(safetensors.SafetensorError):
+        api.save_file({"a": torch.ones(2)}, tmp_path / "absent" / "a.safetensors")
+
+
 def test_signatures_match_the_reference() -> None:
     for name in ("save_file", "load_file", "save", "load", "save_model", "load_model"):
         ours = inspect.signature(getattr(OURS, name)).parameters
