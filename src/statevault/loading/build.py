@@ -33,7 +33,7 @@ from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fixes import Call, EntryPoint
 from statevault.loading.initialise import initialise
-from statevault.loading.keymap import Prefixes, Rename
+from statevault.loading.keymap import KeySelection, Prefixes, Rename
 from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
@@ -108,7 +108,16 @@ def _restore(slots: Sequence[_Slot]) -> None:
 
 
 # the load options build_model and materialize take (load_into's, less dry_run and assign)
-_BUILD_OPTIONS = ("strict", "verify", "prefix", "strip_prefix", "rename", "auto_fix", "dtype")
+_BUILD_OPTIONS = (
+    "strict",
+    "verify",
+    "prefix",
+    "strip_prefix",
+    "rename",
+    "auto_fix",
+    "dtype",
+    "keys",
+)
 
 
 def _materialize(
@@ -133,15 +142,17 @@ def _materialize(
         return load_with(module, source, call=call, options=replace(options, dry_run=dry_run))
 
     try:
-        if not strict:  # initialise first: what the file then fills is overwritten
+        # initialise first what the file will not fill: the load then overwrites the rest
+        if not strict or options.keys is not None:
             planned = load(dry_run=True)
-            todo = [k for k in (*planned.missing_keys, *planned.skipped) if k in fresh]
+            left_out = (*planned.missing_keys, *planned.skipped, *planned.not_requested)
+            todo = [k for k in left_out if k in fresh]
             if todo:
                 notes, initialised = initialise(module, todo, fresh, planned.source)
         report = load(dry_run=False)
         unfilled = [
             k
-            for k in (*report.missing_keys, *report.skipped)
+            for k in (*report.missing_keys, *report.skipped, *report.not_requested)
             if k in fresh and k not in initialised
         ]
         if unfilled:  # a load hook changed the keys after the plan
@@ -178,6 +189,7 @@ def materialize(
     rename: Rename | None = None,
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
+    keys: KeySelection | None = None,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
@@ -186,10 +198,10 @@ def materialize(
     :func:`load_into`'s. With ``strict=True`` missing, unexpected or mismatched keys raise
     :class:`StateDictMismatchError`. With ``strict=False`` tensors the file does not fill
     (missing, or skipped for their shape) get the module's own initialisation (see
-    :func:`build_model`) and ``report.initialised`` lists them. On any error the module is
-    left as it was, on meta.
+    :func:`build_model`) and ``report.initialised`` lists them, as are the keys ``keys=``
+    leaves out (``report.not_requested``). On any error the module is left as it was, on meta.
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype)
+    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
     call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
     return _materialize(module, source, call=call, options=options, device=device)
@@ -235,6 +247,7 @@ def build_model(
     rename: Rename | None = None,
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
+    keys: KeySelection | None = None,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
@@ -245,14 +258,15 @@ def build_model(
     does not fill (missing, or skipped because its shape differs, e.g. a new classification
     head) is initialised as the model's constructor would have: by the enclosing
     transformers-style ``_init_weights(module)`` where the model has one, otherwise by the
-    module's ``reset_parameters()``; never left as uninitialised memory. The report is logged
+    module's ``reset_parameters()``; never left as uninitialised memory. So are the keys
+    ``keys=`` leaves out, whatever ``strict`` is. The report is logged
     as a warning when it is not clean (use :func:`skip_init` + :func:`materialize` to get it).
 
     Example::
 
         model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype)
+    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
     given = {
         "args": tuple(args) if isinstance(args, list) else args,
         "kwargs": kwargs,

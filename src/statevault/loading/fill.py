@@ -143,7 +143,7 @@ def fill_with_torch(
         state._metadata = _by_model_names(versions, planned)  # type: ignore[attr-defined]
     result = torch_load_state_dict(module, state, assign=assign)
     del state
-    expected_absent = set(report.skipped)
+    expected_absent = {*report.skipped, *report.not_requested}
     if not assign:  # assigned tensors replace one side of a tie; the other is not filled
         expected_absent |= {t.key for t in report.tied if t.how is TieStatus.FILLED_THROUGH_TIE}
     missing = [k for k in result.missing_keys if k not in expected_absent]

@@ -13,6 +13,9 @@ Pure functions over lists of names (no torch, no I/O). The steps run in this ord
 4. ``rename``: ``(regex, replacement)`` pairs applied in order with ``re.sub``, or a callable.
 5. ``auto_fix`` again, the other way round: when the *model* is the wrapped one (a DDP or
    compiled model loading a plain checkpoint), checkpoint keys get the model's wrapper names.
+6. ``keys``: a regex searched in each name, or a callable name -> bool, selects a subset by
+   the *model's* names (after the steps above); checkpoint keys outside it are ignored, like
+   those outside ``prefix``. Model keys outside it are the caller's to report (not requested).
 
 Explicit steps (2-4) that map two checkpoint keys onto one name raise
 :class:`~statevault.errors.KeyMappingError`; automatic steps just stand down and say so. A
@@ -36,6 +39,8 @@ from statevault.reports.load_entries import AppliedMapping
 Rename = Sequence[tuple[str, str]] | Callable[[str], str]
 # one prefix, or several: the first one a key starts with is removed
 Prefixes = str | Sequence[str]
+# a subset of tensor names: a regex searched in each name, or a callable name -> bool
+KeySelection = str | Callable[[str], bool]
 
 # Wrapper attribute -> what put it there. ``module`` only counts as a leading prefix shared by
 # every key (a user's own submodule may be called "module"); the others are unambiguous anywhere.
@@ -53,7 +58,7 @@ class KeyMap:
     """The result of mapping: model-side name -> checkpoint name, plus what was done."""
 
     pairs: dict[str, str]  # mapped name -> checkpoint name, in checkpoint order
-    ignored: tuple[str, ...] = ()  # checkpoint keys left out by prefix=
+    ignored: tuple[str, ...] = ()  # checkpoint keys left out by prefix= or keys=
     applied: tuple[AppliedMapping, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -251,14 +256,51 @@ def _rename_pairs(rename: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return pairs
 
 
+def key_selector(keys: KeySelection) -> Callable[[str], bool]:
+    """``keys=`` as a test on one name: a regex is searched in it (``re.search``), a callable
+    is called and must return a bool. A bad regex or type raises InvalidArgumentError."""
+    if callable(keys):
+        label = getattr(keys, "__name__", type(keys).__name__)
+
+        def chosen(name: str) -> bool:
+            answer = keys(name)
+            if not isinstance(answer, bool):
+                raise InvalidArgumentError(
+                    f"keys=: {label}({name!r}) returned {answer!r}; a keys function must return "
+                    "True (load the key) or False"
+                )
+            return answer
+
+        return chosen
+    if not isinstance(keys, str):
+        raise InvalidArgumentError(
+            f"keys={keys!r:.80} selects nothing: pass a regular expression (str) searched in "
+            "each name, or a function from a name to True/False"
+        )
+    try:
+        pattern = re.compile(keys)
+    except re.error as exc:
+        raise InvalidArgumentError(
+            f"keys={keys!r} is not a valid regular expression: {exc}"
+        ) from None
+    return lambda name: pattern.search(name) is not None
+
+
 def check_name_options(
-    *, prefix: object = None, strip_prefix: object = None, rename: object = None
+    *,
+    prefix: object = None,
+    strip_prefix: object = None,
+    rename: object = None,
+    keys: object = None,
 ) -> None:
-    """Refuse a ``prefix``, ``strip_prefix`` or ``rename`` of the wrong type, naming it.
+    """Refuse a ``prefix``, ``strip_prefix``, ``rename`` or ``keys`` of the wrong type, naming it.
 
     ``prefix`` selects one sub-tree: a non-empty str. ``strip_prefix``: see
-    :func:`strip_prefixes`. ``rename``: (regex, replacement) pairs or a callable.
+    :func:`strip_prefixes`. ``rename``: (regex, replacement) pairs or a callable. ``keys``:
+    see :func:`key_selector`.
     """
+    if keys is not None:
+        key_selector(keys)  # type: ignore[arg-type]
     if prefix is not None and (not isinstance(prefix, str) or not prefix):
         raise InvalidArgumentError(
             f"prefix={prefix!r} is not a prefix: pass one non-empty str such as 'backbone.' "
@@ -301,9 +343,10 @@ def map_keys(
     strip_prefix: Prefixes | None = None,
     rename: Rename | None = None,
     auto_fix: bool = True,
+    keys: KeySelection | None = None,
 ) -> KeyMap:
     """Map checkpoint keys into the model's namespace (see the module docstring for the steps)."""
-    check_name_options(prefix=prefix, strip_prefix=strip_prefix, rename=rename)
+    check_name_options(prefix=prefix, strip_prefix=strip_prefix, rename=rename, keys=keys)
     mapper = _Mapper(checkpoint_keys)
     if auto_fix:
         _unwrap_checkpoint(mapper, model_keys)
@@ -338,6 +381,13 @@ def map_keys(
             mapper.apply(rule, "rename", new)
     if auto_fix:
         _wrap_for_model(mapper, model_keys)
+    if keys is not None:
+        wanted = key_selector(keys)
+        kept = [i for i, name in enumerate(mapper.current) if wanted(name)]
+        kept_set = set(kept)
+        ignored += [mapper.originals[i] for i in range(len(mapper.current)) if i not in kept_set]
+        mapper.originals = [mapper.originals[i] for i in kept]
+        mapper.current = [mapper.current[i] for i in kept]
     return KeyMap(
         pairs=dict(zip(mapper.current, mapper.originals, strict=True)),
         ignored=tuple(ignored),

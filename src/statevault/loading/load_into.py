@@ -25,7 +25,7 @@ from statevault.errors import MetaDeviceError, StateDictMismatchError, Unsupport
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fill import fill_in_place, fill_with_torch, torch_load_reason
 from statevault.loading.fixes import Call, EntryPoint
-from statevault.loading.keymap import Prefixes, Rename
+from statevault.loading.keymap import KeySelection, Prefixes, Rename
 from statevault.loading.module_state import model_state
 from statevault.loading.options import LoadOptions, describe_call
 from statevault.loading.plan import LoadPlan, plan
@@ -142,6 +142,7 @@ def load_into(
     dtype: DtypeLike | None = None,
     dry_run: bool = False,
     assign: bool = False,
+    keys: KeySelection | None = None,
 ) -> LoadReport:
     """Load a checkpoint (any file or folder :class:`Checkpoint` opens, or a state dict)
     into ``module``; a training folder gives its model weights.
@@ -157,7 +158,10 @@ def load_into(
     unambiguous; ``prefix="backbone."`` loads only that sub-tree of the checkpoint (the other
     keys are ignored, not unexpected); ``strip_prefix`` removes a prefix from the keys that have
     it (a str, or a sequence of them: the first one a key starts with); ``rename`` is
-    ``[(regex, replacement), ...]`` or a callable. ``dtype`` (``torch.bfloat16`` or a name
+    ``[(regex, replacement), ...]`` or a callable. ``keys`` (a regex searched in each of the
+    model's names, or a callable name -> bool) loads only those keys: the model's other keys
+    are left as they are and listed in ``report.not_requested`` (not missing, so strict does
+    not refuse them), checkpoint keys outside it are ignored. ``dtype`` (``torch.bfloat16`` or a name
     such as ``"bf16"``) converts the module's floating-point tensors to that dtype and loads
     into them. ``dry_run`` only reports (strict still raises); ``verify`` checks tensor
     checksums while reading. A bad option raises :class:`InvalidArgumentError` before the
@@ -176,7 +180,7 @@ def load_into(
         print(report)  # Loaded 2 of 2 model tensor(s) from ...: all keys matched successfully
     """
     options = LoadOptions(
-        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, dry_run, assign
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, dry_run, assign, keys
     )
     call = describe_call(EntryPoint.LOAD_INTO, "model", source, options.given())
     return load_with(module, source, call=call, options=options)
@@ -194,6 +198,7 @@ def load_model(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     assign: bool = False,
+    keys: KeySelection | None = None,
 ) -> LoadReport:
     """Load ``source`` into the existing ``model``, as ``safetensors.torch.load_model`` does.
 
@@ -206,7 +211,7 @@ def load_model(
         report = statevault.load_model(model, "model.safetensors")
     """
     options = LoadOptions(
-        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, assign=assign
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, assign=assign, keys=keys
     )
     call = describe_call(EntryPoint.LOAD_MODEL, "model", source, options.given())
     return load_with(model, source, call=call, options=options)
@@ -221,6 +226,7 @@ def check(
     rename: Rename | None = None,
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
+    keys: KeySelection | None = None,
 ) -> LoadReport:
     """What :func:`load_into` would do, without touching the module or reading tensor data.
 
@@ -241,8 +247,9 @@ def check(
         auto_fix=auto_fix,
         dtype=dtype,
         dry_run=True,
+        keys=keys,
     )
-    given = options.given("prefix", "strip_prefix", "rename", "auto_fix", "dtype")
+    given = options.given("prefix", "strip_prefix", "rename", "auto_fix", "dtype", "keys")
     return load_with(
         module,
         source,

@@ -22,7 +22,7 @@ import torch
 
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.loading.fixes import Call, EntryPoint, literal
-from statevault.loading.keymap import Prefixes, Rename, check_name_options
+from statevault.loading.keymap import KeySelection, Prefixes, Rename, check_name_options
 from statevault.readers.dispatch import Source
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
 
@@ -48,9 +48,12 @@ class LoadOptions:
     dtype: DtypeLike | None = None
     dry_run: bool = False
     assign: bool = False
+    keys: KeySelection | None = None
 
     def __post_init__(self) -> None:
-        check_name_options(prefix=self.prefix, strip_prefix=self.strip_prefix, rename=self.rename)
+        check_name_options(
+            prefix=self.prefix, strip_prefix=self.strip_prefix, rename=self.rename, keys=self.keys
+        )
         _ = self.float_dtype  # refuses a dtype that is not a floating-point one
 
     @property

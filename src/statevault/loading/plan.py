@@ -27,7 +27,7 @@ from statevault.errors import UnsupportedObjectError
 from statevault.fileformat.dtypes import dtype_name
 from statevault.loading.diagnose import diagnose
 from statevault.loading.fixes import Call
-from statevault.loading.keymap import KeyMap, map_keys
+from statevault.loading.keymap import KeyMap, key_selector, map_keys
 from statevault.loading.module_state import ModelState, model_state
 from statevault.loading.options import LoadOptions
 from statevault.readers.base import Checkpoint
@@ -331,10 +331,16 @@ def plan(
         strip_prefix=options.strip_prefix,
         rename=options.rename,
         auto_fix=options.auto_fix,
+        keys=options.keys,
     )
     pairs, dtype = keymap.pairs, options.float_dtype
     compared = compare(model, source, pairs, dtype)
     matched, missing = compared.matched, compared.missing
+    not_requested: list[str] = []
+    if options.keys is not None and missing:  # keys= left them out: not asked for, not missing
+        wanted = key_selector(options.keys)
+        not_requested = [k for k in missing if not wanted(k)]
+        missing = [k for k in missing if wanted(k)]
     upgraded: list[str] = []
     if missing:
         refuse_non_tensors(source, missing, type(module).__name__)
@@ -363,6 +369,7 @@ def plan(
         tied=tuple(tied),
         mappings=keymap.applied,
         ignored=keymap.ignored,
+        not_requested=tuple(not_requested),
         causes=causes,
         notes=_notes(keymap, upgraded, dtype),
         dry_run=options.dry_run,

@@ -91,7 +91,8 @@ class LoadReport:
     """What happened (or, for a dry run, would happen) when loading a checkpoint into a module.
 
     Keys are in the model's namespace after any mapping (``mappings`` says which were applied);
-    ``ignored`` holds the original names of checkpoint keys left out by ``prefix=``.
+    ``ignored`` holds the original names of checkpoint keys left out by ``prefix=`` or
+    ``keys=``; ``not_requested`` the model keys ``keys=`` left out (neither loaded nor missing).
     ``ok`` is True when every model key was filled and every selected checkpoint key was used.
     ``causes`` are the likely reasons for any problem, most likely first, each with its fix.
 
@@ -113,6 +114,7 @@ class LoadReport:
     tied: tuple[TiedKey, ...] = ()
     mappings: tuple[AppliedMapping, ...] = ()
     ignored: tuple[str, ...] = ()
+    not_requested: tuple[str, ...] = ()
     causes: tuple[Cause, ...] = ()
     notes: tuple[str, ...] = ()
     dry_run: bool = False
@@ -175,6 +177,7 @@ class LoadReport:
                 "shape_mismatches": len(self.shape_mismatches),
                 "casts": len(self.casts),
                 "ignored": len(self.ignored),
+                "not_requested": len(self.not_requested),
             },
             "causes": [record(c) for c in self.causes],
             "matched": cap("matched", self.matched),
@@ -185,6 +188,7 @@ class LoadReport:
             "tied": [record(t) for t in cap("tied", self.tied)],
             "mappings": [record(m) for m in self.mappings],
             "ignored": cap("ignored", self.ignored),
+            "not_requested": cap("not_requested", self.not_requested),
             "initialised": cap("initialised", self.initialised),
             "notes": list(self.notes),
         }
@@ -243,8 +247,18 @@ class LoadReport:
             lines.append("Key mappings applied:")
             lines += [f"  {m}" for m in capped(self.mappings)]
         if self.ignored:
-            lines.append(f"Ignored, outside the selected prefix ({len(self.ignored)}):")
+            lines.append(f"Ignored, outside the selected prefix or keys ({len(self.ignored)}):")
             lines += [f"  {g}" for g in group_by_module(self.ignored, self.ignored, "ignored")]
+        if self.not_requested:
+            lines.append(f"Not requested by keys=, left as they were ({len(self.not_requested)}):")
+            lines += [
+                f"  {g}"
+                for g in group_by_module(
+                    self.not_requested,
+                    [*self.matched, *self.missing_keys, *self.skipped, *self.not_requested],
+                    "not requested",
+                )
+            ]
         if self.casts:
             pairs = Counter((c.checkpoint_dtype, c.model_dtype) for c in self.casts)
             lines.append(f"Dtype casts ({len(self.casts)}):")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyM
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.fileformat.shards import index_name, parse_size
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
+from statevault.loading.keymap import KeySelection, key_selector
 from statevault.readers.base import Checkpoint
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sharded import ShardedCheckpoint
@@ -32,6 +33,9 @@ from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
 from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
+
+# keys= once checked: a compiled regex (searched in each name) or a test on one name
+Selector = re.Pattern[str] | Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,17 @@ class ConvertReport:
 
 
 def select(
-    names: Sequence[str], *, keys: re.Pattern[str] | None, strip_prefix: Sequence[str]
+    names: Sequence[str], *, keys: Selector | None, strip_prefix: Sequence[str]
 ) -> tuple[dict[str, str], list[str]]:
-    """({new name: source name}, dropped names) after filtering and prefix stripping. Pure."""
+    """({new name: source name}, dropped names) after filtering and prefix stripping. Pure.
+
+    ``keys``: a compiled regex searched in each name, or a test on one name.
+    """
     chosen: dict[str, str] = {}
     dropped: list[str] = []
+    wanted = keys.search if isinstance(keys, re.Pattern) else keys
     for name in names:
-        if keys is not None and not keys.search(name):
+        if wanted is not None and not wanted(name):
             dropped.append(name)
             continue
         new = next((name[len(p) :] for p in strip_prefix if p and name.startswith(p)), name)
@@ -102,7 +110,7 @@ def select(
         chosen[new] = name
     if not chosen:
         sample = ", ".join(capped(list(names), 5)) or "(the source has no tensors)"
-        pattern = keys.pattern if keys is not None else None
+        pattern = keys.pattern if isinstance(keys, re.Pattern) else getattr(keys, "__name__", keys)
         raise InvalidArgumentError(
             f"keys={pattern!r}: no tensor name matches the pattern; names look like: {sample}"
         )
@@ -171,7 +179,7 @@ class _Selection:
 
 def _read_selected(
     source: Checkpoint,
-    keys: re.Pattern[str] | None,
+    keys: Selector | None,
     strip_prefix: tuple[str, ...],
     progress: Progress | None,
 ) -> _Selection:
@@ -209,7 +217,7 @@ def convert(
     destination: str | os.PathLike[str],
     *,
     dtype: DtypeLike | None = None,
-    keys: str | None = None,
+    keys: KeySelection | None = None,
     strip_prefix: str | Sequence[str] | None = None,
     checksum: bool = True,
     overwrite: bool = False,
@@ -220,7 +228,8 @@ def convert(
     """Write ``source`` (any supported kind) as a statevault file at ``destination``, atomically.
 
     ``dtype`` casts floating-point tensors (ints, bools and complex stay as they are);
-    ``keys`` is a regular expression searched in each tensor name; ``strip_prefix`` (one
+    ``keys`` is a regular expression searched in each tensor name (or a callable name ->
+    bool, as ``load_into`` takes); ``strip_prefix`` (one
     prefix or several) removes the first matching prefix from each name. ``.pt`` files are
     read only through torch's weights-only loader; a file it refuses raises
     :class:`UnsupportedObjectError`. An existing ``destination`` raises
@@ -236,7 +245,8 @@ def convert(
                            keys=r"^state_dict\\.", strip_prefix="state_dict.model.")
     """
     target = float_dtype(dtype) if dtype is not None else None
-    pattern, stripped = key_pattern(keys), prefixes(strip_prefix)
+    pattern = key_selector(keys) if callable(keys) else key_pattern(keys)
+    stripped = prefixes(strip_prefix)
     source_path = checkpoint_path(source)
     destination_path = checkpoint_path(destination, argument="destination")
     _check_destination(source_path, destination_path, overwrite=overwrite)
