@@ -260,3 +260,13 @@ def test_large_headers_are_scanned_for_hostile_arrays_small_ones_are_not() -> No
     assert problem(" " * SCAN_CHARS + "[1]") == scanned  # not an object
     fine = '{"__metadata__":{"k":"v, [x]"},' + " " * SCAN_CHARS + f'"t":{TENSOR}}}'
     assert list(parse(fine)[0]) == ["t"]
+
+
+def test_metadata_whose_keys_are_the_tensor_fields_in_order_is_metadata() -> None:
+    # found by the hostile header generator: it was taken for a tensor and refused
+    text = '{"__metadata__":{"dtype":"F32","shape":"[2]","data_offsets":"[0,8]"}}'
+    table, metadata = parse(text)
+    assert len(table) == 0
+    assert metadata == {"dtype": "F32", "shape": "[2]", "data_offsets": "[0,8]"}
+    fake = '{"t":{"dtype":"F32","shape":"[2]","data_offsets":"[0,8]"}}'
+    assert problem(fake) == "tensor 't': 'shape' must be a list of non-negative integers, got '[2]'"
