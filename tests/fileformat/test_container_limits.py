@@ -23,6 +23,8 @@ from statevault.fileformat.container import (
     header_text,
     parse_header,
     parse_header_text,
+    plan_layout,
+    tensor_table,
 )
 from statevault.fileformat.table import TensorEntry
 
@@ -230,3 +232,35 @@ def test_header_bytes_count_toward_the_data_offset() -> None:
     text = '{"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
     header = parse_header_text(text, header_bytes=64, file_size=PREFIX_BYTES + 64 + 1, source="x")
     assert (header.data_offset, header.data_size) == (72, 1)
+
+
+def test_a_prefix_read_with_more_bytes_than_needed_is_judged_by_its_ninth() -> None:
+    assert header_length(prefix(2) + b"}" + bytes(7), file_size=10, source=SOURCE) == 2
+
+
+def test_bad_utf8_through_parse_header_names_the_file() -> None:
+    with pytest.raises(HeaderError) as caught:
+        parse_header(b'{"\xc3":1}', file_size=18, source=SOURCE)
+    assert str(caught.value) == (
+        f"{SOURCE}: header is not valid UTF-8 (at byte 2 of the header); the file is damaged "
+        "or not a safetensors file"
+    )
+
+
+@pytest.mark.parametrize("name", ['é"q', "tab\tü", "back\\slash", "plain", "ü"])
+def test_tensor_names_are_written_as_json_dumps_writes_them_without_ascii_escapes(
+    name: str,
+) -> None:
+    entries = plan_layout([(name, "U8", (2, 1), 2), ("b", "F32", (2, 1), 8)])
+    members = {e.name: e.to_json() for e in entries}
+    expected = json.dumps(members, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    assert tensor_table(entries) == expected  # the default is the file's field order
+    canonical = json.dumps(members, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    # canonical sorts each entry's fields only; the tensors stay in the given order
+    by_entry = ",".join(
+        f"{json.dumps(e.name, ensure_ascii=False)}:"
+        + json.dumps(e.to_json(), separators=(",", ":"), sort_keys=True)
+        for e in entries
+    )
+    assert tensor_table(entries, canonical=True) == by_entry
+    assert sorted(json.loads("{" + by_entry + "}")) == sorted(json.loads(canonical))
