@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statevault.errors import KeyMappingError
+from statevault.errors import InvalidArgumentError, KeyMappingError
 from statevault.loading.keymap import WRAPPERS, KeyMap, map_keys
 from statevault.reports.load_entries import AppliedMapping
 
@@ -307,4 +307,83 @@ def test_a_rename_function_is_named_in_the_step_and_collisions_raise_naming_both
     assert str(caught.value) == (
         "rename '^\\\\w\\\\.' -> '': checkpoint keys 'x.a' and 'y.a' both become 'a'; "
         "make the mapping one-to-one"
+    )
+
+
+def test_an_empty_model_still_unwraps_the_checkpoint() -> None:
+    result = map_keys(["module.a", "module.b"], [])
+    assert result.pairs == {"a": "module.a", "b": "module.b"}
+
+
+def test_a_wrapper_name_inside_a_longer_name_is_not_a_wrapper() -> None:
+    # the model's 'a_orig_mod' is no compiled model: the checkpoint's _orig_mod still goes
+    result = map_keys(["_orig_mod.a_orig_mod.w"], ["a_orig_mod.w"])
+    assert result.pairs == {"a_orig_mod.w": "_orig_mod.a_orig_mod.w"}
+    # ... and adding DDP's prefix names only 'module.'
+    added = map_keys(["a_orig_mod.w"], ["module.a_orig_mod.w"])
+    assert [step.rule for step in added.applied] == ["add 'module.' wrapper names"]
+    assert added.pairs == {"module.a_orig_mod.w": "a_orig_mod.w"}
+
+
+def test_at_most_four_rounds_of_unwrapping() -> None:
+    keys = ["module." * 5 + "a"]
+    result = map_keys(keys, ["a"])
+    assert result.pairs == {"module.a": keys[0]}
+    assert [step.example for step in result.applied] == [
+        (keys[0], "module." * (4 - i) + "a") for i in range(4)
+    ]
+
+
+def test_a_blocked_step_does_not_stop_the_next_round() -> None:
+    keys = ["_orig_mod.module.a", "_orig_mod.module._fsdp_wrapped_module.a"]
+    result = map_keys(keys, ["a", "b"])
+    assert result.pairs == {"a": keys[0], "_fsdp_wrapped_module.a": keys[1]}
+    assert [step.rule for step in result.applied] == ["remove '_orig_mod.'", "strip 'module.'"]
+    assert result.notes == (
+        "auto_fix did not remove '_fsdp_wrapped_module.': '_orig_mod.module.a' and "
+        "'_orig_mod.module._fsdp_wrapped_module.a' would both become 'module.a'",
+        "auto_fix did not remove '_fsdp_wrapped_module.': '_orig_mod.module.a' and "
+        "'_orig_mod.module._fsdp_wrapped_module.a' would both become 'a'",
+    )
+
+
+class _Upper:
+    """A rename callable without a __name__: the step names its type."""
+
+    def __call__(self, name: str) -> str:
+        return name.upper()
+
+
+def test_a_rename_object_is_named_by_its_type() -> None:
+    result = map_keys(["a"], ["A"], rename=_Upper(), auto_fix=False)
+    assert result.applied == (AppliedMapping("rename with _Upper()", "rename", 1, ("a", "A")),)
+
+
+@pytest.mark.parametrize("prefix", ["", 5, ["a."]])
+def test_a_bad_prefix_is_refused_whole(prefix: object) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        map_keys(["a.x"], ["x"], prefix=prefix)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"prefix={prefix!r} is not a prefix: pass one non-empty str such as 'backbone.' (the "
+        "sub-tree of the checkpoint to load)"
+    )
+
+
+def test_bad_strip_prefix_and_rename_messages_are_whole() -> None:
+    with pytest.raises(InvalidArgumentError) as strip:
+        map_keys(["a"], ["a"], strip_prefix=[""])
+    assert str(strip.value) == (
+        "strip_prefix=[''] is not a prefix: pass a non-empty str such as 'model.' or a list of "
+        "them such as ['model.', 'module.'] (the first one a key starts with is removed)"
+    )
+    with pytest.raises(InvalidArgumentError) as rename:
+        map_keys(["a"], ["a"], rename="fc")  # type: ignore[arg-type]
+    assert str(rename.value) == (
+        "rename='fc' is not a rename rule: pass a list of (regex, replacement) pairs such as "
+        "[(r'^fc\\.', 'classifier.')], or a function from the checkpoint's name to the model's"
+    )
+    with pytest.raises(InvalidArgumentError) as returned:
+        map_keys(["a"], ["a"], rename=lambda name: 3)  # type: ignore[arg-type,return-value]
+    assert str(returned.value) == (
+        "rename=: rename with <lambda>() returned 3 for 'a'; a rename function must return a str"
     )
