@@ -270,3 +270,68 @@ def test_metadata_whose_keys_are_the_tensor_fields_in_order_is_metadata() -> Non
     assert metadata == {"dtype": "F32", "shape": "[2]", "data_offsets": "[0,8]"}
     fake = '{"t":{"dtype":"F32","shape":"[2]","data_offsets":"[0,8]"}}'
     assert problem(fake) == "tensor 't': 'shape' must be a list of non-negative integers, got '[2]'"
+
+
+def test_what_counts_as_an_object_in_a_finished_parse() -> None:
+    columns = table_module._Columns(CODE_ITEMSIZE, MAX_ELEMENTS)
+    for value in ({}, table_module._ROW, table_module._Bad("x"), columns):
+        assert table_module._is_object(value), value
+    for value in ([], "s", 1, None, table_module._Bad):
+        assert not table_module._is_object(value), value
+
+
+def test_an_object_in_a_tensor_field_is_nesting_not_a_tensor() -> None:
+    assert problem('{"x":{"dtype":{}}}') == NESTED
+    assert problem('{"x":[],"y":{"dtype":"U8","shape":{},"data_offsets":{}}}') == NESTED
+
+
+def test_a_non_string_dtype_of_any_json_type_is_named() -> None:
+    for dtype in ("[1]", "{}", "1", "null", "true"):
+        text = f'{{"t":{{"dtype":{dtype},"shape":[1],"data_offsets":[0,1]}}}}'
+        assert problem(text) == "tensor 't': missing or non-string 'dtype'", dtype
+
+
+def test_the_duplicate_named_is_the_repeated_key() -> None:
+    assert problem(f'{{"a":{TENSOR},"b":{TENSOR},"b":{TENSOR}}}') == "duplicate key 'b' in header"
+
+
+def test_brief_keeps_a_79_character_string_only_when_its_repr_fits() -> None:
+    assert brief("z" * 79) == "'" + "z" * 76 + "..."
+
+
+def test_a_large_header_may_open_with_whitespace() -> None:
+    text = " \n" + f'{{"t":{TENSOR}}}' + " " * SCAN_CHARS
+    assert list(parse(text)[0]) == ["t"]
+
+
+def test_running_out_of_memory_while_parsing_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    exhausted = MemoryError()
+
+    def loads(*args: object, **kwargs: object) -> Any:
+        raise exhausted
+
+    monkeypatch.setattr(table_module.json, "loads", loads)
+    with pytest.raises(HeaderProblem) as caught:
+        parse("{}" + " " * 1000)
+    assert str(caught.value) == (
+        "parsing the 1,002-character header ran out of memory; it is hostile or larger than "
+        "this process can hold"
+    )
+    assert caught.value.__cause__ is exhausted
+
+
+def test_given_rows_are_trusted_and_the_fast_path_passes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = TensorTable(["a"], ["U8"], [(1,)], array("q", [0]), array("q", [1]), {"a": 0, "b": 0})
+    assert "b" in table and table.row("b") == 0  # not rebuilt from the names
+    built: list[dict[str, int] | None] = []
+
+    class Recording(TensorTable):
+        def __init__(self, *args: Any) -> None:
+            built.append(args[5] if len(args) > 5 else None)
+            super().__init__(*args)
+
+    monkeypatch.setattr(table_module, "TensorTable", Recording)
+    parse(f'{{"a":{TENSOR}}}')
+    assert built == [{"a": 0}]
