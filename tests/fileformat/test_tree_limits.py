@@ -3,6 +3,8 @@ sides; what ``flatten`` stores for numpy values and torch's version tables, exac
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -173,3 +175,68 @@ def test_version_tables_keep_only_plain_json_values() -> None:
     }
     plain = unflatten({"dict": [["a", 1]]}, {}.__getitem__)
     assert type(plain) is dict and not hasattr(plain, "_metadata")
+
+
+def test_unflatten_bounds_dict_nesting_the_same_way() -> None:
+    skeleton: Any = 1
+    for _ in range(MAX_DEPTH):
+        skeleton = {"dict": [["k", skeleton]]}
+    value = unflatten(skeleton, {}.__getitem__)
+    for _ in range(MAX_DEPTH):
+        value = value["k"]
+    assert value == 1
+    path = ".".join(["k"] * MAX_DEPTH)
+    assert damage({"dict": [["k", skeleton]]}) == (
+        f"statevault tree in header is damaged at node {path}: containers are nested more "
+        "than 100 deep"
+    )
+
+
+def test_a_module_is_flattened_as_its_state_dict() -> None:
+    linear = torch.nn.Linear(2, 1)
+    skeleton, tensors = flatten(linear)
+    assert skeleton["dict"] == [["weight", {"tensor": "weight"}], ["bias", {"tensor": "bias"}]]
+    assert tensors["weight"].data_ptr() == linear.weight.data_ptr()  # its state, not a copy
+
+
+def test_a_fortran_ordered_array_is_stored_c_contiguous() -> None:
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
+    tensor = flatten({"x": fortran})[1]["x"]
+    assert tensor.is_contiguous() and tensor.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert fortran.flags.f_contiguous  # the caller's array is untouched
+
+
+def test_python_recursion_limit_is_refused_by_name() -> None:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 60)
+    try:
+        with pytest.raises(UnsupportedObjectError) as caught:
+            flatten(nested_lists(80))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert str(caught.value) == (
+        "state is nested too deeply to store (Python's recursion limit was reached); flatten "
+        "it, or check it for a container that contains itself"
+    )
+
+
+class _NoNumpy:
+    """A tensor of a torch built without numpy: .numpy() raises RuntimeError."""
+
+    def detach(self) -> _NoNumpy:
+        return self
+
+    def cpu(self) -> _NoNumpy:
+        return self
+
+    def numpy(self) -> Any:
+        raise RuntimeError("Numpy is not available")
+
+
+def test_a_numpy_value_without_numpy_says_so() -> None:
+    with pytest.raises(UnsupportedObjectError) as caught:
+        unflatten({"tensor": "x", "type": "numpy.ndarray:int32"}, {"x": _NoNumpy()}.__getitem__)
+    assert str(caught.value) == (
+        "this checkpoint holds a numpy value (numpy.ndarray:int32); loading it needs numpy "
+        "(Numpy is not available)"
+    )
