@@ -9,8 +9,20 @@ from typing import Any
 import pytest
 
 from statevault.errors import HeaderError
+from statevault.fileformat import checksums, format1
+from statevault.fileformat import metadata as metadata_module
 from statevault.fileformat.container import Header
-from statevault.fileformat.metadata import TREE_KEY, VAULT_KEY, VaultInfo, decode, user_metadata
+from statevault.fileformat.metadata import (
+    LEAD,
+    TREE_KEY,
+    VAULT_KEY,
+    SlottedHeader,
+    VaultInfo,
+    decode,
+    encoded_members,
+    signed_digest,
+    user_metadata,
+)
 from statevault.fileformat.table import TensorEntry, TensorTable
 
 SOURCE = "m.safetensors"
@@ -128,3 +140,155 @@ def test_a_format2_header_is_checked_against_its_signed_digest() -> None:
         "header checksum mismatch (expected 0123456789abcdef, found ffffffffffffffff): tensor "
         "names, shapes, offsets or metadata were altered after saving; the file is damaged"
     )
+
+
+# Format 1 (still read): the digest is over canonical JSON, computed here by format1 itself.
+def format1_header(vault: dict[str, Any], table: TensorTable = TABLE, **user: str) -> Header:
+    stored = {k: v for k, v in vault.items() if k != "header_digest"}
+    digest = format1.header_digest(list(table.values()), dict(user), stored)
+    text = json.dumps({"header_digest": digest, **stored})
+    return Header(table, {VAULT_KEY: text, **user}, 100, table.ends[-1])
+
+
+def format1_refusal(vault: dict[str, Any], table: TensorTable = TABLE) -> str:
+    with pytest.raises(HeaderError) as caught:
+        decode(format1_header(vault, table), source=SOURCE)
+    assert type(caught.value) is HeaderError
+    return str(caught.value)
+
+
+def test_a_format1_header_decodes_whole() -> None:
+    vault = {
+        "version": 1,
+        "tree": {"list": [{"tensor": "w"}]},
+        "checksums": {"digests": {"w": "aa" * 8, "c": "bb" * 8}},
+        "aliases": {"tied": "w"},
+        "dtypes": {"c": "complex128"},
+    }
+    header = format1_header(vault, **{TREE_KEY: "a user's own key in format 1"})
+    info = decode(header, source=SOURCE)
+    digest = json.loads(header.metadata[VAULT_KEY])["header_digest"]
+    assert info == VaultInfo(
+        version=1,
+        tree={"list": [{"tensor": "w"}]},
+        checksums={"w": "aa" * 8, "c": "bb" * 8},
+        aliases={"tied": "w"},
+        dtypes={"c": "complex128"},
+        header_digest=digest,
+        has_tree=True,
+    )
+
+
+def test_members_left_out_are_empty_in_either_format() -> None:
+    bare1 = decode(format1_header({"version": 1}), source=SOURCE)
+    assert (dict(bare1.checksums), dict(bare1.aliases), dict(bare1.dtypes)) == ({}, {}, {})
+    assert (bare1.tree, bare1.has_tree) == (None, False)
+    no_digests = decode(format1_header({"version": 1, "checksums": {"digests": {}}}), source=SOURCE)
+    assert dict(no_digests.checksums) == {}
+    bare2 = decode(header({"header_digest": DIGEST, "version": 2}), source=SOURCE, signed=SIGNED)
+    assert (dict(bare2.checksums), dict(bare2.aliases), dict(bare2.dtypes)) == ({}, {}, {})
+
+
+def test_format1_refusals_are_said_whole() -> None:
+    assert format1_refusal({"version": 1, "checksums": "x"}) == (
+        f"{SOURCE}: statevault checksums entry is damaged; header damaged"
+    )
+    assert format1_refusal({"version": 1, "checksums": {"digests": [1]}}) == (
+        f"{SOURCE}: statevault checksum table is damaged; header damaged"
+    )
+    assert format1_refusal({"version": 1, "aliases": {"a": 1}}) == (
+        f"{SOURCE}: statevault alias table is damaged; header damaged"
+    )
+    assert format1_refusal({"version": 1, "dtypes": ["c"]}) == (
+        f"{SOURCE}: statevault dtype table is damaged; header damaged"
+    )
+    assert format1_refusal({"version": 1, "checksums": {"digests": {"w": "aa" * 8}}}) == (
+        f"{SOURCE}: checksum table does not cover tensors ['c']; header damaged"
+    )
+
+
+def test_a_checksum_table_names_at_most_five_uncovered_tensors() -> None:
+    seven = TensorTable.from_entries([TensorEntry(f"t{i}", "U8", (1,), i, i + 1) for i in range(7)])
+    vault = {"version": 1, "checksums": {"digests": {"t6": "aa" * 8, "zz": "bb" * 8}}}
+    assert format1_refusal(vault, seven) == (
+        f"{SOURCE}: checksum table does not cover tensors ['t0', 't1', 't2', 't3', 't4']; "
+        "header damaged"
+    )
+
+
+def test_a_format1_digest_mismatch_gives_both_digests() -> None:
+    good = format1_header({"version": 1, "aliases": {}})
+    vault = json.loads(good.metadata[VAULT_KEY])
+    recorded = vault["header_digest"]
+    vault["aliases"] = {"tied": "w"}  # altered after saving
+    altered = Header(TABLE, {VAULT_KEY: json.dumps(vault)}, 100, 40)
+    actual = format1.header_digest(
+        list(TABLE.values()), {}, {k: v for k, v in vault.items() if k != "header_digest"}
+    )
+    with pytest.raises(HeaderError) as caught:
+        decode(altered, source=SOURCE)
+    assert str(caught.value) == (
+        f"{SOURCE}: header checksum mismatch (expected {recorded}, found {actual}): tensor "
+        "names, shapes, offsets or metadata were altered after saving; the file is damaged"
+    )
+    assert recorded != actual
+
+
+def test_format1_metadata_too_deep_to_rehash_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def too_deep(*args: object) -> str:
+        raise RecursionError
+
+    monkeypatch.setattr(format1, "header_digest", too_deep)
+    with pytest.raises(HeaderError) as caught:
+        decode(header({"header_digest": DIGEST, "version": 1}), source=SOURCE)
+    assert str(caught.value) == f"{SOURCE}: statevault metadata is nested too deeply"
+
+
+def test_metadata_too_large_to_parse_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    exhausted = MemoryError()
+
+    def loads(*args: object, **kwargs: object) -> Any:
+        raise exhausted
+
+    monkeypatch.setattr(metadata_module.json, "loads", loads)
+    with pytest.raises(HeaderError) as caught:
+        decode(header("{" + " " * 1500 + "}"), source=SOURCE, signed=SIGNED)
+    assert str(caught.value) == (
+        f"{SOURCE}: parsing the 1,502-character statevault metadata ran out of memory; it is "
+        "hostile or larger than this process can hold"
+    )
+    assert caught.value.__cause__ is exhausted
+
+
+def test_escaping_inside_a_json_string() -> None:
+    assert metadata_module._escaped("plain ü") == "plain ü"
+    assert metadata_module._escaped("back\\slash") == "back\\\\slash"
+    assert metadata_module._escaped('q"uote') == 'q\\"uote'
+    assert metadata_module._escaped("tab\t") == "tab\\t"
+
+
+def test_the_tree_member_is_written_when_there_is_a_tree_even_a_null_one() -> None:
+    assert encoded_members(VaultInfo()) == {"aliases": "{}", "dtypes": "{}"}
+    assert encoded_members(VaultInfo(has_tree=True)) == {
+        "aliases": "{}",
+        "dtypes": "{}",
+        "tree": "null",
+    }
+    assert encoded_members(VaultInfo(tree={"list": []}))["tree"] == '{"list":[]}'
+
+
+def test_signed_digest_reads_any_bytes_in_the_digest_slot() -> None:
+    assert signed_digest(bytes(8), b"{}") is None
+    exact = LEAD + b"\xff" * 16
+    recorded, actual = signed_digest(bytes(8), exact)  # type: ignore[misc]
+    assert recorded == "\ufffd" * 16
+    assert actual == checksums.digest(bytes(8) + LEAD + b"0" * 16)
+    assert signed_digest(bytes(8), exact[:-1]) is None
+
+
+def test_put_needs_a_header_saved_with_checksums() -> None:
+    entries = [TensorEntry("w", "F32", (2,), 0, 8)]
+    header_ = SlottedHeader(encoded_members(VaultInfo()), entries, {}, checksum=False)
+    with pytest.raises(AssertionError) as caught:
+        header_.put(0, "0" * 16)
+    assert str(caught.value) == "put() of a header saved without checksums"
