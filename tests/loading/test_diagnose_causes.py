@@ -366,6 +366,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         missing={"score.w": W, "score.b": B},
         unexpected={"score.kernel": W},
     ),
+    "first_dim_of_six_nested_modules": dict(
+        model_keys=[],
+        checkpoint_keys=[],
+        missing={},
+        unexpected={},
+        mismatches=[(f"enc.out{i}.weight", (10, 4), (2, 4)) for i in range(6)],
+    ),
 }
 
 
@@ -886,6 +893,16 @@ EXPECTED: dict[str, list[tuple[str, str, str, str, dict[str, Any], str]]] = {
             'statevault.load_into(model, source, rename=[(r"\\.kernel$", ".w")])',
             'statevault.load_into(model, source, rename=[(r"\\.kernel$", ".w")])',
             {"rename": [("\\.kernel$", ".w")]},
+            "",
+        ),
+    ],
+    "first_dim_of_six_nested_modules": [
+        (
+            "first_dim",
+            "the number of classes / output size differs: 'enc.out0', 'enc.out1', 'enc.out2', 'enc.out3', 'enc.out4' has 10 in the checkpoint and 2 in the model (first dimension of 6 tensor(s))",
+            "statevault.load_into(model, source, strict=False) (to fine-tune with a new number of classes: everything else loads and these keep their current values (a fresh model's initialisation); the report lists them as skipped)",
+            "statevault.load_into(model, source, strict=False)",
+            {"strict": False},
             "",
         ),
     ],
