@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from statevault import InvalidArgumentError
-from statevault.fileformat.dtypes import SPECS, dtype_from_name, dtype_name, float_dtype, spec_for
+from statevault.fileformat.dtypes import (
+    SPECS,
+    _optional,
+    dtype_from_name,
+    dtype_name,
+    float_dtype,
+    spec_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +77,10 @@ def test_storage_codes_and_the_dtypes_that_need_our_metadata_are_pinned() -> Non
     assert stored["float4_e2m1fn_x2"] == ("U8", None, True)
     assert spec_for(torch.float32) == SPECS[torch.float32]
     assert spec_for(torch.quint8) is None and dtype_from_name("quint8") is None
+
+
+def test_optional_dtypes_are_found_by_name_or_none() -> None:
+    # runs at import to build the tables; called here so its logic is tested too
+    assert _optional("float32") is torch.float32
+    assert _optional("float99_missing") is None
+    assert _optional("nn") is None  # an attribute of torch that is not a dtype
