@@ -4,6 +4,7 @@ sides; what ``flatten`` stores for numpy values and torch's version tables, exac
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -240,3 +241,10 @@ def test_a_numpy_value_without_numpy_says_so() -> None:
         "this checkpoint holds a numpy value (numpy.ndarray:int32); loading it needs numpy "
         "(Numpy is not available)"
     )
+
+
+def test_non_finite_floats_are_stored_by_name() -> None:
+    skeleton, _ = flatten([math.nan, math.inf, -math.inf, 1.5])
+    assert skeleton == {"list": [{"float": "nan"}, {"float": "inf"}, {"float": "-inf"}, 1.5]}
+    back = unflatten(skeleton, {}.__getitem__)
+    assert math.isnan(back[0]) and back[1:] == [math.inf, -math.inf, 1.5]
