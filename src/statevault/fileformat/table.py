@@ -275,7 +275,11 @@ class _Columns:
             )
 
     def hook(self, pairs: list[tuple[str, Any]]) -> Any:
-        if len(pairs) == 3 and (pairs[0][0], pairs[1][0], pairs[2][0]) == _ENTRY_KEYS:
+        if (
+            len(pairs) == 3
+            and (pairs[0][0], pairs[1][0], pairs[2][0]) == _ENTRY_KEYS
+            and type(pairs[1][1]) is list  # else it may be metadata with keys named so
+        ):
             return self._row(pairs[0][1], pairs[1][1], pairs[2][1])  # the common case
         table = dict(pairs)
         if len(table) != len(pairs):

@@ -121,9 +121,10 @@ class _Mapper:
             if name in seen:
                 first, second = self.originals[seen[name]], self.originals[i]
                 if automatic:
-                    self.notes.append(
-                        f"auto_fix did not {rule}: {first!r} and {second!r} would both become {name!r}"
-                    )
+                    # the unwrapping loop retries a step after another one progressed: say once
+                    note = f"auto_fix did not {rule}: {first!r} and {second!r} would both become {name!r}"
+                    if note not in self.notes:
+                        self.notes.append(note)
                     return False
                 raise KeyMappingError(
                     f"{rule}: checkpoint keys {first!r} and {second!r} both become {name!r}; "
