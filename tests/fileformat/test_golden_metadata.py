@@ -23,14 +23,14 @@ from statevault.fileformat.metadata import (
 from statevault.fileformat.tree import flatten, unflatten
 
 NON_ASCII_HEADER = (
-    '{"__metadata__":{"statevault":"{\\"header_digest\\":\\"951513a7006ba6cc\\",\\"versi'
-    'on\\":2,\\"aliases\\":{\\"tié\\":\\"w\\"},\\"dtypes\\":{},\\"checksums\\":{\\"algor'
-    'ithm\\":\\"xxh3-64\\",\\"packed\\":\\"0123456789abcdeffedcba9876543210\\"}}","state'
-    'vault.tree":"{\\"dict\\":[[\\"ключ\\",\\"значение\\\\\\"\\"]]}","format":"pt","note'
-    '":"naïve \\"quoted\\" \\\\ tab\\t"},"w":{"dtype":"F32","shape":[1],"data_offsets":['
-    '0,4]},"bé":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}     '
+    '{"__metadata__":{"statevault":"{\\"header_digest\\":\\"690d92884abddbce\\",\\"versi'
+    'on\\":3,\\"aliases\\":{\\"tié\\":\\"w\\"},\\"dtypes\\":{},\\"checksums\\":{\\"algor'
+    'ithm\\":\\"xxh3-64\\",\\"block_bytes\\":8388608,\\"packed\\":\\"0123456789abcdeffedcb'
+    'a9876543210\\"}}","statevault.tree":"{\\"dict\\":[[\\"ключ\\",\\"значение\\\\\\"\\"]]}","f'
+    'ormat":"pt","note":"naïve \\"quoted\\" \\\\ tab\\t"},"w":{"dtype":"F32","shape":[1],"data_o'
+    'ffsets":[0,4]},"bé":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}     '
 )
-HEADER_DIGEST = "951513a7006ba6cc"
+HEADER_DIGEST = "690d92884abddbce"
 NOTE = 'naïve "quoted" \\ tab\t'
 
 
@@ -38,7 +38,7 @@ def non_ascii_header() -> bytearray:
     entries = plan_layout([("w", "F32", (1,), 4), ("bé", "U8", (2,), 2)])
     info = VaultInfo(tree={"dict": [["ключ", 'значение"']]}, has_tree=True, aliases={"tié": "w"})
     header = SlottedHeader(encoded_members(info), entries, {"note": NOTE}, checksum=True)
-    assert header.size == 464
+    assert header.size == 488
     header.put(0, "0123456789abcdef")
     header.put(1, "fedcba9876543210")
     return header.finish()
@@ -48,7 +48,7 @@ def test_non_ascii_metadata_header_is_pinned_byte_for_byte() -> None:
     data = non_ascii_header()
     body = NON_ASCII_HEADER.encode()
     assert data == struct.pack("<Q", len(body)) + body
-    assert len(body) == 456
+    assert len(body) == 480
 
 
 def test_the_pinned_header_is_what_json_and_xxhash_say() -> None:
@@ -70,7 +70,7 @@ def test_the_pinned_header_decodes_to_what_was_saved() -> None:
     header = parse_header(raw, file_size=8 + len(raw) + 6, source="g.safetensors")
     signed = signed_digest(struct.pack("<Q", len(raw)), raw)
     info = decode(header, source="g.safetensors", signed=signed)
-    assert (info.version, info.header_digest, info.has_tree) == (2, HEADER_DIGEST, True)
+    assert (info.version, info.header_digest, info.has_tree) == (3, HEADER_DIGEST, True)
     assert dict(info.checksums) == {"w": "0123456789abcdef", "bé": "fedcba9876543210"}
     assert dict(info.aliases) == {"tié": "w"} and dict(info.dtypes) == {}
     assert info.tree_text == '{"dict":[["ключ","значение\\""]]}'

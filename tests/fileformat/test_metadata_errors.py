@@ -105,7 +105,7 @@ def test_statevault_metadata_under_another_key_is_refused() -> None:
         (format2(version=0), "statevault metadata has no valid format version"),
         (format2(version=True), "statevault metadata has no valid format version"),
         (format2(version="2"), "statevault metadata has no valid format version"),
-        (format2(version=3), "written by a newer statevault (format 3, this one reads up to 2); upgrade statevault to read it"),
+        (format2(version=4), "written by a newer statevault (format 4, this one reads up to 3); upgrade statevault to read it"),
         (format2(header_digest=None), "statevault metadata lacks its header digest; header damaged"),
         (format2(header_digest=7), "statevault metadata lacks its header digest; header damaged"),
         (format2(checksums={"algorithm": "md5", "packed": GOOD_PACKED}), "statevault checksums entry is damaged: algorithm 'md5' (expected 'xxh3-64') or no digests; header damaged"),
