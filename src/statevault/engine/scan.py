@@ -8,7 +8,7 @@ small scratch buffer per task instead of destination tensors, so memory stays fl
 file size. A mismatch is recorded as ``(row, digest found)``; rows are file order, so the
 result is sorted once at the end: linear in the number of tensors, damaged or not. Reading
 and checking go through ``verified``, as loads do. May import: the engine's ``reader``,
-``verified``, ``tuning``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
+``verified``, ``tuning``, ``workers``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-from statevault.engine import tuning
+from statevault.engine import tuning, workers
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader, plan_reads
 from statevault.engine.verified import TensorBytes, check_bytes, ended_early, pread_exact
@@ -44,13 +43,7 @@ def run_parallel(tasks: Sequence[Callable[[threading.Event], T]], threads: int) 
     stop = threading.Event()
     if threads <= 1 or len(tasks) <= 1:
         return [task(stop) for task in tasks]
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-scan")
-    try:
-        futures: list[Future[T]] = [pool.submit(task, stop) for task in tasks]
-        return [future.result() for future in futures]
-    finally:
-        stop.set()  # no-op after success; otherwise running tasks stop at their next chunk
-        pool.shutdown(wait=True, cancel_futures=True)
+    return workers.run([partial(task, stop) for task in tasks], threads, stop=stop)
 
 
 Mismatch = tuple[int, str]  # (row in the header table, hex digest found)
@@ -146,8 +139,8 @@ def hash_rows(
             sized.append((nbytes, partial(hasher.run, first, end)))
     sized.sort(key=lambda task: -task[0])  # big ones first keeps every thread busy to the end
     total = sum(size for size, _ in sized)
-    workers = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
-    found = [bad for result in run_parallel([t for _, t in sized], workers) for bad in result]
+    used = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
+    found = [bad for result in run_parallel([t for _, t in sized], used) for bad in result]
     found.sort()
     return found, count, total
 
