@@ -66,6 +66,7 @@ SAVE_FSYNC = (
 )
 COLD = (
     "raw sequential read, cold",
+    "raw read, 2 threads (file halves), cold",
     "torch.load(mmap) + load_state_dict, cold",
     "safetensors load_model, cold",
     "statevault load_into, cold",
