@@ -1,7 +1,8 @@
 """convert(): any supported checkpoint -> one statevault file, optionally cast or filtered.
 
 Sources: statevault/safetensors files, ``.pt``/``.pth`` (zip and legacy, weights-only loader
-only) and Hugging Face sharded directories. Without ``keys``/``strip_prefix`` the whole
+only), Hugging Face sharded directories and distributed (DCP) checkpoint directories, ours
+and DCP's own format; the destination is one file or Hugging Face shards. Without ``keys``/``strip_prefix`` the whole
 object is kept as saved (nested state, non-tensor values, tied weights). With either, the
 output is the flat ``name -> tensor`` dict of the selected tensors, named as ``inspect``
 shows them, which is what extracting a model's weights from a training checkpoint needs.
@@ -21,7 +22,12 @@ import torch
 
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
-from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
+from statevault.errors import (
+    CheckpointNotFoundError,
+    DestinationExistsError,
+    InvalidArgumentError,
+    KeyMappingError,
+)
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.fileformat.shards import index_name, parse_size
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
@@ -34,6 +40,7 @@ from statevault.reports.load_report import capped
 from statevault.saving.save import save
 from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
 
+HF_WEIGHTS = "model.safetensors"  # what from_pretrained looks for in a folder (or its index)
 # keys= once checked: a compiled regex (searched in each name) or a test on one name
 Selector = re.Pattern[str] | Callable[[str], bool]
 
@@ -206,6 +213,41 @@ def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     return _Selection(obj)
 
 
+def _names_a_folder(destination: str | os.PathLike[str]) -> bool:
+    text = os.fspath(destination)
+    return Path(text).is_dir() or text.endswith(("/", os.sep))
+
+
+def _destination_file(
+    source: Path, destination: str | os.PathLike[str], max_shard_size: int | str | None
+) -> Path:
+    """The file (or shard base) to write: a folder destination gets HF's ``model.safetensors``.
+
+    A folder is an existing directory or a path ending in a separator (created if missing).
+    """
+    path = checkpoint_path(destination, argument="destination")
+    if not _names_a_folder(destination):
+        return path
+    if max_shard_size is None:
+        raise InvalidArgumentError(
+            f"{path}: is a directory; convert writes one file there only as Hugging Face "
+            "shards: give max_shard_size (--max-shard-size 5GB), or name a file such as "
+            f"{path / HF_WEIGHTS}"
+        )
+    if _same_file(source, path):
+        raise InvalidArgumentError(f"{path}: is the source; write the shards to another directory")
+    return path / HF_WEIGHTS
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(
+            f"{folder.parent}: no such directory for the destination {folder}; create it first"
+        ) from None
+
+
 def _written_size(index: Path) -> int:
     """Bytes of a sharded destination: its shards, as the checkpoint reports them."""
     with Checkpoint(index) as written:
@@ -236,23 +278,29 @@ def convert(
     :class:`DestinationExistsError` unless ``overwrite=True``; it is then replaced atomically
     (readers see the old file or the new one, never a mix). ``progress`` hears the reading,
     ``write_progress`` the writing (two phases, two bars). ``max_shard_size`` writes
-    Hugging Face shards and their index instead of one file (as ``save``).
+    Hugging Face shards and their index instead of one file (as ``save``); with it,
+    ``destination`` may be a directory (existing, or a path ending in ``/``): the shards are
+    then ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` there, as
+    ``from_pretrained`` reads them.
 
     Example::
 
         statevault.convert("pytorch_model.bin", "model.safetensors", dtype="bf16")
         statevault.convert("last.ckpt", "weights.safetensors",
                            keys=r"^state_dict\\.", strip_prefix="state_dict.model.")
+        statevault.convert("ckpt/step-1000", "hf/", keys=r"^model\\.", strip_prefix="model.",
+                           max_shard_size="5GB")
     """
     target = float_dtype(dtype) if dtype is not None else None
     pattern = key_selector(keys) if callable(keys) else key_pattern(keys)
     stripped = prefixes(strip_prefix)
     source_path = checkpoint_path(source)
-    destination_path = checkpoint_path(destination, argument="destination")
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # refused before anything is read
+    destination_path = _destination_file(source_path, destination, max_shard_size)
     _check_destination(source_path, destination_path, overwrite=overwrite)
     index_path = destination_path.with_name(index_name(destination_path.name))
     if max_shard_size is not None:
-        parse_size(max_shard_size)  # refused before anything is read
         _check_destination(source_path, index_path, overwrite=overwrite)
     if progress is not None and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
@@ -268,6 +316,8 @@ def convert(
             obj, cast = cast_floating(obj, target)
         _, written = flatten(obj)
         metadata = _source_metadata(opened)
+        if _names_a_folder(destination) and not destination_path.parent.is_dir():
+            _make_folder(destination_path.parent)  # only now: a refused source leaves nothing
         save(
             obj,
             destination_path,
