@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,18 @@ def test_a_new_save_replaces_the_old_files_only_after_its_index(tmp_path: Path) 
     loaded = _blank()
     dcp.load(loaded, storage_reader=Reader(tmp_path))
     assert loaded["epoch"] == 6
+
+
+def test_every_superseded_rank_file_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    """Several at once (a 3-rank save's, or killed saves' leftovers): removed in parallel."""
+    dcp.save(_state(), storage_writer=Writer(tmp_path))
+    for rank in range(1, 4):  # what a killed 4-rank save would leave beside the checkpoint
+        shutil.copy(_rank_file(tmp_path), tmp_path / f"rank{rank:05d}-{'ab' * rank}.safetensors")
+    (tmp_path / "rank-notes.txt").write_text("kept: not named like a rank file")
+    dcp.save(_state(), storage_writer=Writer(tmp_path))
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 3 and names[0] == "rank-notes.txt" and names[2] == "statevault-dcp.json"
+    assert names[1].startswith("rank00000-")
 
 
 def _load_error(directory: Path, **options: Any) -> BaseException:
