@@ -23,8 +23,6 @@ import torch
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import (
-    CheckpointNotFoundError,
-    DestinationExistsError,
     InvalidArgumentError,
     KeyMappingError,
 )
@@ -39,8 +37,13 @@ from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
 from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
+from statevault.tools.destinations import (
+    check_destination,
+    destination_file,
+    make_folder,
+    names_a_folder,
+)
 
-HF_WEIGHTS = "model.safetensors"  # what from_pretrained looks for in a folder (or its index)
 # keys= once checked: a compiled regex (searched in each name) or a test on one name
 Selector = re.Pattern[str] | Callable[[str], bool]
 
@@ -146,26 +149,6 @@ def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
     return unflatten(skeleton, result.__getitem__), cast
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_destination(source: Path, destination: Path, *, overwrite: bool) -> None:
-    if _same_file(source, destination) or destination.is_dir():
-        raise InvalidArgumentError(
-            f"{destination}: destination must be a new file, not the source or a directory"
-        )
-    if not overwrite and (destination.exists() or destination.is_symlink()):
-        raise DestinationExistsError(
-            f"{destination}: already exists; convert() replaces a file only when told to "
-            "(overwrite=True), then atomically",
-            str(destination),
-        )
-
-
 def _source_metadata(source: Checkpoint) -> dict[str, str]:
     metadata = dict(source.metadata)
     if isinstance(source, ShardedCheckpoint):
@@ -211,41 +194,6 @@ def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     if progress is not None:
         progress.advance(total)
     return _Selection(obj)
-
-
-def _names_a_folder(destination: str | os.PathLike[str]) -> bool:
-    text = os.fspath(destination)
-    return Path(text).is_dir() or text.endswith(("/", os.sep))
-
-
-def _destination_file(
-    source: Path, destination: str | os.PathLike[str], max_shard_size: int | str | None
-) -> Path:
-    """The file (or shard base) to write: a folder destination gets HF's ``model.safetensors``.
-
-    A folder is an existing directory or a path ending in a separator (created if missing).
-    """
-    path = checkpoint_path(destination, argument="destination")
-    if not _names_a_folder(destination):
-        return path
-    if max_shard_size is None:
-        raise InvalidArgumentError(
-            f"{path}: is a directory; convert writes one file there only as Hugging Face "
-            "shards: give max_shard_size (--max-shard-size 5GB), or name a file such as "
-            f"{path / HF_WEIGHTS}"
-        )
-    if _same_file(source, path):
-        raise InvalidArgumentError(f"{path}: is the source; write the shards to another directory")
-    return path / HF_WEIGHTS
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(
-            f"{folder.parent}: no such directory for the destination {folder}; create it first"
-        ) from None
 
 
 def _written_size(index: Path) -> int:
@@ -297,11 +245,11 @@ def convert(
     source_path = checkpoint_path(source)
     if max_shard_size is not None:
         parse_size(max_shard_size)  # refused before anything is read
-    destination_path = _destination_file(source_path, destination, max_shard_size)
-    _check_destination(source_path, destination_path, overwrite=overwrite)
+    destination_path = destination_file(source_path, destination, max_shard_size)
+    check_destination(source_path, destination_path, overwrite=overwrite)
     index_path = destination_path.with_name(index_name(destination_path.name))
     if max_shard_size is not None:
-        _check_destination(source_path, index_path, overwrite=overwrite)
+        check_destination(source_path, index_path, overwrite=overwrite)
     if progress is not None and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(source_path.stat().st_size)
@@ -316,8 +264,8 @@ def convert(
             obj, cast = cast_floating(obj, target)
         _, written = flatten(obj)
         metadata = _source_metadata(opened)
-        if _names_a_folder(destination) and not destination_path.parent.is_dir():
-            _make_folder(destination_path.parent)  # only now: a refused source leaves nothing
+        if names_a_folder(destination) and not destination_path.parent.is_dir():
+            make_folder(destination_path.parent)  # only now: a refused source leaves nothing
         save(
             obj,
             destination_path,
