@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,15 @@ def test_compressed_items_are_refused_with_what_they_need(native: Path) -> None:
 def test_damaged_or_foreign_pickles_are_header_errors(data: bytes) -> None:
     with pytest.raises(statevault.HeaderError, match=r"m\.metadata"):
         decode(data, source="m.metadata")
+
+
+@pytest.mark.parametrize("name", ["load", "_dynamo", "ops", "Size.__new__"])
+def test_torch_globals_other_than_dtypes_and_size_are_refused(name: str) -> None:
+    crafted = b"ctorch\n" + name.encode() + b"\n."  # GLOBAL torch <name>, STOP
+    with pytest.raises(statevault.UnsupportedObjectError, match=f"torch.{re.escape(name)}"):
+        decode(crafted, source="m")
+
+
+def test_a_dtype_alone_resolves_but_is_no_metadata() -> None:
+    with pytest.raises(statevault.HeaderError, match="expected a Metadata, found dtype"):
+        decode(b"ctorch\nfloat32\n.", source="m")

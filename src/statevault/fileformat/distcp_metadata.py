@@ -96,8 +96,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _layout
         if key in _PATH_NAMES:
             return _path
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        # the module's own dict: getattr could run torch's lazy imports for a crafted name
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
+            return vars(torch)[name]
         raise UnsupportedObjectError(
             f"{self.source}: names {module}.{name}, which DCP's metadata never holds: the "
             "file is damaged or was crafted to run code when unpickled; statevault refused "
