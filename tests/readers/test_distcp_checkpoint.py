@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from click.testing import CliRunner
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import SerializationFormat
 
 import statevault
 from statevault.cli import main
@@ -137,3 +139,12 @@ def test_the_same_state_saved_by_statevault_dcp_reads_the_same(
     ours = tmp_path / "ours"
     dcp.save(_state(), storage_writer=Writer(ours))
     assert statevault.diff(native, ours).ok
+
+
+def test_dcps_safetensors_serialisation_is_refused_by_name(tmp_path: Path) -> None:
+    writer = FileSystemWriter(tmp_path, serialization_format=SerializationFormat.SAFETENSORS)
+    dcp.save({"w": torch.randn(4, 3)}, storage_writer=writer)
+    with statevault.Checkpoint(tmp_path) as opened:
+        for verify in (True, False):
+            with pytest.raises(statevault.CorruptFileError, match="serialization_format=SAFE"):
+                opened.read(verify=verify)

@@ -45,6 +45,8 @@ from statevault.readers.dcp_checkpoint import place_chunk
 from statevault.readers.listing import CheckpointKind
 from statevault.readers.weights_only import WeightsOnlyRefusal
 
+ZIP_MAGIC = b"PK\x03\x04"  # what torch.save's archive, one per tensor piece, starts with
+
 
 def is_distcp_directory(path: Path) -> bool:
     return (path / METADATA_NAME).is_file()
@@ -147,6 +149,8 @@ class DistcpCheckpoint(Checkpoint):
     def _piece(self, key: str, stored: StoredRange, verify: bool) -> torch.Tensor:
         payload = self._payload(key, stored)
         where = os.path.join(self.label, stored.file)
+        if not payload.startswith(ZIP_MAGIC):
+            raise not_an_archive(where, key, f"starts with {payload[:4]!r}")
         if verify:
             bad = crc_problems(payload, where, key)[1]
             if bad:
@@ -236,10 +240,7 @@ def crc_problems(payload: bytes, where: str, key: str) -> tuple[int, list[tuple[
     try:
         archive = zipfile.ZipFile(io.BytesIO(payload))
     except zipfile.BadZipFile as exc:
-        raise CorruptFileError(
-            f"{where}: {key}: the stored piece is not a torch.save archive ({exc}); the file "
-            "is damaged or was not written by DCP's FileSystemWriter"
-        ) from None
+        raise not_an_archive(where, key, str(exc)) from None
     checked = 0
     bad = []
     with archive:
@@ -252,3 +253,11 @@ def crc_problems(payload: bytes, where: str, key: str) -> tuple[int, list[tuple[
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
                 bad.append((info.filename, f"{info.CRC:08x}", f"differs ({exc})"))
     return checked, bad
+
+
+def not_an_archive(where: str, key: str, detail: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{where}: {key}: the stored piece is not a torch.save archive ({detail}); the file "
+        "is damaged, or was written with FileSystemWriter(serialization_format=SAFETENSORS), "
+        "which statevault does not read (only the default, TORCH_SAVE)"
+    )
