@@ -91,9 +91,13 @@ def run(
         stop.set()
         raise
     finally:
-        for helper in helpers:
-            if not helper.cancel():  # started: wait for it (it ends after its current task)
-                helper.result()
+        try:
+            for helper in helpers:
+                if not helper.cancel():  # started: wait for it (it ends after its current task)
+                    helper.result()
+        except BaseException:  # interrupted while waiting: no helper starts another task
+            stop.set()
+            raise
     if failures:
         raise failures[0]
     return results  # type: ignore[return-value]  # every index was filled: no failure
