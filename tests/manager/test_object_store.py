@@ -6,6 +6,7 @@ in tests/remote/test_manager_s3.py."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -170,6 +171,29 @@ def test_retention_removes_the_marker_first(run: str, monkeypatch: pytest.Monkey
     assert step_objects(run, 2) == []  # a leftover, removed by the next writer
 
 
+def test_a_damaged_step_is_skipped_on_restore_and_shown_by_ls(
+    run: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with CheckpointManager(run) as manager:
+        for step in (1, 2):
+            manager.save(step, state_for(step))
+        state_file = str(manager.step_path(2))
+    data = bytearray(FS.cat_file(state_file))
+    data[-100] ^= 0x40  # one bit of a tensor
+    FS.pipe_file(state_file, bytes(data))
+    with CheckpointManager(run, read_only=True) as reader:
+        assert reader.latest_step() == 1
+        assert_state_is(reader.restore().state, 1)
+        damaged = reader.steps()[1]
+        assert damaged.status == "damaged" and "checksum" in str(damaged.problem)
+    result = CliRunner().invoke(main, ["ls", run])
+    assert result.exit_code == 1 and "damaged" in result.output
+    FS.pipe_file(state_file, bytes(data[:-50]))  # cut short: named by its URL in the log
+    with CheckpointManager(run, read_only=True) as reader, caplog.at_level(logging.WARNING):
+        assert reader.restore().step == 1
+    assert f"step 2 is damaged ({state_file}: file is truncated" in caplog.text
+
+
 def test_two_writers_cannot_both_commit_one_step(run: str) -> None:
     first = CheckpointManager(run)
     second = CheckpointManager(run, break_lock=True)  # what a wrongly broken lease allows
@@ -180,8 +204,10 @@ def test_two_writers_cannot_both_commit_one_step(run: str) -> None:
         assert len(step_objects(run, 5)) == 2  # the winner's state file and marker only
         second.save(6, state_for(6))
     finally:
+        first.close()  # its lease was broken: it must not remove the one that replaced it
+        assert FS.exists(f"{run}/.statevault-manager.lock")
         second.close()
-        first.close()
+    assert not FS.exists(f"{run}/.statevault-manager.lock")
     with CheckpointManager(run, read_only=True) as reader:
         assert_state_is(reader.restore(5).state, 5)
         assert_state_is(reader.restore(6).state, 6)

@@ -78,7 +78,8 @@ class CheckpointManager:
     stage). ``read_only=True`` lists, verifies and restores without the lock, while
     another process trains. ``directory`` may be an fsspec URL (``s3://bucket/run``)
     configured by ``storage_options``; there a lease object stands for the lock, and
-    ``break_lock=True`` takes over the lease of a run known to be dead. See docs/manager.md.
+    ``break_lock=True`` takes over the lease of a run known to be dead (a local directory's
+    ``flock`` is never stale: there it changes nothing). See docs/manager.md.
 
     Example::
 
@@ -122,12 +123,13 @@ class CheckpointManager:
         self._store.open(create=not read_only)
         if not read_only:
             self._store.acquire(break_lock=break_lock)
-            try:
+        try:
+            if not read_only:
                 self._store.remove_leftovers()
-            except BaseException:
-                self._store.release()
-                raise
-        self._catalog = StepCatalog(self._store)
+            self._catalog = StepCatalog(self._store)
+        except BaseException:
+            self._store.release()
+            raise
         self._background = BackgroundSaves(max_in_flight)
         self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)

@@ -30,6 +30,7 @@ Imported by ``statevault.manager.stores`` (``store_for``) only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -230,12 +231,20 @@ class ObjectStore(StepStore):
     # -- reading state files -------------------------------------------------------------
 
     def verify(self, state_file: str | Path) -> VerifyReport:
-        with self._downloaded(str(state_file)) as local:
-            return verify(local)
+        name = str(state_file)
+        with self._downloaded(name) as local:
+            report = verify(local)
+        named = report.header_error and report.header_error.replace(str(local), name)
+        bad = tuple(dataclasses.replace(b, file=name) for b in report.bad)
+        return dataclasses.replace(report, path=name, header_error=named, bad=bad)
 
     def load(self, state_file: str | Path, device: str | torch.device) -> Any:
-        with self._downloaded(str(state_file)) as local:
-            return load(local, device=device)
+        name = str(state_file)
+        with self._downloaded(name) as local:
+            try:
+                return load(local, device=device)
+            except CorruptFileError as exc:  # named by the object, not the temporary copy
+                raise CorruptFileError(str(exc).replace(str(local), name)) from exc
 
     @contextlib.contextmanager
     def _downloaded(self, name: str) -> Iterator[Path]:
