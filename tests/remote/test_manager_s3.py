@@ -5,13 +5,20 @@ tests/manager/test_object_store.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from tests.helpers.training_states import assert_state_is, state_for
 
+import statevault
 from statevault import (
     CheckpointManager,
     CheckpointNotFoundError,
@@ -126,3 +133,50 @@ def test_a_missing_bucket_is_a_clear_error(s3: dict[str, Any]) -> None:
         CheckpointManager("s3://nobucket/run", storage_options=s3, read_only=True)
     with pytest.raises(CheckpointWriteError, match="s3://nobucket/run"):
         CheckpointManager("s3://nobucket/run", storage_options=s3)
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    from statevault import CheckpointManager
+    from statevault.manager import object_store
+    from tests.helpers.training_states import state_for
+
+    put = object_store.ObjectStore._put
+
+    def killed_before_the_marker(self, name, data, *, exclusive=False):
+        if name.endswith("step-2/step.json"):
+            os._exit(9)  # as SIGKILL: nothing is cleaned up, the lease stays
+        put(self, name, data, exclusive=exclusive)
+
+    object_store.ObjectStore._put = killed_before_the_marker
+    manager = CheckpointManager(sys.argv[1], storage_options=json.loads(sys.argv[2]))
+    manager.save(1, state_for(1))
+    manager.save(2, state_for(2))
+    """
+)
+
+
+def test_a_run_killed_before_its_marker_resumes_from_the_last_commit(s3: dict[str, Any]) -> None:
+    root = str(Path(__file__).parents[2])
+    source = str(Path(statevault.__file__).parents[1])
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, RUN, json.dumps(s3)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([source, root])},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 9, child.stderr
+    left = _keys(s3)
+    assert ".statevault-manager.lock" in left and len([k for k in left if "step-2/" in k]) == 1
+    with CheckpointManager(RUN, storage_options=s3) as manager:  # a dead pid of this host
+        assert [info.step for info in manager.steps()] == [1]
+        assert_state_is(manager.restore().state, 1)
+        manager.save(2, state_for(2))
+    assert [k.split("/")[0] for k in _keys(s3)] == [
+        "retention.json",
+        *["step-1"] * 2,
+        *["step-2"] * 2,
+    ]
