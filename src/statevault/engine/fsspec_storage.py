@@ -74,6 +74,8 @@ def _reading_error(name: str, exc: BaseException) -> StateVaultError:
 class FsspecObject(StoredObject):
     """An object opened for ranged reads; each read is one request for exactly its bytes."""
 
+    remote = True
+
     def __init__(self, fs: Any, name: str) -> None:
         self.name = name
         self._fs = fs
