@@ -17,7 +17,7 @@ from statevault.errors import (
     CheckpointKindError,
     CheckpointNotFoundError,
     CheckpointPermissionError,
-    CorruptFileError,
+    CheckpointReadError,
     InvalidArgumentError,
     NotACheckpointError,
 )
@@ -64,7 +64,7 @@ def test_a_connection_dropped_mid_download_is_a_clear_error(
         return data
 
     monkeypatch.setattr(S3FileSystem, "_cat_file", dropping)
-    with pytest.raises(CorruptFileError, match="could not be read from the object store") as e:
+    with pytest.raises(CheckpointReadError, match="could not be read from the object store") as e:
         statevault.load(url, storage_options=s3)
     assert url in str(e.value) and "reset" in str(e.value) and s3["secret"] not in str(e.value)
     monkeypatch.undo()

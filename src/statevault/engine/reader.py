@@ -98,6 +98,9 @@ class FileReader:
                 text, header_bytes=length, file_size=self.file_size, source=str(self.path)
             )
             del text
+        except StateVaultError:  # already in our words (some are OSErrors: a storage's)
+            self.file.close()
+            raise
         except OSError as exc:
             self.file.close()
             raise CorruptFileError(f"{self.path}: could not be read ({exc.strerror})") from exc

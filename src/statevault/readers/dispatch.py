@@ -56,13 +56,8 @@ def open_any(
     if is_url(source):
         assert isinstance(source, str)  # is_url says so; mypy cannot see it
         return open_url(source, storage_options)
-    if storage_options:
-        where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "a state dict"
-        raise InvalidArgumentError(
-            f"{where}: storage_options apply to URLs (s3://...), not local paths or state "
-            "dicts; leave it out for a local checkpoint"
-        )
     if isinstance(source, (str, os.PathLike)):
+        storage_for(source, storage_options)  # refuses storage_options for a path, as save
         path = Path(source)
         if not os.path.lexists(path):  # a symlink loop exists: opening it says so
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
@@ -80,6 +75,11 @@ def open_any(
             "and materialize take it too) instead of opening it again"
         )
     if isinstance(source, Mapping):
+        if storage_options:
+            raise InvalidArgumentError(
+                "storage_options apply to URLs (s3://...), not to a state dict in memory; "
+                "leave it out"
+            )
         return MemoryCheckpoint.from_state(source)
     raise UnsupportedObjectError(
         "a checkpoint source must be a path (file or directory) or a state dict, got "
