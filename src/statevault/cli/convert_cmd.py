@@ -6,11 +6,13 @@ Calls the public function of the same name. May be imported by: ``statevault.cli
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
 
 import statevault
 from statevault.cli._output import emit_json, progress_bars
+from statevault.cli.storage_option import storage_option
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -53,6 +55,7 @@ def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     "--force", is_flag=True, help="Replace DST if it exists (atomically: never half-written)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@storage_option
 def convert_command(
     src: str,
     dst: str,
@@ -61,6 +64,7 @@ def convert_command(
     strip_prefix: tuple[str, ...],
     force: bool,
     as_json: bool,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     """Convert SRC into a statevault file DST (written atomically, with checksums).
 
@@ -68,7 +72,8 @@ def convert_command(
     loader: a file it refuses is never unpickled), a safetensors file, a shard index, or a
     folder (sharded, save_pretrained, a Trainer checkpoint-N, accelerate save_state: all of
     its state in one file). `statevault diff SRC DST` then shows they are equal.
-    An existing DST is refused (exit 2) unless --force is given.
+    An existing DST is refused (exit 2) unless --force is given. Either may be an s3://
+    (fsspec) URL; --storage-option serves both.
     """
     with progress_bars() as bars:
         report = statevault.convert(
@@ -80,6 +85,7 @@ def convert_command(
             overwrite=force,
             progress=bars.bar("reading", src) if bars else None,
             write_progress=bars.bar("writing", dst) if bars else None,
+            storage_options=storage_options,
         )
     if as_json:
         emit_json(report.to_dict())

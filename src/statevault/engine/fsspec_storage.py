@@ -40,8 +40,8 @@ from statevault.engine.storage import (
 from statevault.errors import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
+    CheckpointReadError,
     CheckpointWriteError,
-    CorruptFileError,
     DestinationExistsError,
     InvalidArgumentError,
     StateVaultError,
@@ -68,11 +68,17 @@ def _reading_error(name: str, exc: BaseException) -> StateVaultError:
             "(storage_options, or the environment/config files fsspec and botocore read)",
             getattr(exc, "errno", None),
         )
-    return CorruptFileError(f"{name}: could not be read from the object store ({exc})")
+    return CheckpointReadError(
+        f"{name}: could not be read from the object store ({type(exc).__name__}: {exc}); "
+        "the checkpoint itself is not known to be damaged: retry, and check the network "
+        "and the endpoint"
+    )
 
 
 class FsspecObject(StoredObject):
     """An object opened for ranged reads; each read is one request for exactly its bytes."""
+
+    remote = True
 
     def __init__(self, fs: Any, name: str) -> None:
         self.name = name

@@ -64,6 +64,10 @@ class StoredObject(ABC):
 
     name: str  # as the caller gave it: every message names it
     size: int  # in bytes, when opened
+    # Each read of a remote object is one request (a round trip, often billed): readers ask
+    # for whole tensors or runs at once (``tuning.REMOTE_REQUEST_BYTES``), many in parallel,
+    # instead of the small cache-sized pieces that suit a local file.
+    remote: bool = False
 
     @abstractmethod
     def read(self, nbytes: int, offset: int) -> bytes:

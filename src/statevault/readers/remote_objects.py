@@ -1,0 +1,64 @@
+"""Objects at a URL (``s3://bucket/prefix/name``) for the readers: names, small reads, kinds.
+
+An object store has keys, not folders: a checkpoint "directory" is a prefix, and a name
+inside it is the prefix, ``/`` and a plain file name (an index's shard names are checked to
+be plain names first, so none escapes the prefix). Small JSON objects (an index) are read
+whole with one request after their size is checked; a file's kind comes from its first
+bytes, one small ranged read (``sniff.kind_of``), so that a torch pickle or a text file is
+named for what it is before any header is parsed. Torch files are refused at a URL:
+their reader needs a local file (the zip directory sits at its end, read in many small
+pieces), so the message says to download it or convert it.
+
+May import: the engine's ``storage``, ``statevault.errors``, ``readers.sniff``. Imported by
+``readers.dispatch``, ``readers.sharded`` and ``readers.dcp_checkpoint``.
+"""
+
+from __future__ import annotations
+
+from statevault.engine.storage import Storage
+from statevault.errors import CheckpointKindError, HeaderError
+from statevault.readers.sniff import DESCRIPTIONS, HEAD_BYTES, FileKind, kind_of
+
+
+def joined(prefix: str, name: str) -> str:
+    """``name`` (a plain file name) under the URL ``prefix``."""
+    return f"{prefix.rstrip('/')}/{name}"
+
+
+def parent(url: str) -> str:
+    """The prefix holding the object ``url`` (its "directory")."""
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def base_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def read_small(storage: Storage, url: str, *, limit: int) -> bytes:
+    """The whole of a small object (an index), refused before reading when over ``limit``."""
+    with storage.open(url) as stored:
+        if stored.size > limit:
+            raise HeaderError(
+                f"{url}: is {stored.size} bytes, above the {limit} byte limit for this kind "
+                "of file; it is damaged or not what its name says"
+            )
+        return stored.read(stored.size, 0)
+
+
+def remote_kind(storage: Storage, url: str) -> FileKind:
+    """What the object ``url`` is, from its first bytes (one small ranged read)."""
+    with storage.open(url) as stored:
+        head = stored.read(HEAD_BYTES, 0)
+    kind = kind_of(head, base_name(url))
+    if kind in (FileKind.TORCH, FileKind.TORCH_LEGACY, FileKind.PICKLE):
+        raise CheckpointKindError(
+            f"{url}: is {DESCRIPTIONS[kind]}; statevault reads torch files from local disk "
+            "only (their zip directory is at the end, read in many small pieces). Download "
+            "it first, or convert it once to safetensors (statevault convert) and read that"
+        )
+    if kind is FileKind.JSON:
+        raise CheckpointKindError(
+            f"{url}: is a JSON file, not a checkpoint (a shard index is named *.index.json "
+            "and has a 'weight_map')"
+        )
+    return kind
