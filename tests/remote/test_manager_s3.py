@@ -16,7 +16,9 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner, Result
 from tests.helpers.training_states import assert_state_is, state_for
+from tests.remote.test_cli_s3 import _flags
 
 import statevault
 from statevault import (
@@ -26,9 +28,16 @@ from statevault import (
     ManagerLockedError,
     StepExistsError,
 )
+from statevault.cli import main
 from statevault.engine.fsspec_storage import FsspecStorage
 
 RUN = "s3://bucket/runs/a"
+
+
+def cli_run(options: dict[str, Any], *args: str) -> Result:
+    result = CliRunner().invoke(main, [*args, *_flags(options)])
+    assert options["secret"] not in result.output
+    return result
 
 
 def _client(options: dict[str, Any]) -> Any:
@@ -180,3 +189,18 @@ def test_a_run_killed_before_its_marker_resumes_from_the_last_commit(s3: dict[st
         *["step-1"] * 2,
         *["step-2"] * 2,
     ]
+
+
+def test_ls_verify_and_inspect_take_a_run_url(s3: dict[str, Any]) -> None:
+    with CheckpointManager(RUN, storage_options=s3, max_to_keep=2) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, state_for(step, numel=8), metrics={"loss": step / 10})
+    listed = cli_run(s3, "ls", RUN, "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [s["step"] for s in json.loads(listed.output)["steps"]] == [2, 3]
+    newest = json.loads(cli_run(s3, "verify", RUN, "--json").output)
+    assert newest["ok"] and newest["path"].startswith(f"{RUN}/step-3/state-")
+    inspected = json.loads(cli_run(s3, "inspect", RUN, "--step", "2", "--json").output)
+    assert inspected["state"]["step"] == 2
+    missing = cli_run(s3, "verify", RUN, "--step", "1")
+    assert missing.exit_code == 2 and "no step 1 (steps: 2, 3)" in missing.output

@@ -20,9 +20,8 @@ finished folder. Instead::
 - **Leftovers** (unmarked objects in step folders, objects a marker does not name,
   unfinished multipart uploads below the run) are removed by the next writer, which holds
   the lease, so none of them is live.
-- **Reading** a step downloads its state file to a local temporary file and reads that
-  with ``statevault.verify`` / ``load`` (the simplest correct way, until ``load`` reads
-  URLs itself); the copy is removed at once.
+- **Reading** a step is ``statevault.verify`` / ``load`` of its state file's URL: the
+  header in one ranged read, then the tensors in parallel ranged reads, verified.
 
 Imported by ``statevault.manager.stores`` (``store_for``) only.
 """
@@ -30,13 +29,11 @@ Imported by ``statevault.manager.stores`` (``store_for``) only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import re
 import secrets
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +67,6 @@ logger = logging.getLogger("statevault.manager")
 _STEP_FOLDER = re.compile(r"step-(0|[1-9][0-9]*)\Z")
 _STATE_NAME = re.compile(r"state-[0-9a-f]{16}\.safetensors\Z")
 _MANIFEST_LIMIT = 1 << 20  # a manifest is a few hundred bytes; more is not one
-_CHUNK = 64 << 20  # the download of a state file, in ranged reads of this size
 
 
 def object_storage(url: str, storage_options: StorageOptions | None) -> Storage:
@@ -87,6 +83,7 @@ class ObjectStore(StepStore):
 
     def __init__(self, url: str, storage_options: StorageOptions | None) -> None:
         self.root = self.where = url.rstrip("/")
+        self.storage_options = storage_options
         self.storage = object_storage(url, storage_options)
         self._lease = Lease(self.storage, joined(self.root, LOCK_FILE), self.root)
 
@@ -231,37 +228,10 @@ class ObjectStore(StepStore):
     # -- reading state files -------------------------------------------------------------
 
     def verify(self, state_file: str | Path) -> VerifyReport:
-        name = str(state_file)
-        with self._downloaded(name) as local:
-            report = verify(local)
-        named = report.header_error and report.header_error.replace(str(local), name)
-        bad = tuple(dataclasses.replace(b, file=name) for b in report.bad)
-        return dataclasses.replace(report, path=name, header_error=named, bad=bad)
+        return verify(state_file, storage_options=self.storage_options)
 
     def load(self, state_file: str | Path, device: str | torch.device) -> Any:
-        name = str(state_file)
-        with self._downloaded(name) as local:
-            try:
-                return load(local, device=device)
-            except CorruptFileError as exc:  # named by the object, not the temporary copy
-                raise CorruptFileError(str(exc).replace(str(local), name)) from exc
-
-    @contextlib.contextmanager
-    def _downloaded(self, name: str) -> Iterator[Path]:
-        """A local copy of ``name`` in a temporary folder, removed on exit."""
-        with tempfile.TemporaryDirectory(prefix="statevault-step-") as folder:
-            local = Path(folder) / name.rsplit("/", 1)[-1]
-            with self.storage.open(name) as stored, open(local, "wb") as out:
-                offset = 0
-                while offset < stored.size:
-                    chunk = stored.read(min(_CHUNK, stored.size - offset), offset)
-                    if not chunk:
-                        raise CorruptFileError(
-                            f"{name}: ended at byte {offset} of {stored.size} while downloaded"
-                        )
-                    out.write(chunk)
-                    offset += len(chunk)
-            yield local
+        return load(state_file, device=device, storage_options=self.storage_options)
 
     # -- objects -------------------------------------------------------------------------
 
