@@ -194,6 +194,8 @@ class FileReader:
         table = self.header.entries
         limit = self.request_bytes(tuning.VERIFY_CHUNK_BYTES if digests else tuning.BATCH_BYTES)
         piece = self.block_bytes if digests else tuning.SPLIT_BYTES
+        if piece is not None and self.file.remote:  # whole blocks, fewer and larger requests
+            piece *= max(1, -(-tuning.REMOTE_PIECE_BYTES // piece))
         tasks: list[tuple[int, Callable[[], None]]] = []
         for first, end, nbytes in plan_reads(table.starts, table.ends, dests, limit=limit):
             if piece is not None and end - first == 1 and nbytes > piece:
