@@ -141,3 +141,16 @@ def test_a_rank_file_replaced_under_the_index_is_refused(tmp_path: Path) -> None
     statevault.save({"other": torch.zeros(2)}, _rank_file(tmp_path))
     error = _load_error(tmp_path)
     assert isinstance(error, HeaderError) and "replaced after the index" in str(error)
+
+
+def test_a_chunk_of_several_checksum_blocks_loads_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from statevault.fileformat import metadata
+
+    monkeypatch.setattr(metadata, "BLOCK_BYTES", 1 << 10)  # 1 KiB blocks: 16 in this chunk
+    state = {"w": torch.randn(4096)}
+    dcp.save(state, storage_writer=Writer(tmp_path))
+    loaded = {"w": torch.zeros(4096)}
+    dcp.load(loaded, storage_reader=Reader(tmp_path))
+    assert torch.equal(loaded["w"], state["w"])

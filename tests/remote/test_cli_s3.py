@@ -52,7 +52,7 @@ def test_inspect_reads_the_header_alone(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert len(summary["tensors"]) == 4 and summary["path"] == URL
-    assert fetched == [32, tuning.HEAD_GUESS_BYTES]  # the sniff, then the header
+    assert fetched == [tuning.HEAD_GUESS_BYTES]  # the kind and the header, one request
     assert sum(fetched) < sum(t.nbytes for t in state.values()) / 10
 
 
@@ -64,8 +64,8 @@ def test_verify_reads_each_byte_once(
     assert result.stdout.startswith(f"{URL}: OK (checksums): 4 tensor(s)")
     size = FsspecStorage.for_url(URL, s3).open(URL).size
     data = sum(t.nbytes for t in state.values())
-    assert fetched[:2] == [32, tuning.HEAD_GUESS_BYTES]
-    assert sum(fetched[2:]) == data and sum(fetched) < size + tuning.HEAD_GUESS_BYTES + 32
+    assert fetched[0] == tuning.HEAD_GUESS_BYTES
+    assert sum(fetched[1:]) == data and sum(fetched) < size + tuning.HEAD_GUESS_BYTES
 
 
 def test_verify_names_a_damaged_tensor_of_a_remote_file(

@@ -73,8 +73,10 @@ class RankFile:
             done += got
 
     def check_whole(self, entry: TensorEntry, view: memoryview) -> None:
-        """Raise ``ChecksumMismatchError`` unless ``view`` (the whole entry) has its digest."""
-        check_bytes(self.name, entry.name, self.info.checksums.get(entry.name), view)
+        """Raise ``ChecksumMismatchError`` unless ``view`` (the whole entry) has its digest
+        (one per block of ``block_bytes`` for format 3: a chunk over 8 MiB has several)."""
+        expected = self.info.checksums.get(entry.name)
+        check_bytes(self.name, entry.name, expected, view, self.info.block_bytes)
 
     def close(self) -> None:
         self.object.close()

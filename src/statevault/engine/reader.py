@@ -64,18 +64,21 @@ class FileReader:
         *,
         digest_header: HeaderDigest | None = None,
         storage: Storage = LOCAL_STORAGE,
+        opened: tuple[StoredObject, bytes] | None = None,
     ) -> None:
+        """``opened``: the object already open and its first bytes already read (a URL
+        whose kind was sniffed with the header's request): no second open or read."""
         # a URL stays a string: Path() would fold its "//" and every message would misname it
         self.path: Path | str = (
             path if isinstance(path, str) and storage is not LOCAL_STORAGE else Path(path)
         )
-        self.file: StoredObject = storage.open(self.path)
+        self.file: StoredObject = storage.open(self.path) if opened is None else opened[0]
         try:
             self.file_size = self.file.size
             # a local file: the 8-byte length, then the header; a remote object: one
             # generous request that usually holds both (each request is a round trip)
             guess = tuning.HEAD_GUESS_BYTES if self.file.remote else 0
-            head = self._read_head(max(PREFIX_BYTES + 1, guess), 0)
+            head = opened[1] if opened else self._read_head(max(PREFIX_BYTES + 1, guess), 0)
             length = header_length(
                 head[: PREFIX_BYTES + 1], file_size=self.file_size, source=str(self.path)
             )
@@ -191,6 +194,8 @@ class FileReader:
         table = self.header.entries
         limit = self.request_bytes(tuning.VERIFY_CHUNK_BYTES if digests else tuning.BATCH_BYTES)
         piece = self.block_bytes if digests else tuning.SPLIT_BYTES
+        if piece is not None and self.file.remote:  # whole blocks, fewer and larger requests
+            piece *= max(1, -(-tuning.REMOTE_PIECE_BYTES // piece))
         tasks: list[tuple[int, Callable[[], None]]] = []
         for first, end, nbytes in plan_reads(table.starts, table.ends, dests, limit=limit):
             if piece is not None and end - first == 1 and nbytes > piece:

@@ -44,4 +44,8 @@ STAGING_BUFFERS = 2  # one being filled from the file while the other is copied 
 # the header of a few hundred tensors, and asks again only when the header is longer.
 REMOTE_REQUEST_BYTES = 64 << 20
 REMOTE_THREADS = 16
+# A large tensor is split into ranged requests of this size (whole checksum blocks), the
+# size AWS suggests for parallel byte-range GETs (8-16 MB): large enough that the round
+# trip is small beside the transfer, small enough that one tensor fills many connections.
+REMOTE_PIECE_BYTES = 16 << 20
 HEAD_GUESS_BYTES = 64 << 10

@@ -32,7 +32,7 @@ from statevault.readers.base import Checkpoint
 from statevault.readers.dcp_checkpoint import DcpCheckpoint, is_dcp_directory
 from statevault.readers.folders import open_folder
 from statevault.readers.in_memory import MemoryCheckpoint
-from statevault.readers.remote_objects import joined, remote_kind
+from statevault.readers.remote_objects import joined, sniff_object
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sharded import ShardedCheckpoint
 from statevault.readers.sniff import INDEX_NAME, FileKind, checkpoint_file_kind, not_a_checkpoint
@@ -112,14 +112,20 @@ def open_url(url: str, storage_options: StorageOptions | None) -> Checkpoint:
     storage = storage_for(url, storage_options)
     url = url.rstrip("/")
     try:
-        kind = remote_kind(storage, url)
+        kind, stored, head = sniff_object(storage, url)  # one request: kind and header
     except CheckpointNotFoundError as missing:
         return _open_prefix(storage, url, missing)
-    if kind is FileKind.INDEX:
-        return ShardedCheckpoint.from_index(url, storage=storage)
-    if kind is FileKind.UNKNOWN and not url.endswith(".safetensors"):
-        raise not_a_checkpoint(url, "neither safetensors nor torch")
-    return SafetensorsCheckpoint.from_file(url, storage=storage)  # a damaged one: it says so
+    try:
+        if kind is FileKind.INDEX:
+            stored.close()
+            return ShardedCheckpoint.from_index(url, storage=storage)
+        if kind is FileKind.UNKNOWN and not url.endswith(".safetensors"):
+            raise not_a_checkpoint(url, "neither safetensors nor torch")
+        # (a damaged safetensors file: its parser says how)
+        return SafetensorsCheckpoint.from_file(url, storage=storage, opened=(stored, head))
+    except BaseException:
+        stored.close()
+        raise
 
 
 def _open_prefix(storage: Storage, url: str, missing: CheckpointNotFoundError) -> Checkpoint:

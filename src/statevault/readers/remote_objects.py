@@ -15,7 +15,8 @@ May import: the engine's ``storage``, ``statevault.errors``, ``readers.sniff``. 
 
 from __future__ import annotations
 
-from statevault.engine.storage import Storage
+from statevault.engine import tuning
+from statevault.engine.storage import Storage, StoredObject
 from statevault.errors import CheckpointKindError, HeaderError
 from statevault.readers.sniff import DESCRIPTIONS, HEAD_BYTES, FileKind, kind_of
 
@@ -45,10 +46,32 @@ def read_small(storage: Storage, url: str, *, limit: int) -> bytes:
         return stored.read(stored.size, 0)
 
 
+def sniff_object(
+    storage: Storage, url: str, *, nbytes: int | None = None
+) -> tuple[FileKind, StoredObject, bytes]:
+    """The kind of the object ``url``, the object opened, and its first bytes: one ranged
+    read of ``nbytes`` (``HEAD_GUESS_BYTES`` by default, so a safetensors file's header
+    usually comes with the same request). The caller closes the object."""
+    stored = storage.open(url)
+    try:
+        wanted = tuning.HEAD_GUESS_BYTES if nbytes is None else nbytes
+        head = stored.read(min(stored.size, wanted), 0)
+        kind = _readable_kind(head[:HEAD_BYTES], url)
+    except BaseException:
+        stored.close()
+        raise
+    return kind, stored, head
+
+
 def remote_kind(storage: Storage, url: str) -> FileKind:
     """What the object ``url`` is, from its first bytes (one small ranged read)."""
-    with storage.open(url) as stored:
-        head = stored.read(HEAD_BYTES, 0)
+    kind, stored, _ = sniff_object(storage, url, nbytes=HEAD_BYTES)
+    stored.close()
+    return kind
+
+
+def _readable_kind(head: bytes, url: str) -> FileKind:
+    """The kind ``head`` says, refusing what is never read from a URL."""
     kind = kind_of(head, base_name(url))
     if kind in (FileKind.TORCH, FileKind.TORCH_LEGACY, FileKind.PICKLE):
         raise CheckpointKindError(

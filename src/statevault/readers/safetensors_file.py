@@ -21,7 +21,7 @@ import torch
 from statevault.engine.memory import HUGE_PAGE_MIN_BYTES, advise_huge_pages
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader
-from statevault.engine.storage import LOCAL_STORAGE, Storage
+from statevault.engine.storage import LOCAL_STORAGE, Storage, StoredObject
 from statevault.errors import HeaderError, StateVaultError
 from statevault.fileformat.dtypes import CODE_TO_DTYPE
 from statevault.fileformat.metadata import (
@@ -60,11 +60,13 @@ class SafetensorsCheckpoint(Checkpoint):
         *,
         listing: FolderListing | None = None,
         storage: Storage = LOCAL_STORAGE,
+        opened: tuple[StoredObject, bytes] | None = None,
     ) -> SafetensorsCheckpoint:
         """Open ``path`` (already known to be safetensors, or damaged: the parser says how),
-        from ``storage`` (a URL's object store; local disk by default)."""
+        from ``storage`` (a URL's object store; local disk by default); ``opened``: the
+        object and its first bytes, when sniffing its kind already read them."""
         self = cls._blank()
-        self._reader = FileReader(path, digest_header=signed_digest, storage=storage)
+        self._reader = FileReader(path, digest_header=signed_digest, storage=storage, opened=opened)
         try:
             self.path = self._reader.path
             self.label = str(self.path)
