@@ -24,6 +24,7 @@ import statevault
 from statevault import (
     CheckpointManager,
     CheckpointNotFoundError,
+    CheckpointReadError,
     CheckpointWriteError,
     ManagerLockedError,
     StepExistsError,
@@ -204,3 +205,33 @@ def test_ls_verify_and_inspect_take_a_run_url(s3: dict[str, Any]) -> None:
     assert inspected["state"]["step"] == 2
     missing = cli_run(s3, "verify", RUN, "--step", "1")
     assert missing.exit_code == 2 and "no step 1 (steps: 2, 3)" in missing.output
+
+
+def test_a_connection_dropped_mid_restore_is_retried_not_taken_for_damage(
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3fs import S3FileSystem
+
+    with CheckpointManager(RUN, storage_options=s3) as manager:
+        for step in (1, 2):
+            manager.save(step, state_for(step))
+    real = S3FileSystem._cat_file
+    served: list[int] = []
+
+    async def dropping(self: Any, path: str, **kwargs: Any) -> bytes:
+        if "/step-2/state-" in path:
+            if served:  # the header went through; the tensors do not
+                raise ConnectionResetError("Connection reset by peer")
+            served.append(1)
+        data: bytes = await real(self, path, **kwargs)
+        return data
+
+    with CheckpointManager(RUN, storage_options=s3, read_only=True) as reader:
+        monkeypatch.setattr(S3FileSystem, "_cat_file", dropping)
+        with pytest.raises(CheckpointReadError, match="step-2"):
+            reader.restore()  # not a silent fallback to step 1: step 2 may be fine
+        assert [info.status for info in reader.steps()] == ["unverified", "unverified"]
+        monkeypatch.undo()
+        restored = reader.restore()  # the retry the error asks for
+        assert restored.step == 2
+        assert_state_is(restored.state, 2)
