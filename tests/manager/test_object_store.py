@@ -293,3 +293,16 @@ def test_a_reader_of_a_missing_run_and_storage_options_on_a_directory_are_refuse
     with CheckpointManager(tmp_path) as manager:  # the suggested fix
         manager.save(1, state_for(1, numel=8))
         assert manager.latest_step() == 1
+
+
+def test_a_marker_whose_state_file_is_gone_is_a_damaged_step_left_in_place(run: str) -> None:
+    with CheckpointManager(run) as manager:
+        for step in (1, 2):
+            manager.save(step, state_for(step, numel=8))
+        FS.rm_file(str(manager.step_path(2)))
+    for read_only in (True, False):
+        with CheckpointManager(run, read_only=read_only) as manager:
+            damaged = manager.steps()[1]
+            assert damaged.status == "damaged" and str(damaged.problem).endswith("is missing")
+            assert manager.restore().step == 1
+    assert step_objects(run, 2) == ["step.json"]  # not removed: for the user to look at

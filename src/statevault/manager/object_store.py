@@ -86,6 +86,11 @@ class ObjectStore(StepStore):
         self.storage_options = storage_options
         self.storage = object_storage(url, storage_options)
         self._lease = Lease(self.storage, joined(self.root, LOCK_FILE), self.root)
+        # Opening a run reads every manifest: the objects' existence comes from the listing
+        # just made instead of a request each, and the writer's cleanup pass hands the
+        # manifests it read to the catalog (it holds the lease: nobody changes them).
+        self._listed: set[str] = set()
+        self._manifests: dict[str, dict[str, Any]] = {}
 
     # -- the run and its lease -----------------------------------------------------------
 
@@ -105,7 +110,7 @@ class ObjectStore(StepStore):
 
     def remove_leftovers(self) -> list[str]:
         inside: dict[str, set[str]] = {}
-        for name in self.storage.list_tree(self.root):
+        for name in self._list():
             folder, _, rest = name.partition("/")
             if rest and _STEP_FOLDER.match(folder):
                 inside.setdefault(folder, set()).add(rest)
@@ -118,6 +123,7 @@ class ObjectStore(StepStore):
                     manifest = self.read_manifest(joined(self.root, folder), step)
                 except ValueError:
                     continue  # damaged: left for the user to look at (ls, delete)
+                self._manifests[joined(self.root, folder)] = manifest
                 keep = {MANIFEST_FILE, PREEMPTED_FILE, manifest["file"]}
             for name in sorted(names - keep):
                 self.storage.remove(joined(self.root, folder, name))
@@ -132,7 +138,7 @@ class ObjectStore(StepStore):
     def committed_steps(self) -> dict[int, str]:
         """The steps whose marker exists (one listing of the run)."""
         found = {}
-        for name in self.storage.list_tree(self.root):
+        for name in self._list():
             folder, _, rest = name.partition("/")
             match = _STEP_FOLDER.match(folder)
             if match and rest == MANIFEST_FILE:
@@ -140,6 +146,10 @@ class ObjectStore(StepStore):
         return found
 
     def read_manifest(self, location: str, step: int) -> dict[str, Any]:
+        """Read right after a listing (``committed_steps``): it says which objects exist."""
+        cached = self._manifests.pop(location, None)
+        if cached is not None:
+            return cached
         try:
             data = json.loads(self._read(joined(location, MANIFEST_FILE), _MANIFEST_LIMIT))
         except CheckpointNotFoundError:
@@ -153,9 +163,9 @@ class ObjectStore(StepStore):
         file = data.get("file")
         if not isinstance(file, str) or not _STATE_NAME.match(file):
             raise ValueError(f"{MANIFEST_FILE} names no state file of this run ({file!r})")
-        if not self.storage.exists(joined(location, file)):
+        if not self._listed_here(location, file):
             raise ValueError(f"{file} is missing")
-        marked = self.storage.exists(joined(location, PREEMPTED_FILE))
+        marked = self._listed_here(location, PREEMPTED_FILE)
         data["preempted"] = bool(data.get("preempted")) or marked
         return data
 
@@ -234,6 +244,14 @@ class ObjectStore(StepStore):
         return load(state_file, device=device, storage_options=self.storage_options)
 
     # -- objects -------------------------------------------------------------------------
+
+    def _list(self) -> list[str]:
+        names = self.storage.list_tree(self.root)
+        self._listed = set(names)
+        return names
+
+    def _listed_here(self, location: str, name: str) -> bool:
+        return f"{location.removeprefix(self.root).strip('/')}/{name}" in self._listed
 
     def _read(self, name: str, limit: int) -> str:
         with self.storage.open(name) as stored:
