@@ -3,6 +3,7 @@ the URL and says what to check, and no credential ever appears in it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from statevault.errors import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CheckpointReadError,
+    HeaderError,
     InvalidArgumentError,
     NotACheckpointError,
 )
@@ -130,3 +132,23 @@ def test_storage_options_for_a_local_path_are_refused_and_the_fix_works(tmp_path
     with pytest.raises(InvalidArgumentError, match="leave it out"):
         statevault.load_into(torch.nn.Linear(1, 2), path, storage_options={"anon": True})
     assert torch.equal(statevault.load(path)["w"], torch.ones(2))  # the fix: without it
+
+
+def test_an_index_naming_shards_outside_its_prefix_is_refused(s3: dict[str, Any]) -> None:
+    statevault.save(
+        {"w": torch.ones(2)}, "s3://bucket/other/secret.safetensors", storage_options=s3
+    )
+    for name in ("../other/secret.safetensors", "s3://bucket/other/secret.safetensors"):
+        index = json.dumps({"metadata": {}, "weight_map": {"w": name}}).encode()
+        _put(s3, "run/model.safetensors.index.json", index)
+        with pytest.raises(HeaderError, match="not a plain file name"):
+            statevault.Checkpoint("s3://bucket/run", storage_options=s3)
+
+
+def test_an_index_naming_a_missing_shard_names_both(s3: dict[str, Any]) -> None:
+    index = json.dumps({"metadata": {}, "weight_map": {"w": "gone.safetensors"}}).encode()
+    _put(s3, "run/model.safetensors.index.json", index)
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"index\.json: names shard gone\.safetensors"
+    ):
+        statevault.load("s3://bucket/run", storage_options=s3)

@@ -178,3 +178,21 @@ def test_memory_urls_work_without_any_server() -> None:
     url = "memory://statevault-tests/reading/model.safetensors"
     statevault.save({"w": torch.ones(3)}, url)
     assert torch.equal(statevault.load(url)["w"], torch.ones(3))
+
+
+def test_load_into_and_slices_of_a_remote_sharded_checkpoint(
+    s3: dict[str, Any], fetched: list[int]
+) -> None:
+    torch.manual_seed(1)
+    source = Net()
+    statevault.save(
+        source, "s3://bucket/net/model.safetensors", max_shard_size=4000, storage_options=s3
+    )
+    assert len(_names(s3, "net")) > 2  # really sharded
+    target = Net()
+    assert statevault.load_into(target, "s3://bucket/net", storage_options=s3).ok
+    assert torch.equal(target.fc2.weight, source.fc2.weight)
+    with statevault.Checkpoint("s3://bucket/net", storage_options=s3) as ckpt:
+        fetched.clear()
+        rows = ckpt.get_slice("fc1.weight")[3:5]
+    assert torch.equal(rows, source.fc1.weight[3:5]) and fetched == [2 * 64 * 4]

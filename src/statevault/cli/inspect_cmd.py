@@ -62,10 +62,11 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
             "sharded": "sharded checkpoint",
             "folder": "checkpoint folder",
             "dcp": "distributed checkpoint (statevault.dcp)",
+            "distcp": "distributed checkpoint (DCP FileSystemWriter)",
         }.get(summary.kind, f"{summary.kind} (weights-only loader)")
     if summary.has_checksums:
         checks = "xxh3-64 checksums"
-    elif summary.kind == "torch":
+    elif summary.kind in ("torch", "distcp"):
         checks = "zip CRC-32 per entry"  # what verify checks on a torch zip file
     else:
         checks = "no checksums"

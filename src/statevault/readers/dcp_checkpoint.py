@@ -6,7 +6,8 @@ chunks make up each tensor and where each is stored; reading a tensor reads its 
 rank files are the checkpoint's leaves, so ``verify`` checks every digest in them.
 Non-tensor values (DCP serialises them with torch.save) are not unpickled: they are
 named in ``metadata["dcp.objects"]``. At a URL the directory is a prefix: the index and
-the rank files are the objects under it (``readers.remote_objects``). May be imported by ``readers.dispatch`` and above.
+the rank files are the objects under it (``readers.remote_objects``). May be imported by
+``readers.dispatch``, ``readers.distcp_checkpoint`` and above.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
 from statevault.readers.listing import CheckpointKind
 from statevault.readers.remote_objects import joined, read_small
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
+
+
+def place_chunk(whole: torch.Tensor, offsets: Sequence[int], part: torch.Tensor) -> None:
+    """Copy a stored chunk into the full tensor at its box (DCP's chunks never overlap)."""
+    box = tuple(slice(o, o + s) for o, s in zip(offsets, part.shape, strict=True))
+    whole[box] = part
 
 
 def is_dcp_directory(path: Path) -> bool:
@@ -116,8 +123,7 @@ class DcpCheckpoint(Checkpoint):
             rank_file = self._files[chunk.place.file]
             stored = rank_file.aliases.get(chunk.place.key, chunk.place.key)
             rank_file.read_into([(stored, part)], verify=verify)
-            box = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))
-            whole[box] = part
+            place_chunk(whole, chunk.offsets, part)
         return whole
 
     def read(

@@ -30,6 +30,7 @@ from statevault.errors import (
 from statevault.fileformat.dcp_index import INDEX_NAME as DCP_INDEX_NAME
 from statevault.readers.base import Checkpoint
 from statevault.readers.dcp_checkpoint import DcpCheckpoint, is_dcp_directory
+from statevault.readers.distcp_checkpoint import DistcpCheckpoint, is_distcp_directory
 from statevault.readers.folders import open_folder
 from statevault.readers.in_memory import MemoryCheckpoint
 from statevault.readers.remote_objects import joined, sniff_object
@@ -63,6 +64,8 @@ def open_any(
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
         if path.is_dir() and is_dcp_directory(path):
             return DcpCheckpoint.from_directory(path)
+        if path.is_dir() and is_distcp_directory(path):
+            return DistcpCheckpoint.from_directory(path)
         if path.is_dir():
             return open_folder(path, weights=weights)
         kind = checkpoint_file_kind(path)

@@ -9,15 +9,22 @@ named for what it is before any header is parsed. Torch files are refused at a U
 their reader needs a local file (the zip directory sits at its end, read in many small
 pieces), so the message says to download it or convert it.
 
-May import: the engine's ``storage``, ``statevault.errors``, ``readers.sniff``. Imported by
-``readers.dispatch``, ``readers.sharded`` and ``readers.dcp_checkpoint``.
+The shards a remote index names are opened here too, in parallel: each is a round trip.
+May import: the engine's ``storage`` and ``tuning``, ``statevault.errors``, ``readers.base``,
+``readers.sniff``, ``readers.safetensors_file``. Imported by ``readers.dispatch``,
+``readers.sharded`` and ``readers.dcp_checkpoint``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 from statevault.engine import tuning
 from statevault.engine.storage import Storage, StoredObject
-from statevault.errors import CheckpointKindError, HeaderError
+from statevault.errors import CheckpointKindError, CheckpointNotFoundError, HeaderError
+from statevault.readers.base import Checkpoint
+from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sniff import DESCRIPTIONS, HEAD_BYTES, FileKind, kind_of
 
 
@@ -85,3 +92,35 @@ def _readable_kind(head: bytes, url: str) -> FileKind:
             "and has a 'weight_map')"
         )
     return kind
+
+
+def open_shards(
+    storage: Storage, index: str, names: Sequence[str], *, into: dict[str, Checkpoint]
+) -> None:
+    """Open the shards ``names`` beside the index ``index`` (a URL) into ``into``, their
+    headers fetched in parallel (each a round trip). Every shard opened is in ``into``
+    even when another failed, so the caller's ``close`` releases it."""
+    prefix = parent(index)
+
+    def open_shard(name: str) -> SafetensorsCheckpoint:
+        url = joined(prefix, name)
+        try:
+            if not name.endswith(".safetensors"):
+                remote_kind(storage, url)  # a torch shard is refused, naming what it is
+            return SafetensorsCheckpoint.from_file(url, storage=storage)
+        except CheckpointNotFoundError as exc:
+            raise CheckpointNotFoundError(
+                f"{index}: names shard {name}, which is not under {prefix} ({exc})"
+            ) from exc
+
+    threads = max(1, min(len(names), tuning.REMOTE_THREADS))
+    with ThreadPoolExecutor(threads, thread_name_prefix="statevault-open") as pool:
+        futures = [pool.submit(open_shard, name) for name in names]
+        try:
+            for name, future in zip(names, futures, strict=True):
+                into[name] = future.result()
+        finally:
+            for name, future in zip(names, futures, strict=True):
+                done = not future.cancelled() and future.exception() is None
+                if name not in into and done:
+                    into[name] = future.result()

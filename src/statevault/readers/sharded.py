@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
 
-from statevault.engine import tuning
 from statevault.engine.progress import Progress
 from statevault.engine.storage import LOCAL_STORAGE, Storage, read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError
@@ -34,8 +32,7 @@ from statevault.fileformat.shards import BINDING_KEY, index_aliases
 from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, FolderListing
-from statevault.readers.remote_objects import joined, parent, read_small, remote_kind
-from statevault.readers.safetensors_file import SafetensorsCheckpoint
+from statevault.readers.remote_objects import open_shards, read_small
 from statevault.readers.shard_binding import (
     OPEN_ATTEMPTS,
     StaleShardError,
@@ -212,7 +209,7 @@ class ShardedCheckpoint(Checkpoint):
     def _open_shards(self, weight_map: Mapping[str, object]) -> None:
         names = sorted({check_shard_name(v, index=self.index) for v in weight_map.values()})
         if isinstance(self.index, str):
-            self._open_remote_shards(self.index, names)
+            open_shards(self._storage, self.index, names, into=self._shards)
             return
         directory = self.index.parent
         for shard_name in names:
@@ -223,33 +220,6 @@ class ShardedCheckpoint(Checkpoint):
                     f"{self.index}: names shard {shard_name}, which is not in {directory}"
                 )
             self._shards[shard_name] = open_tensor_file(shard_path)
-
-    def _open_remote_shards(self, index: str, names: Sequence[str]) -> None:
-        """Open the shards beside the index ``index`` (a URL), their headers in parallel."""
-        prefix, storage = parent(index), self._storage
-
-        def open_shard(name: str) -> SafetensorsCheckpoint:
-            url = joined(prefix, name)
-            try:
-                if not name.endswith(".safetensors"):
-                    remote_kind(storage, url)  # a torch shard is refused, naming what it is
-                return SafetensorsCheckpoint.from_file(url, storage=storage)
-            except CheckpointNotFoundError as exc:
-                raise CheckpointNotFoundError(
-                    f"{index}: names shard {name}, which is not under {prefix} ({exc})"
-                ) from exc
-
-        threads = max(1, min(len(names), tuning.REMOTE_THREADS))
-        with ThreadPoolExecutor(threads, thread_name_prefix="statevault-open") as pool:
-            futures = [pool.submit(open_shard, name) for name in names]
-            try:
-                for name, future in zip(names, futures, strict=True):
-                    self._shards[name] = future.result()
-            finally:  # every shard opened is closed by close(), even after a failure
-                for name, future in zip(names, futures, strict=True):
-                    done = not future.cancelled() and future.exception() is None
-                    if name not in self._shards and done:
-                        self._shards[name] = future.result()
 
     def _check_map(self, weight_map: Mapping[str, str]) -> None:
         problems = []

@@ -1,7 +1,8 @@
 """convert(): any supported checkpoint -> one statevault file, optionally cast or filtered.
 
 Sources: statevault/safetensors files, ``.pt``/``.pth`` (zip and legacy, weights-only loader
-only) and Hugging Face sharded directories. Without ``keys``/``strip_prefix`` the whole
+only), Hugging Face sharded directories and distributed (DCP) checkpoint directories, ours
+and DCP's own format; the destination is one file or Hugging Face shards. Without ``keys``/``strip_prefix`` the whole
 object is kept as saved (nested state, non-tensor values, tied weights). With either, the
 output is the flat ``name -> tensor`` dict of the selected tensors, named as ``inspect``
 shows them, which is what extracting a model's weights from a training checkpoint needs.
@@ -34,7 +35,15 @@ from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
 from statevault.tools.arguments import checkpoint_source, key_pattern, prefixes
-from statevault.tools.convert_places import check_destination, index_of, options_for, written
+from statevault.tools.destinations import (
+    check_destination,
+    destination_file,
+    index_of,
+    make_folder,
+    names_a_folder,
+    options_for,
+    written,
+)
 
 # keys= once checked: a compiled regex (searched in each name) or a test on one name
 Selector = re.Pattern[str] | Callable[[str], bool]
@@ -213,26 +222,32 @@ def convert(
     :class:`DestinationExistsError` unless ``overwrite=True``; it is then replaced atomically
     (readers see the old file or the new one, never a mix). ``progress`` hears the reading,
     ``write_progress`` the writing (two phases, two bars). ``max_shard_size`` writes
-    Hugging Face shards and their index instead of one file (as ``save``). Either side
-    may be a URL (``s3://...``); ``storage_options`` (passed to fsspec) serves each URL.
+    Hugging Face shards and their index instead of one file (as ``save``); with it,
+    ``destination`` may be a directory (existing, or a path ending in ``/``): the shards are
+    then ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` there, as
+    ``from_pretrained`` reads them. Either side may be a URL (``s3://...``, a prefix ending
+    in ``/`` for shards); ``storage_options`` (passed to fsspec) serves each URL.
 
     Example::
 
         statevault.convert("pytorch_model.bin", "model.safetensors", dtype="bf16")
         statevault.convert("last.ckpt", "weights.safetensors",
                            keys=r"^state_dict\\.", strip_prefix="state_dict.model.")
+        statevault.convert("ckpt/step-1000", "hf/", keys=r"^model\\.", strip_prefix="model.",
+                           max_shard_size="5GB")
     """
     target = float_dtype(dtype) if dtype is not None else None
     pattern = key_selector(keys) if callable(keys) else key_pattern(keys)
     stripped = prefixes(strip_prefix)
     source_path = checkpoint_source(source)
-    destination_path = checkpoint_source(destination, argument="destination")
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # refused before anything is read
+    destination_path = destination_file(source_path, destination, max_shard_size)
     out_options = options_for(destination_path, storage_options)
     check_destination(
         source_path, destination_path, overwrite=overwrite, storage_options=out_options
     )
     if max_shard_size is not None:
-        parse_size(max_shard_size)  # refused before anything is read
         check_destination(
             source_path,
             index_of(destination_path),
@@ -254,6 +269,12 @@ def convert(
             obj, cast = cast_floating(obj, target)
         _, stored = flatten(obj)
         metadata = _source_metadata(opened)
+        if (
+            isinstance(destination_path, Path)
+            and names_a_folder(destination)
+            and not destination_path.parent.is_dir()
+        ):
+            make_folder(destination_path.parent)  # only now: a refused source leaves nothing
         save(
             obj,
             destination_path,
