@@ -62,6 +62,7 @@ def test_the_first_failure_is_raised_and_no_further_task_starts(error: BaseExcep
 def one_helper(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh pool of a single helper thread, so that one busy task occupies all of it."""
     monkeypatch.setattr(tuning, "MAX_THREADS", 1)
+    monkeypatch.setattr(tuning, "REMOTE_THREADS", 1)
     saved = list(workers._helpers)
     workers._helpers.clear()
     yield

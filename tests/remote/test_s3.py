@@ -4,13 +4,10 @@ and a checkpoint whose index (its commit marker) is missing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-import requests
 import torch
 import torch.distributed.checkpoint as dcp
 
@@ -92,28 +89,6 @@ def test_missing_bucket_is_a_clear_error(s3: dict[str, Any]) -> None:
         )
     with pytest.raises(CheckpointNotFoundError, match="check the path"):
         Reader("s3://nobucket/ckpt", storage_options=s3).read_metadata()
-
-
-@pytest.fixture
-def authenticating(s3: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The server checking signatures: options with a real IAM key allowed to use S3."""
-    endpoint = s3["endpoint_url"]
-    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"3", timeout=10).raise_for_status()
-    try:
-        iam = boto3.client(
-            "iam",
-            endpoint_url=endpoint,
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            region_name="us-east-1",
-        )
-        iam.create_user(UserName="trainer")
-        policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
-        iam.put_user_policy(UserName="trainer", PolicyName="s3", PolicyDocument=policy)
-        key = iam.create_access_key(UserName="trainer")["AccessKey"]
-        yield {**s3, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    finally:
-        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
 
 
 def test_wrong_credentials_are_a_clear_error(authenticating: dict[str, Any]) -> None:

@@ -6,11 +6,13 @@ Calls the public function of the same name. May be imported by: ``statevault.cli
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
 
 import statevault
 from statevault.cli._output import emit_json, progress_bars
+from statevault.cli.storage_option import storage_option
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -67,6 +69,7 @@ def _size(value: str | None) -> int | str | None:
     "--force", is_flag=True, help="Replace DST if it exists (atomically: never half-written)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@storage_option
 def convert_command(
     src: str,
     dst: str,
@@ -76,6 +79,7 @@ def convert_command(
     max_shard_size: str | None,
     force: bool,
     as_json: bool,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     """Convert SRC into a statevault file DST (written atomically, with checksums).
 
@@ -85,7 +89,8 @@ def convert_command(
     its state in one file) or a distributed checkpoint directory (statevault.dcp's, or DCP's
     own .metadata + .distcp: full tensors reassembled from their chunks). With
     --max-shard-size, DST becomes Hugging Face shards and their index. `statevault diff SRC DST` then shows they are equal.
-    An existing DST is refused (exit 2) unless --force is given.
+    An existing DST is refused (exit 2) unless --force is given. Either may be an s3://
+    (fsspec) URL; --storage-option serves both.
     """
     with progress_bars() as bars:
         report = statevault.convert(
@@ -98,6 +103,7 @@ def convert_command(
             max_shard_size=_size(max_shard_size),
             progress=bars.bar("reading", src) if bars else None,
             write_progress=bars.bar("writing", dst) if bars else None,
+            storage_options=storage_options,
         )
     if as_json:
         emit_json(report.to_dict())

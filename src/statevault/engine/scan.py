@@ -5,10 +5,11 @@ damaged tensor. It uses the load engine's plan (``reader.plan_reads``: a large t
 cut into block-sized pieces where format 3 has a digest per block; runs of small tensors
 back to back in the file read by one ``preadv``; at most ``VERIFY_CHUNK_BYTES`` per read so
 each piece is hashed while still in L2), but reads into a small scratch buffer per task
-instead of destination tensors, so memory stays flat for any file size. A mismatch is recorded as ``(row, digest found)``; rows are file order, so the
-result is sorted once at the end: linear in the number of tensors, damaged or not. Reading
-and checking go through ``verified``, as loads do. May import: the engine's ``reader``,
-``verified``, ``tuning``, ``workers``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
+instead of destination tensors, so memory stays flat for any file size. A mismatch is
+recorded as ``(row, digest found)``; rows are file order, so the result is sorted once at
+the end: linear in the number of tensors, damaged or not. Reading and checking go through
+``verified``, as loads do. May import: the engine's ``reader``, ``verified``, ``tuning``,
+``workers``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,7 @@ from typing import TypeVar
 from statevault.engine import tuning, workers
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader, plan_reads
-from statevault.engine.verified import (
-    TensorBytes,
-    check_bytes,
-    ended_early,
-    pread_exact,
-    read_exact,
-)
+from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_exact
 from statevault.fileformat import checksums
 
 T = TypeVar("T")
@@ -79,7 +74,8 @@ class _Hasher:
         base = self.reader.header.data_offset + self.table.starts[row] + at
         block = self.reader.block_bytes
         hasher = checksums.new_hasher(block)
-        view = memoryview(bytearray(min(tuning.VERIFY_CHUNK_BYTES, size)))
+        request = self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
+        view = memoryview(bytearray(min(request, size)))
         for done in range(0, size, len(view)):
             if stop.is_set():
                 return []
@@ -103,7 +99,7 @@ class _Hasher:
         view = memoryview(bytearray(ends[end - 1] - origin))
         if len(view):
             short = _short(self.reader, first, 0)
-            pread_exact(self.reader.fileno(), view, self.reader.header.data_offset + origin, short)
+            read_exact(self.reader.file.readv, view, self.reader.header.data_offset + origin, short)
         digest, digests, block = checksums.digest, self.digests, self.reader.block_bytes
         bad = []
         for row in range(first, end):
@@ -142,9 +138,10 @@ def hash_rows(
     sized: list[tuple[int, Callable[[threading.Event], list[Finding]]]] = []
     count = 0
     step = reader.block_bytes
-    for first, end, nbytes in plan_reads(
-        table.starts, table.ends, wanted, limit=tuning.VERIFY_CHUNK_BYTES
-    ):
+    if step is not None and reader.file.remote:  # whole blocks, fewer and larger requests
+        step *= max(1, -(-tuning.REMOTE_PIECE_BYTES // step))
+    limit = reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
+    for first, end, nbytes in plan_reads(table.starts, table.ends, wanted, limit=limit):
         count += end - first
         if end - first > 1 or nbytes < tuning.SMALL_READ_BYTES:
             sized.append((nbytes, partial(hasher.run, first, end)))
@@ -154,7 +151,10 @@ def hash_rows(
             sized.append((size, partial(hasher.piece, first, at, size)))
     sized.sort(key=lambda task: -task[0])  # big ones first keeps every thread busy to the end
     total = sum(size for size, _ in sized)
-    used = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
+    if reader.file.remote:  # each read is a round trip: overlap them whatever the size
+        used = threads or tuning.REMOTE_THREADS
+    else:
+        used = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
     findings = [bad for result in run_parallel([t for _, t in sized], used) for bad in result]
     return _mismatches(findings, table.names, digests, reader.block_bytes), count, total
 
@@ -205,7 +205,7 @@ class ChunkReader:
             self.digests.get(name),
             block_bytes=self.reader.block_bytes,
         )
-        step = tuning.VERIFY_CHUNK_BYTES
+        step = self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
         for done in range(0, nbytes, chunk_bytes):
             piece = self._buffer_for(min(chunk_bytes, nbytes - done))
             for at in range(0, len(piece), step):
@@ -235,7 +235,7 @@ class RowReader:
         total = sum(ends[row] - starts[row] for row in rows)
         if len(self._buffer) < total:
             self._buffer = memoryview(bytearray(total))
-        base, fd = self.reader.header.data_offset, self.reader.fileno()
+        base, readv = self.reader.header.data_offset, self.reader.file.readv
         views: dict[str, memoryview] = {}
         at = index = 0
         while index < len(rows):
@@ -246,7 +246,7 @@ class RowReader:
             span = ends[rows[last]] - origin
             if span:
                 short = _short(self.reader, first_row, 0)
-                pread_exact(fd, self._buffer[at : at + span], base + origin, short)
+                read_exact(readv, self._buffer[at : at + span], base + origin, short)
             for row in rows[index : last + 1]:
                 view = self._buffer[at + starts[row] - origin : at + ends[row] - origin]
                 name = table.names[row]

@@ -46,8 +46,9 @@ def _pool() -> ThreadPoolExecutor:
                 os.register_at_fork(after_in_child=_forget_after_fork)
                 _fork_hook.append(True)
             _helpers.append(
-                ThreadPoolExecutor(
-                    max_workers=tuning.MAX_THREADS, thread_name_prefix="statevault-read"
+                ThreadPoolExecutor(  # threads start only as calls need them
+                    max_workers=max(tuning.MAX_THREADS, tuning.REMOTE_THREADS),
+                    thread_name_prefix="statevault-read",
                 )
             )
         return _helpers[0]

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.memory import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
@@ -37,8 +38,9 @@ from statevault.loading.keymap import KeySelection, Prefixes, Rename
 from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
+from statevault.readers.base import Checkpoint
 from statevault.readers.devices import usable_device
-from statevault.readers.dispatch import Source
+from statevault.readers.dispatch import Source, open_source
 from statevault.reports.load_report import LoadReport, capped
 
 logger = logging.getLogger("statevault")
@@ -117,6 +119,7 @@ _BUILD_OPTIONS = (
     "auto_fix",
     "dtype",
     "keys",
+    "storage_options",
 )
 
 
@@ -138,8 +141,19 @@ def _materialize(
     notes: list[str] = []
     initialised: list[str] = []
 
+    # the source is opened once for both passes (a URL's header is fetched once) and closed
+    # at the end if it was opened here
+    opened: list[Checkpoint] = []
+    closing: list[Checkpoint] = []
+    once = replace(options, storage_options=None)
+
     def load(*, dry_run: bool) -> LoadReport:
-        return load_with(module, source, call=call, options=replace(options, dry_run=dry_run))
+        if not opened:
+            checkpoint, owned = open_source(source, options.storage_options)
+            opened.append(checkpoint)
+            if owned:
+                closing.append(checkpoint)
+        return load_with(module, opened[0], call=call, options=replace(once, dry_run=dry_run))
 
     try:
         # initialise first what the file will not fill: the load then overwrites the rest
@@ -172,6 +186,9 @@ def _materialize(
     except BaseException:
         _restore(slots)
         raise
+    finally:
+        for checkpoint in closing:
+            checkpoint.close()
     if initialised:
         report = replace(report, notes=(*report.notes, *notes), initialised=tuple(initialised))
     return report
@@ -190,6 +207,7 @@ def materialize(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
@@ -201,7 +219,17 @@ def materialize(
     :func:`build_model`) and ``report.initialised`` lists them, as are the keys ``keys=``
     leaves out (``report.not_requested``). On any error the module is left as it was, on meta.
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
+    options = LoadOptions(
+        strict,
+        verify,
+        prefix,
+        strip_prefix,
+        rename,
+        auto_fix,
+        dtype,
+        keys=keys,
+        storage_options=storage_options,
+    )
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
     call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
     return _materialize(module, source, call=call, options=options, device=device)
@@ -248,6 +276,7 @@ def build_model(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
@@ -266,7 +295,17 @@ def build_model(
 
         model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
+    options = LoadOptions(
+        strict,
+        verify,
+        prefix,
+        strip_prefix,
+        rename,
+        auto_fix,
+        dtype,
+        keys=keys,
+        storage_options=storage_options,
+    )
     given = {
         "args": tuple(args) if isinstance(args, list) else args,
         "kwargs": kwargs,

@@ -10,11 +10,16 @@ from typing import Any
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.readers.base import Checkpoint
 
 
 def load(
-    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
+    source: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> Any:
     """Load what :func:`save` wrote, or any checkpoint :class:`Checkpoint` opens.
 
@@ -23,11 +28,14 @@ def load(
     folder gives a flat name -> tensor dict; a training folder (Trainer ``checkpoint-N/``,
     accelerate ``save_state``) gives ``{key: state}`` (see docs/opening.md).
     ``verify`` checks every tensor's checksum while reading (a few percent of load time).
+    A URL (``s3://bucket/ckpt.safetensors``, or a prefix holding a sharded or DCP
+    checkpoint) is read with ranged requests in parallel, ``storage_options`` passed to
+    fsspec.
 
     Example::
 
         state = statevault.load("ckpt.safetensors")
         optimizer.load_state_dict(state["optim"])
     """
-    with Checkpoint(source) as checkpoint:
+    with Checkpoint(source, storage_options=storage_options) as checkpoint:
         return checkpoint.load(device=device, verify=verify)

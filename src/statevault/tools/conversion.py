@@ -20,14 +20,12 @@ from typing import Any
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
-from statevault.errors import (
-    InvalidArgumentError,
-    KeyMappingError,
-)
+from statevault.errors import InvalidArgumentError, KeyMappingError
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
-from statevault.fileformat.shards import index_name, parse_size
+from statevault.fileformat.shards import parse_size
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.loading.keymap import KeySelection, key_selector
 from statevault.readers.base import Checkpoint
@@ -36,12 +34,15 @@ from statevault.readers.sharded import ShardedCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
-from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
+from statevault.tools.arguments import checkpoint_source, key_pattern, prefixes
 from statevault.tools.destinations import (
     check_destination,
     destination_file,
+    index_of,
     make_folder,
     names_a_folder,
+    options_for,
+    written,
 )
 
 # keys= once checked: a compiled regex (searched in each name) or a test on one name
@@ -196,12 +197,6 @@ def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     return _Selection(obj)
 
 
-def _written_size(index: Path) -> int:
-    """Bytes of a sharded destination: its shards, as the checkpoint reports them."""
-    with Checkpoint(index) as written:
-        return written.file_size
-
-
 def convert(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -214,6 +209,7 @@ def convert(
     progress: Progress | None = None,
     write_progress: Progress | None = None,
     max_shard_size: int | str | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> ConvertReport:
     """Write ``source`` (any supported kind) as a statevault file at ``destination``, atomically.
 
@@ -229,7 +225,8 @@ def convert(
     Hugging Face shards and their index instead of one file (as ``save``); with it,
     ``destination`` may be a directory (existing, or a path ending in ``/``): the shards are
     then ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` there, as
-    ``from_pretrained`` reads them.
+    ``from_pretrained`` reads them. Either side may be a URL (``s3://...``, a prefix ending
+    in ``/`` for shards); ``storage_options`` (passed to fsspec) serves each URL.
 
     Example::
 
@@ -242,19 +239,27 @@ def convert(
     target = float_dtype(dtype) if dtype is not None else None
     pattern = key_selector(keys) if callable(keys) else key_pattern(keys)
     stripped = prefixes(strip_prefix)
-    source_path = checkpoint_path(source)
+    source_path = checkpoint_source(source)
     if max_shard_size is not None:
         parse_size(max_shard_size)  # refused before anything is read
     destination_path = destination_file(source_path, destination, max_shard_size)
-    check_destination(source_path, destination_path, overwrite=overwrite)
-    index_path = destination_path.with_name(index_name(destination_path.name))
+    out_options = options_for(destination_path, storage_options)
+    check_destination(
+        source_path, destination_path, overwrite=overwrite, storage_options=out_options
+    )
     if max_shard_size is not None:
-        check_destination(source_path, index_path, overwrite=overwrite)
-    if progress is not None and source_path.is_file():
+        check_destination(
+            source_path,
+            index_of(destination_path),
+            overwrite=overwrite,
+            storage_options=out_options,
+        )
+    if progress is not None and isinstance(source_path, Path) and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(source_path.stat().st_size)
     flattened = pattern is not None or bool(stripped)
-    with Checkpoint(source_path) as opened:
+    in_options = options_for(source_path, storage_options)
+    with Checkpoint(source_path, storage_options=in_options) as opened:
         if flattened:
             selection = _read_selected(opened, pattern, stripped, progress)
         else:
@@ -262,9 +267,13 @@ def convert(
         obj, cast = selection.obj, 0
         if target is not None:
             obj, cast = cast_floating(obj, target)
-        _, written = flatten(obj)
+        _, stored = flatten(obj)
         metadata = _source_metadata(opened)
-        if names_a_folder(destination) and not destination_path.parent.is_dir():
+        if (
+            isinstance(destination_path, Path)
+            and names_a_folder(destination)
+            and not destination_path.parent.is_dir()
+        ):
             make_folder(destination_path.parent)  # only now: a refused source leaves nothing
         save(
             obj,
@@ -273,14 +282,16 @@ def convert(
             checksum=checksum,
             progress=write_progress,
             max_shard_size=max_shard_size,
+            storage_options=out_options,
         )
-        sharded = max_shard_size is not None and index_path.exists()
+        sharded = max_shard_size is not None
+        where, size = written(destination_path, storage_options, sharded=sharded)
         return ConvertReport(
             source=opened.label,
-            destination=str(index_path if sharded else destination_path),
+            destination=where,
             source_kind=opened.kind,
-            tensors=len(written),
-            file_size=_written_size(index_path) if sharded else destination_path.stat().st_size,
+            tensors=len(stored),
+            file_size=size,
             dropped=selection.dropped,
             renamed=selection.renamed,
             cast=cast,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from statevault.engine.fsspec_storage import StorageOptions, storage_for
 from statevault.engine.progress import Progress
 from statevault.engine.scan import hash_rows
 from statevault.engine.temps import describe_temporaries
@@ -29,7 +30,7 @@ from statevault.readers.sniff import FileKind, is_torch_zip, not_a_checkpoint, s
 from statevault.readers.torch_file import TorchCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
-from statevault.tools.arguments import checkpoint_path, thread_count
+from statevault.tools.arguments import checkpoint_source, thread_count
 from statevault.tools.torchzip import check_zip
 
 XXH3 = "checksums"  # xxh3-64 per tensor, plus the header digest
@@ -209,6 +210,7 @@ def verify(
     *,
     progress: Progress | None = None,
     threads: int | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> VerifyReport:
     """Check a checkpoint end to end; collect every problem.
 
@@ -221,6 +223,9 @@ def verify(
     * DCP's own ``FileSystemWriter`` directories: they record no checksums; each tensor
       piece is a ``torch.save`` archive whose zip CRC-32s are checked. Non-tensor values
       have nothing to check.
+    * at a URL (``s3://...``, ``storage_options`` passed to fsspec): statevault and
+      safetensors files, sharded and statevault DCP checkpoints, each file's header then
+      its tensors fetched once, in large ranged requests on parallel threads.
 
     ``progress`` hears the bytes to check, then each chunk checked (from worker threads).
     Damage to a real checkpoint is a finding in the report; a path that is missing or not a
@@ -232,8 +237,11 @@ def verify(
         if not report.ok:
             print(report)  # names each damaged tensor
     """
-    where = checkpoint_path(source)
+    where = checkpoint_source(source)
     threads = thread_count(threads)
+    if isinstance(where, str):
+        return _verify_url(where, storage_options, progress, threads)
+    storage_for(where, storage_options)  # refuses storage_options for a local path, as save
     try:
         kind = sniff(where) if where.is_file() else None
         if kind is FileKind.TORCH:
@@ -261,8 +269,30 @@ def verify(
         return _verify_leaves(where, opened.label, opened.kind, opened.leaves(), progress, threads)
 
 
+def _verify_url(
+    url: str,
+    storage_options: StorageOptions | None,
+    progress: Progress | None,
+    threads: int | None,
+) -> VerifyReport:
+    """A checkpoint at a URL: opened once (headers only), then every leaf's tensors hashed."""
+    try:
+        opened = Checkpoint(url, storage_options=storage_options)
+    except NotACheckpointError:
+        raise
+    except CorruptFileError as exc:
+        return VerifyReport(path=url, header_error=str(exc))
+    with opened:
+        try:
+            if isinstance(opened, SafetensorsCheckpoint):
+                opened.tree  # noqa: B018  the one structure check load makes (raises)
+        except CorruptFileError as exc:
+            return VerifyReport(path=url, header_error=str(exc))
+        return _verify_leaves(url, opened.label, opened.kind, opened.leaves(), progress, threads)
+
+
 def _verify_leaves(
-    where: Path,
+    where: Path | str,
     label: str,
     kind: str,
     leaves: list[Any],
@@ -300,7 +330,7 @@ def _verify_leaves(
                 "checksums, so there is nothing to verify; torch's weights-only loader read "
                 "it without error"
             )
-    if where.is_dir():  # what killed saves left beside the shards
+    if isinstance(where, Path) and where.is_dir():  # what killed saves left beside the shards
         notes += describe_temporaries(where)
     method = report.method if files or not zips else ZIP_CRC
     return replace(
