@@ -60,7 +60,7 @@ def diff_command(
     kind inspect accepts, e.g. a .pt and its converted file. Both files are streamed in
     parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
-    a, b = step_file(a, step_a), step_file(b, step_b)
+    a, b = step_file(a, step_a, storage_options), step_file(b, step_b, storage_options)
     with progress_bar("comparing", a, b) as bar:
         report = statevault.diff(
             a, b, atol=atol, rtol=rtol, progress=bar, storage_options=storage_options

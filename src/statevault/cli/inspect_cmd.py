@@ -146,7 +146,9 @@ def inspect_command(
     checkpoint-N, accelerate save_state), or any of those at an s3:// (fsspec) URL. Only
     headers are read.
     """
-    summary = statevault.inspect(step_file(path, step), storage_options=storage_options)
+    summary = statevault.inspect(
+        step_file(path, step, storage_options), storage_options=storage_options
+    )
     if as_json:
         emit_json(summary.to_dict())
     else:

@@ -36,7 +36,7 @@ def verify_command(
     first). Exit codes: 0 intact, 1 damaged, 2 not a checkpoint or could not verify,
     130 interrupted.
     """
-    path = step_file(path, step)
+    path = step_file(path, step, storage_options)
     with progress_bar("verifying", path) as bar:
         report = statevault.verify(path, progress=bar, storage_options=storage_options)
     if as_json:
