@@ -37,7 +37,7 @@ from statevault.loading.keymap import KeySelection, Prefixes, Rename
 from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
-from statevault.readers.devices import usable_device
+from statevault.readers.devices import mapped_device, usable_device
 from statevault.readers.dispatch import Source
 from statevault.reports.load_report import LoadReport, capped
 
@@ -117,6 +117,7 @@ _BUILD_OPTIONS = (
     "auto_fix",
     "dtype",
     "keys",
+    "mmap",
 )
 
 
@@ -130,11 +131,12 @@ def _materialize(
 ) -> LoadReport:
     require_instance(module, call)
     strict, dtype = options.strict, options.float_dtype
-    target = usable_device(device)
+    target = mapped_device(device) if options.mmap else usable_device(device)
     if dtype is not None:
         module.to(dtype)  # on meta parameters: free, and each is allocated once in that dtype
     slots = _meta_slots(module)
-    fresh = _allocate(slots, target)
+    # mmap=True: what the file holds becomes views of it; only what it leaves out gets memory
+    fresh = {} if options.mmap else _allocate(slots, target)
     notes: list[str] = []
     initialised: list[str] = []
 
@@ -146,6 +148,9 @@ def _materialize(
         if not strict or options.keys is not None:
             planned = load(dry_run=True)
             left_out = (*planned.missing_keys, *planned.skipped, *planned.not_requested)
+            if options.mmap:
+                wanted = set(left_out)
+                fresh = _allocate([slot for slot in slots if slot[0] in wanted], target)
             todo = [k for k in left_out if k in fresh]
             if todo:
                 notes, initialised = initialise(module, todo, fresh, planned.source)
@@ -190,6 +195,7 @@ def materialize(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    mmap: bool = False,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
@@ -200,8 +206,12 @@ def materialize(
     (missing, or skipped for their shape) get the module's own initialisation (see
     :func:`build_model`) and ``report.initialised`` lists them, as are the keys ``keys=``
     leaves out (``report.not_requested``). On any error the module is left as it was, on meta.
+    ``mmap=True`` (CPU): the tensors the file holds become views of it instead (see
+    :func:`build_model`).
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
+    options = LoadOptions(
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys, mmap=mmap
+    )
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
     call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
     return _materialize(module, source, call=call, options=options, device=device)
@@ -248,6 +258,7 @@ def build_model(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    mmap: bool = False,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
@@ -262,11 +273,19 @@ def build_model(
     ``keys=`` leaves out, whatever ``strict`` is. The report is logged
     as a warning when it is not clean (use :func:`skip_init` + :func:`materialize` to get it).
 
+    ``mmap=True`` (safetensors files, ``device="cpu"``), the inference path: no memory is
+    allocated or filled for the weights the file holds; they become views of a private,
+    copy-on-write mapping of it, so worker processes serving one model share one copy of
+    its weights (the page cache's). Digests are checked from the mapping unless
+    ``verify=False``. See docs/loading.md, "Memory-mapped loads".
+
     Example::
 
         model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
-    options = LoadOptions(strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys)
+    options = LoadOptions(
+        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys, mmap=mmap
+    )
     given = {
         "args": tuple(args) if isinstance(args, list) else args,
         "kwargs": kwargs,

@@ -14,7 +14,11 @@ from statevault.readers.base import Checkpoint
 
 
 def load(
-    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
+    source: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    mmap: bool = False,
 ) -> Any:
     """Load what :func:`save` wrote, or any checkpoint :class:`Checkpoint` opens.
 
@@ -23,6 +27,9 @@ def load(
     folder gives a flat name -> tensor dict; a training folder (Trainer ``checkpoint-N/``,
     accelerate ``save_state``) gives ``{key: state}`` (see docs/opening.md).
     ``verify`` checks every tensor's checksum while reading (a few percent of load time).
+    ``mmap=True`` (safetensors files, on the CPU) returns views of a private, copy-on-write
+    mapping of the file instead of copies: processes loading one file share its pages, and
+    writes stay in the process that makes them (docs/loading.md, "Memory-mapped loads").
 
     Example::
 
@@ -30,4 +37,4 @@ def load(
         optimizer.load_state_dict(state["optim"])
     """
     with Checkpoint(source) as checkpoint:
-        return checkpoint.load(device=device, verify=verify)
+        return checkpoint.load(device=device, verify=verify, mmap=mmap)

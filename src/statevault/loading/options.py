@@ -36,7 +36,8 @@ class LoadOptions:
     One value instead of nine keywords passed down each layer; ``given`` gives an entry
     point's own keywords back for the call a printed fix repeats. Built only from valid
     values: a bad ``prefix``, ``strip_prefix``, ``rename`` or ``dtype`` is refused here,
-    before any file is opened.
+    before any file is opened. ``mmap``: the module's tensors become views of the file's
+    private mapping instead of being filled (``loading.mapped``).
     """
 
     strict: bool = True
@@ -49,6 +50,7 @@ class LoadOptions:
     dry_run: bool = False
     assign: bool = False
     keys: KeySelection | None = None
+    mmap: bool = False
 
     def __post_init__(self) -> None:
         check_name_options(
