@@ -193,7 +193,8 @@ class Checkpoint:
             with statevault.Checkpoint("model.safetensors") as ckpt:
                 weights = ckpt.mapped()  # no copy; the mapping outlives the checkpoint
         """
-        what = describe(Path(self.label)) or f"a {self.kind} checkpoint"
+        path = Path(self.label)
+        what = (describe(path) if path.is_file() else None) or f"a {self.kind} checkpoint"
         raise CheckpointKindError(
             f"{self.label}: is {what}, which cannot be memory-mapped: mmap=True maps "
             f"safetensors files. Load it without mmap=True, or convert it once with "
