@@ -151,3 +151,26 @@ def test_mmap_is_for_the_cpu(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r"device='meta' was given: load with"):
         statevault.load(path, mmap=True, device="meta")
     assert_same(statevault.load(path, mmap=True, device="cpu"), {"w": torch.ones(3)})
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.mark.parametrize("name", ["format1", "format2", "format3"])
+def test_every_format_maps_and_verifies(name: str) -> None:
+    with statevault.Checkpoint(DATA / f"{name}.safetensors") as ckpt:
+        assert ckpt.has_checksums  # so each tensor is checked from the mapping
+        assert_same(ckpt.mapped(), ckpt.read())
+        assert ckpt.load(mmap=True).keys() == ckpt.load().keys()
+
+
+def test_empty_and_scalar_tensors_map(tmp_path: Path) -> None:
+    state = {
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "flag": torch.tensor([True, False]),
+        "half": torch.ones(5, dtype=torch.bfloat16),
+    }
+    path = tmp_path / "odd.safetensors"
+    statevault.save(state, path)
+    assert_same(statevault.load(path, mmap=True), state)
