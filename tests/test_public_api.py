@@ -57,6 +57,7 @@ LEAVES = [
     (statevault.CheckpointPermissionError, PermissionError),
     (statevault.CheckpointKindError, ValueError),
     (statevault.CheckpointWriteError, OSError),
+    (statevault.CheckpointReadError, OSError),
     (statevault.UnsupportedObjectError, TypeError),
     (statevault.CorruptFileError, ValueError),
     (statevault.HeaderError, ValueError),

@@ -14,6 +14,9 @@ leaf also subclasses the builtin a caller would naturally catch::
     │                                                     this process
     ├── CheckpointWriteError         (OSError)            save() could not write the path
     │                                                     (``.errno`` is the OS error's)
+    ├── CheckpointReadError          (OSError)            the storage failed mid-read (a
+    │                                                     dropped connection): retry; says
+    │                                                     nothing about the checkpoint
     ├── DestinationExistsError       (FileExistsError)    convert() would replace an existing
     │                                                     file and was not allowed to
     ├── StepExistsError              (FileExistsError)    CheckpointManager.save() of a step
@@ -47,6 +50,7 @@ __all__ = [
     "CheckpointKindError",
     "CheckpointNotFoundError",
     "CheckpointPermissionError",
+    "CheckpointReadError",
     "CheckpointWriteError",
     "ChecksumMismatchError",
     "CorruptFileError",
@@ -100,6 +104,16 @@ class CheckpointWriteError(StateVaultError, OSError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno  # set alone: str() stays the message, not "[Errno n] ..."
+
+
+class CheckpointReadError(StateVaultError, OSError):
+    """The storage holding the checkpoint failed while it was read (object storage: a
+    dropped connection, a timeout, a server error).
+
+    Not a finding about the checkpoint (that is :class:`CorruptFileError`): reading again
+    may well succeed. The message names the URL, never a credential; the storage's own
+    error is the ``__cause__``.
+    """
 
 
 class CheckpointPermissionError(StateVaultError, PermissionError):

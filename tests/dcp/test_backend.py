@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 import statevault
 from statevault.dcp import Reader, Writer
 from statevault.errors import CheckpointNotFoundError, ChecksumMismatchError, HeaderError
+from statevault.fileformat import metadata as vault_metadata
 
 # DCP warns on every save/load without an initialised process group (its single-process mode)
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
@@ -63,6 +65,28 @@ def test_round_trip_of_tensors_and_other_values(tmp_path: Path) -> None:
     _assert_same(loaded, _state())
 
 
+def test_a_chunk_of_several_checksum_blocks_is_verified_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 3 records a digest per block; a chunk larger than one block was refused as
+    damaged (its joined digests compared with one digest of the whole) before the fix."""
+    monkeypatch.setattr(vault_metadata, "BLOCK_BYTES", 64)  # 8 MiB in real files
+    state = {"big": torch.arange(100, dtype=torch.float32)}  # 400 bytes: 7 blocks
+    dcp.save(state, storage_writer=Writer(tmp_path))
+    loaded = {"big": torch.zeros(100)}
+    dcp.load(loaded, storage_reader=Reader(tmp_path))
+    assert torch.equal(loaded["big"], state["big"])
+    at = statevault.Checkpoint(_rank_file(tmp_path)).tensors["big"].offset
+    assert at is not None
+    with _rank_file(tmp_path).open("r+b") as f:
+        f.seek(at + 300)  # block 4
+        f.write(b"\xff")
+    with pytest.raises(CheckpointException) as caught:
+        dcp.load({"big": torch.zeros(100)}, storage_reader=Reader(tmp_path))
+    ((error, _),) = caught.value.failures.values()
+    assert isinstance(error, ChecksumMismatchError) and "'big' is damaged in block 4" in str(error)
+
+
 def test_the_directory_is_one_statevault_file_and_a_json_index(tmp_path: Path) -> None:
     dcp.save(_state(), storage_writer=Writer(tmp_path))
     names = sorted(os.listdir(tmp_path))
@@ -99,6 +123,18 @@ def test_a_new_save_replaces_the_old_files_only_after_its_index(tmp_path: Path) 
     loaded = _blank()
     dcp.load(loaded, storage_reader=Reader(tmp_path))
     assert loaded["epoch"] == 6
+
+
+def test_every_superseded_rank_file_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    """Several at once (a 3-rank save's, or killed saves' leftovers): removed in parallel."""
+    dcp.save(_state(), storage_writer=Writer(tmp_path))
+    for rank in range(1, 4):  # what a killed 4-rank save would leave beside the checkpoint
+        shutil.copy(_rank_file(tmp_path), tmp_path / f"rank{rank:05d}-{'ab' * rank}.safetensors")
+    (tmp_path / "rank-notes.txt").write_text("kept: not named like a rank file")
+    dcp.save(_state(), storage_writer=Writer(tmp_path))
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == 3 and names[0] == "rank-notes.txt" and names[2] == "statevault-dcp.json"
+    assert names[1].startswith("rank00000-")
 
 
 def _load_error(directory: Path, **options: Any) -> BaseException:

@@ -7,6 +7,7 @@ for bit with a single process that trains the same model the same step.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -143,3 +144,36 @@ def test_a_rank_killed_during_a_save_leaves_the_previous_checkpoint(
     assert old_files < left  # the killed save's files lie beside, named by no index
     model = build()
     _assert_bit_exact(load(model, optimizer(model), None, str(checkpoint)), _reference())
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What DCP's own FileSystemWriter leaves after the same 2-rank save."""
+    checkpoint = tmp_path_factory.mktemp("distcp") / "ckpt"
+    _run("save-native", 2, checkpoint, checkpoint.parent / "unused")
+    return checkpoint
+
+
+def _flat_reference() -> dict[str, Any]:
+    """The reference as DCP's flat keys name it (non-tensor values are not read)."""
+    reference = _reference()
+    flat = {f"model.{k}": v for k, v in reference["model"].items()}
+    flat.update({f"optim.state.{k}": v for k, v in reference["optim"].items()})
+    flat.update({k: reference[k] for k in ("rows", "cols", "replicated", "plain")})
+    return flat
+
+
+def test_dcps_own_format_from_two_ranks_reads_and_converts_bit_exact(
+    native: Path, tmp_path: Path
+) -> None:
+    assert sorted(os.listdir(native)) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    with statevault.Checkpoint(native) as opened:
+        assert opened.kind == "distcp"
+        _assert_bit_exact(opened.read(), _flat_reference())
+        assert {"step", "note"} <= set(json.loads(opened.metadata["dcp.objects"]))
+    assert statevault.verify(native).ok
+    statevault.convert(native, tmp_path / "one.safetensors")
+    _assert_bit_exact(statevault.load(tmp_path / "one.safetensors"), _flat_reference())
+    statevault.convert(native, f"{tmp_path / 'hf'}/", max_shard_size="1KB")
+    assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) > 1
+    _assert_bit_exact(statevault.load(tmp_path / "hf"), _flat_reference())

@@ -7,7 +7,8 @@ mesh and saves model + optimizer + extra DTensor/plain/non-tensor state with
 ``statevault.dcp.Writer``; ``load`` builds a fresh one, loads the checkpoint with
 ``Reader`` at this world size (DCP reshards) and rank 0 writes the full state it gathered
 to OUT with ``statevault.save``; ``save-killed`` is ``save`` where rank 1 dies by SIGKILL
-after writing its file, before the index is committed.
+after writing its file, before the index is committed; ``save-native`` is ``save`` with
+DCP's own ``FileSystemWriter`` (``.metadata`` + ``.distcp`` files), for statevault to read.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter, StorageWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -136,9 +139,14 @@ def main(action: str, checkpoint: str, out: str) -> None:
     model = build()
     fully_shard(model, mesh=mesh)
     optim = optimizer(model)
-    if action in ("save", "save-killed"):
+    if action in ("save", "save-killed", "save-native"):
         train_step(model, optim)
-        writer = Writer(checkpoint) if action == "save" else _DiesAfterWriting(checkpoint)
+        writers: dict[str, Callable[[str], StorageWriter]] = {
+            "save": Writer,
+            "save-killed": _DiesAfterWriting,
+            "save-native": FileSystemWriter,
+        }
+        writer = writers[action](checkpoint)
         if action == "save-killed":
             for p in model.parameters():  # a different state, so a mix would show
                 p.data.add_(1.0)

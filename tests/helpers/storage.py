@@ -54,8 +54,8 @@ class FaultyStorage(Storage):
     def open(self, name: Name) -> StoredObject:
         return self.inner.open(name)
 
-    def begin(self, name: Name) -> PendingObject:
-        return _FaultyPending(self, self.inner.begin(name))
+    def begin(self, name: Name, *, exclusive: bool = False) -> PendingObject:
+        return _FaultyPending(self, self.inner.begin(name, exclusive=exclusive))
 
     def exists(self, name: Name) -> bool:
         return self.inner.exists(name)
@@ -65,6 +65,12 @@ class FaultyStorage(Storage):
 
     def list_names(self, directory: Name) -> list[str]:
         return self.inner.list_names(directory)
+
+    def list_tree(self, directory: Name) -> list[str]:
+        return self.inner.list_tree(directory)
+
+    def abort_uploads(self, directory: Name) -> list[str]:
+        return self.inner.abort_uploads(directory)
 
     def _count_write(self) -> int:
         with self._lock:
@@ -103,7 +109,7 @@ class _FaultyPending(PendingObject):
 class NoWriteStorage(FaultyStorage):
     """Fails the test if a save gets as far as creating its pending object (a temp file)."""
 
-    def begin(self, name: Name) -> PendingObject:
-        pending = self.inner.begin(name)
+    def begin(self, name: Name, *, exclusive: bool = False) -> PendingObject:
+        pending = self.inner.begin(name, exclusive=exclusive)
         pending.abort()
         raise AssertionError(f"save went on to create a temporary file for {name!r}")

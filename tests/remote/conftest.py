@@ -52,3 +52,48 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "skip_instance_cache": True,
         "use_listings_cache": False,
     }
+
+
+@pytest.fixture
+def authenticating(s3: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The server checking signatures: options with a real IAM key allowed to use S3."""
+    endpoint = s3["endpoint_url"]
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"3", timeout=10).raise_for_status()
+    try:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            region_name="us-east-1",
+        )
+        iam.create_user(UserName="trainer")
+        policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
+        iam.put_user_policy(UserName="trainer", PolicyName="s3", PolicyDocument=policy)
+        key = iam.create_access_key(UserName="trainer")["AccessKey"]
+        yield {**s3, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    finally:
+        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+@pytest.fixture
+def fetched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every ranged GET any S3 file system makes from now on, in order.
+
+    s3fs's sync ``cat_file`` wraps the coroutine ``_cat_file`` looked up when a file
+    system is made, so patching the class counts the reads of every one made after this.
+    """
+    from s3fs import S3FileSystem
+
+    sizes: list[int] = []
+    real = S3FileSystem._cat_file
+
+    async def counting(
+        self: Any, path: str, version_id: Any = None, start: Any = None, end: Any = None
+    ) -> bytes:
+        data: bytes = await real(self, path, version_id=version_id, start=start, end=end)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(S3FileSystem, "_cat_file", counting)
+    return sizes

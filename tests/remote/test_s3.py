@@ -4,13 +4,10 @@ and a checkpoint whose index (its commit marker) is missing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-import requests
 import torch
 import torch.distributed.checkpoint as dcp
 
@@ -19,6 +16,7 @@ from statevault.dcp import Reader, Writer
 from statevault.dcp.rank_files import RankFile
 from statevault.engine.fsspec_storage import FsspecStorage
 from statevault.errors import (
+    CheckpointKindError,
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CheckpointWriteError,
@@ -94,28 +92,6 @@ def test_missing_bucket_is_a_clear_error(s3: dict[str, Any]) -> None:
         Reader("s3://nobucket/ckpt", storage_options=s3).read_metadata()
 
 
-@pytest.fixture
-def authenticating(s3: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The server checking signatures: options with a real IAM key allowed to use S3."""
-    endpoint = s3["endpoint_url"]
-    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"3", timeout=10).raise_for_status()
-    try:
-        iam = boto3.client(
-            "iam",
-            endpoint_url=endpoint,
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            region_name="us-east-1",
-        )
-        iam.create_user(UserName="trainer")
-        policy = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}'
-        iam.put_user_policy(UserName="trainer", PolicyName="s3", PolicyDocument=policy)
-        key = iam.create_access_key(UserName="trainer")["AccessKey"]
-        yield {**s3, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    finally:
-        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
-
-
 def test_wrong_credentials_are_a_clear_error(authenticating: dict[str, Any]) -> None:
     right = authenticating
     dcp.save(
@@ -158,3 +134,17 @@ def test_a_failed_upload_leaves_the_previous_object_and_no_spool(
     view = memoryview(out.numpy()).cast("B")
     rank_file.read_into(rank_file.entry("w"), view, 0)
     assert torch.equal(out, torch.ones(4))
+
+
+def test_a_remote_file_cannot_be_mapped_and_its_local_copy_can(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
+    state = {"w": torch.randn(8, 8)}
+    url = "s3://bucket/mapped/model.safetensors"
+    statevault.save(state, url, storage_options=s3)
+    with pytest.raises(CheckpointKindError, match=r"remote object, which cannot be memory-mapped"):
+        statevault.load(url, storage_options=s3, mmap=True)
+    assert torch.equal(statevault.load(url, storage_options=s3)["w"], state["w"])  # fix 1
+    local = tmp_path / "model.safetensors"
+    _fs(s3).get_file("bucket/mapped/model.safetensors", str(local))  # fix 2: download, map
+    assert torch.equal(statevault.load(local, mmap=True)["w"], state["w"])

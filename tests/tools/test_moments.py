@@ -115,3 +115,18 @@ def test_the_largest_float_among_zeros_has_itself_as_norm(sizes: list[int]) -> N
     found = streamed(tensor, sizes)
     assert found["norm"] == 1.7976931348623157e308
     assert_matches(found, tensor)
+
+
+def test_norm_just_above_the_largest_float64_rounds_to_it_not_to_inf() -> None:
+    # the exact norm lies between float64's largest value and the halfway point above it
+    tensor = torch.tensor([6.28e300, 1.7976931348623147e308], dtype=torch.float64)
+    assert reference(tensor)["norm"] == 1.7976931348623157e308
+    assert_matches(streamed(tensor, []), tensor)
+
+
+def test_norm_a_hair_past_float64_may_read_as_its_largest_value() -> None:
+    # exactly, this norm rounds to inf, but it is within 1e-15 of float64's largest value
+    tensor = torch.tensor([6.28227607241615e300, 1.7976931348623147e308], dtype=torch.float64)
+    assert reference(tensor)["norm"] == INF
+    assert streamed(tensor, [])["norm"] == 1.7976931348623157e308
+    assert_matches(streamed(tensor, []), tensor)

@@ -5,11 +5,14 @@ Calls the public function of the same name. May be imported by: ``statevault.cli
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 import statevault
 from statevault.cli._output import EXIT_FINDING, emit_json, print_report, progress_bar
 from statevault.cli.ls_cmd import step_file, step_option
+from statevault.cli.storage_option import storage_option
 
 
 @click.command("diff")
@@ -36,6 +39,7 @@ from statevault.cli.ls_cmd import step_file, step_option
 @step_option(
     "--step-b", "When B is a CheckpointManager directory: its step (default: newest valid)."
 )
+@storage_option
 @click.pass_context
 def diff_command(
     ctx: click.Context,
@@ -46,6 +50,7 @@ def diff_command(
     as_json: bool,
     step_a: int | None,
     step_b: int | None,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     """Compare checkpoints A and B: exit 0 if equal, 1 if different (or damaged), 2 on error.
 
@@ -55,9 +60,11 @@ def diff_command(
     kind inspect accepts, e.g. a .pt and its converted file. Both files are streamed in
     parallel in small chunks with their checksums verified; memory stays at a few MB.
     """
-    a, b = step_file(a, step_a), step_file(b, step_b)
+    a, b = step_file(a, step_a, storage_options), step_file(b, step_b, storage_options)
     with progress_bar("comparing", a, b) as bar:
-        report = statevault.diff(a, b, atol=atol, rtol=rtol, progress=bar)
+        report = statevault.diff(
+            a, b, atol=atol, rtol=rtol, progress=bar, storage_options=storage_options
+        )
     if as_json:
         emit_json(report.to_dict())
     else:

@@ -16,6 +16,7 @@ import statevault
 from statevault import CheckpointSummary, ModuleNode, shown
 from statevault.cli._output import NAME_CHARS, VALUE_CHARS, emit_json, human_bytes, stdout_console
 from statevault.cli.ls_cmd import step_file, step_option
+from statevault.cli.storage_option import storage_option
 
 
 def _text(text: str, limit: int = NAME_CHARS) -> str:
@@ -61,10 +62,11 @@ def render(summary: CheckpointSummary, *, depth: int | None) -> None:
             "sharded": "sharded checkpoint",
             "folder": "checkpoint folder",
             "dcp": "distributed checkpoint (statevault.dcp)",
+            "distcp": "distributed checkpoint (DCP FileSystemWriter)",
         }.get(summary.kind, f"{summary.kind} (weights-only loader)")
     if summary.has_checksums:
         checks = "xxh3-64 checksums"
-    elif summary.kind == "torch":
+    elif summary.kind in ("torch", "distcp"):
         checks = "zip CRC-32 per entry"  # what verify checks on a torch zip file
     else:
         checks = "no checksums"
@@ -129,14 +131,24 @@ def _join(path: str, key: str) -> str:
     help="Show the module tree only this many levels deep (totals still cover everything).",
 )
 @step_option()
-def inspect_command(path: str, as_json: bool, depth: int | None, step: int | None) -> None:
+@storage_option
+def inspect_command(
+    path: str,
+    as_json: bool,
+    depth: int | None,
+    step: int | None,
+    storage_options: dict[str, Any] | None,
+) -> None:
     """Show what PATH holds: module tree, shapes, dtypes, sizes, metadata, state.
 
     PATH is a statevault or safetensors file, a .pt/.pth/.bin file (read through torch's
     weights-only loader), a shard index, or a folder (sharded, save_pretrained, a Trainer
-    checkpoint-N, accelerate save_state). Only headers are read.
+    checkpoint-N, accelerate save_state), or any of those at an s3:// (fsspec) URL. Only
+    headers are read.
     """
-    summary = statevault.inspect(step_file(path, step))
+    summary = statevault.inspect(
+        step_file(path, step, storage_options), storage_options=storage_options
+    )
     if as_json:
         emit_json(summary.to_dict())
     else:

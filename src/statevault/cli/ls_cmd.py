@@ -18,6 +18,8 @@ from rich.table import Table
 
 from statevault import CheckpointManager, StepInfo
 from statevault.cli._output import EXIT_FINDING, emit_json, human_bytes, stdout_console
+from statevault.cli.storage_option import storage_option
+from statevault.errors import CheckpointNotFoundError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,15 +36,20 @@ def step_option(name: str = "--step", help_text: str | None = None) -> Callable[
     )
 
 
-def step_file(path: str, step: int | None) -> str:
+def step_file(path: str, step: int | None, storage_options: dict[str, Any] | None = None) -> str:
     """The state file of step ``step`` (or the newest valid one) when ``path`` is a managed
-    directory; ``path`` itself otherwise (a file, or a folder of another kind)."""
-    if step is None and not os.path.isdir(path):
+    directory or run URL; ``path`` itself otherwise (a file, or a folder of another kind)."""
+    if step is None and "://" not in path and not os.path.isdir(path):
         return path
-    with CheckpointManager(path, read_only=True) as manager:
-        if step is None and not manager.steps():
-            return path  # not managed by a CheckpointManager: e.g. a sharded folder
-        return str(manager.step_path(step))
+    try:
+        with CheckpointManager(path, read_only=True, storage_options=storage_options) as manager:
+            if step is None and not manager.steps():
+                return path  # not managed by a CheckpointManager: e.g. a sharded folder
+            return str(manager.step_path(step))
+    except CheckpointNotFoundError:
+        if step is None:
+            return path  # a URL of an object, not of a run: the tools open it themselves
+        raise
 
 
 def _metrics_text(info: StepInfo) -> str:
@@ -90,11 +97,19 @@ def _render(directory: str, infos: list[StepInfo]) -> None:
     is_flag=True,
     help="Do not read the checksums (steps show as 'unverified' instead of valid/damaged).",
 )
+@storage_option
 @click.pass_context
-def ls_command(ctx: click.Context, directory: str, as_json: bool, no_verify: bool) -> None:
-    """List the steps in DIRECTORY, a CheckpointManager directory: status, size, metrics, and
-    why retention keeps each. Exit 0 when no step is damaged, 1 when one is."""
-    with CheckpointManager(directory, read_only=True) as manager:
+def ls_command(
+    ctx: click.Context,
+    directory: str,
+    as_json: bool,
+    no_verify: bool,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """List the steps in DIRECTORY, a CheckpointManager directory or run URL (s3://bucket/run):
+    status, size, metrics, and why retention keeps each. Exit 0 when no step is damaged, 1
+    when one is."""
+    with CheckpointManager(directory, read_only=True, storage_options=storage_options) as manager:
         infos = manager.steps(verify=not no_verify)
     if as_json:
         emit_json({"directory": directory, "steps": [info.to_dict() for info in infos]})

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from statevault import html_report, shown
 from statevault.cli._output import human_bytes, progress_bar, stdout_console
+from statevault.cli.storage_option import storage_option
 
 
 def _write(path: Path, text: str) -> None:
@@ -36,7 +38,10 @@ def _write(path: Path, text: str) -> None:
     show_default=True,
     help="The HTML file to write (replaced if it exists).",
 )
-def report_command(path: str, other: str | None, output: Path) -> None:
+@storage_option
+def report_command(
+    path: str, other: str | None, output: Path, storage_options: dict[str, Any] | None
+) -> None:
     """Write one self-contained HTML page about PATH (and its diff with OTHER).
 
     The page shows a treemap of sizes by module (dtype as colour), a per-tensor table
@@ -47,7 +52,7 @@ def report_command(path: str, other: str | None, output: Path) -> None:
     checkpoint is damaged: the page says so), 2 when it could not be made.
     """
     with progress_bar("measuring", path) as bar:
-        page = html_report(path, compare_to=other, progress=bar)
+        page = html_report(path, compare_to=other, progress=bar, storage_options=storage_options)
     _write(output, page)
     stdout_console().print(
         f"wrote {shown(str(output))} ({human_bytes(len(page.encode('utf-8')))})", markup=False

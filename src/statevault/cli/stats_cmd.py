@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -16,6 +18,7 @@ from statevault.cli._output import (
     progress_bar,
     stdout_console,
 )
+from statevault.cli.storage_option import storage_option
 
 
 def _row(t: TensorStats) -> list[str]:
@@ -64,8 +67,15 @@ def render(report: StatsReport, *, only_flagged: bool) -> None:
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 @click.option("--flagged", "only_flagged", is_flag=True, help="List only flagged tensors.")
+@storage_option
 @click.pass_context
-def stats_command(ctx: click.Context, path: str, as_json: bool, only_flagged: bool) -> None:
+def stats_command(
+    ctx: click.Context,
+    path: str,
+    as_json: bool,
+    only_flagged: bool,
+    storage_options: dict[str, Any] | None,
+) -> None:
     """Health numbers of every tensor in PATH: NaN/Inf, min, max, mean, std, norm, zeros.
 
     Flags name what looks wrong and why: NaN or Inf (damaged training state), an optimizer
@@ -76,7 +86,7 @@ def stats_command(ctx: click.Context, path: str, as_json: bool, only_flagged: bo
     checkpoint or could not read it, 130 interrupted.
     """
     with progress_bar("measuring", path) as bar:
-        report = stats(path, progress=bar)
+        report = stats(path, progress=bar, storage_options=storage_options)
     if as_json:
         emit_json(report.to_dict())
     else:

@@ -3,8 +3,8 @@
 The header is fetched with one small read (``HEAD_GUESS`` bytes, enough for the header of
 a rank file of a few thousand chunks) and a second only when it is longer; after that
 only the byte ranges a load asks for are read. A chunk read whole is checked against the
-xxh3-64 digest its file records; a part of a chunk cannot be (the digest covers the
-whole chunk), which is why resharded loads that cut a chunk read it unverified.
+xxh3-64 digest its file records (one per block of ``block_bytes`` since format 3); a part
+of a chunk is not, which is why resharded loads that cut a chunk read it unverified.
 May be imported by anything in ``statevault.dcp``.
 """
 
@@ -74,7 +74,8 @@ class RankFile:
 
     def check_whole(self, entry: TensorEntry, view: memoryview) -> None:
         """Raise ``ChecksumMismatchError`` unless ``view`` (the whole entry) has its digest."""
-        check_bytes(self.name, entry.name, self.info.checksums.get(entry.name), view)
+        expected = self.info.checksums.get(entry.name)
+        check_bytes(self.name, entry.name, expected, view, self.info.block_bytes)
 
     def close(self) -> None:
         self.object.close()

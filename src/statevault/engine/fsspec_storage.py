@@ -17,7 +17,7 @@ failed upload aborts its parts and leaves the old object. ``begin(name, exclusiv
 commits with a conditional create (``If-None-Match: *``) where the store supports it, so
 two writers cannot both create one name (the second gets ``DestinationExistsError``).
 May import: ``statevault.errors``, the engine's ``memory`` and ``storage``. Imported where
-a URL is routed to a storage (``storage_for``).
+a URL is routed to a storage (``storage_for``), and by the checkpoint manager's object layout.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from statevault.engine.storage import (
 from statevault.errors import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
+    CheckpointReadError,
     CheckpointWriteError,
-    CorruptFileError,
     DestinationExistsError,
     InvalidArgumentError,
     StateVaultError,
@@ -68,11 +68,17 @@ def _reading_error(name: str, exc: BaseException) -> StateVaultError:
             "(storage_options, or the environment/config files fsspec and botocore read)",
             getattr(exc, "errno", None),
         )
-    return CorruptFileError(f"{name}: could not be read from the object store ({exc})")
+    return CheckpointReadError(
+        f"{name}: could not be read from the object store ({type(exc).__name__}: {exc}); "
+        "the checkpoint itself is not known to be damaged: retry, and check the network "
+        "and the endpoint"
+    )
 
 
 class FsspecObject(StoredObject):
     """An object opened for ranged reads; each read is one request for exactly its bytes."""
+
+    remote = True
 
     def __init__(self, fs: Any, name: str) -> None:
         self.name = name
@@ -219,6 +225,46 @@ class FsspecStorage(Storage):
         except Exception as exc:
             raise _reading_error(where, exc) from exc
         return sorted(e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+
+    def list_tree(self, directory: Name) -> list[str]:
+        """Every object below ``directory``: one paginated listing on S3, not one per level."""
+        where = os.fspath(directory)
+        prefix = self.fs._strip_protocol(where).rstrip("/") + "/"
+        try:
+            found = self.fs.find(where, withdirs=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise _reading_error(where, exc) from exc
+        return sorted(name[len(prefix) :] for name in found if name.startswith(prefix))
+
+    def abort_uploads(self, directory: Name) -> list[str]:
+        """Abort the multipart uploads left below ``directory`` by killed writers (S3 keeps
+        their parts, and bills them, until they are aborted); other stores have none."""
+        if "s3" not in _protocols(self.fs):
+            return []
+        where = os.fspath(directory)
+        bucket, _, key = self.fs._strip_protocol(where).partition("/")
+        prefix = key.rstrip("/") + "/" if key else ""
+        try:
+            listing = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+            aborted = []
+            for upload in listing.get("Uploads", []):
+                self.fs.call_s3(
+                    "abort_multipart_upload",
+                    Bucket=bucket,
+                    Key=upload["Key"],
+                    UploadId=upload["UploadId"],
+                )
+                aborted.append(upload["Key"])
+        except Exception as exc:
+            raise _reading_error(where, exc) from exc
+        return aborted
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def storage_for(name: Name, storage_options: StorageOptions | None) -> Storage:

@@ -7,7 +7,10 @@ read by one scatter ``preadv`` per run, so a state of 20,000 small tensors costs
 syscalls. pread was chosen over mmap by measurement: it fills the destination in one
 kernel copy, leaves no file-backed mappings behind, and lets a truncated file raise an
 error instead of a SIGBUS (a memcpy from a mapping gained nothing in A/B runs here).
-CUDA destinations go through ``staging``. May import: ``fileformat`` (container, table;
+CUDA destinations go through ``staging``. A remote object (``storage.StoredObject.remote``,
+S3 through fsspec) is read the same way with larger requests: its header with one generous
+ranged read (a second only for a longer header), then only the wanted tensors, each task
+one request for a whole tensor, block or run, on more threads, every block verified. May import: ``fileformat`` (container, table;
 never its metadata codec, which the caller brings as ``digest_header``),
 ``statevault.errors``, the engine's ``memory``, ``staging``, ``storage``, ``tuning``,
 ``verified``. Imported by ``readers`` and the engine's scans.
@@ -26,7 +29,7 @@ import torch
 
 from statevault.engine import staging, tuning
 from statevault.engine.memory import ByteBuffer, remaining_after, tensor_memory
-from statevault.engine.storage import LOCAL_STORAGE, LocalFile
+from statevault.engine.storage import LOCAL_STORAGE, LocalFile, Storage, StoredObject
 from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_blocks
 from statevault.errors import CorruptFileError, StateVaultError, TruncatedFileError
 from statevault.fileformat.container import (
@@ -56,30 +59,51 @@ class FileReader:
     block_bytes: int | None = None
 
     def __init__(
-        self, path: str | os.PathLike[str], *, digest_header: HeaderDigest | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        digest_header: HeaderDigest | None = None,
+        storage: Storage = LOCAL_STORAGE,
+        opened: tuple[StoredObject, bytes] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.file: LocalFile = LOCAL_STORAGE.open(self.path)
+        """``opened``: the object already open and its first bytes already read (a URL
+        whose kind was sniffed with the header's request): no second open or read."""
+        # a URL stays a string: Path() would fold its "//" and every message would misname it
+        self.path: Path | str = (
+            path if isinstance(path, str) and storage is not LOCAL_STORAGE else Path(path)
+        )
+        self.file: StoredObject = storage.open(self.path) if opened is None else opened[0]
         try:
             self.file_size = self.file.size
-            prefix = self._read_head(PREFIX_BYTES + 1, 0)
-            length = header_length(prefix, file_size=self.file_size, source=str(self.path))
-            raw = self._read_head(length, PREFIX_BYTES)
+            # a local file: the 8-byte length, then the header; a remote object: one
+            # generous request that usually holds both (each request is a round trip)
+            guess = tuning.HEAD_GUESS_BYTES if self.file.remote else 0
+            head = opened[1] if opened else self._read_head(max(PREFIX_BYTES + 1, guess), 0)
+            length = header_length(
+                head[: PREFIX_BYTES + 1], file_size=self.file_size, source=str(self.path)
+            )
+            if PREFIX_BYTES + length <= len(head):  # the usual case: one read did it all
+                raw = head[PREFIX_BYTES : PREFIX_BYTES + length]
+            else:
+                raw = self._read_head(length, PREFIX_BYTES)
+            prefix = head[:PREFIX_BYTES]
+            del head
             if len(raw) != length:
                 raise TruncatedFileError(
                     f"{self.path}: file shrank while its header was read (read {len(raw)} of "
                     f"{length} bytes); it is being rewritten in place or was truncated"
                 )
             # hashed before parsing: a format-2 header's digest covers its raw bytes
-            self.signed_digest = (
-                digest_header(prefix[:PREFIX_BYTES], raw) if digest_header else None
-            )
+            self.signed_digest = digest_header(prefix, raw) if digest_header else None
             text = header_text(raw, source=str(self.path))
             del raw  # megabytes for 20,000 tensors: parse with one copy alive, not two
             self.header: Header = parse_header_text(
                 text, header_bytes=length, file_size=self.file_size, source=str(self.path)
             )
             del text
+        except StateVaultError:  # already in our words (some are OSErrors: a storage's)
+            self.file.close()
+            raise
         except OSError as exc:
             self.file.close()
             raise CorruptFileError(f"{self.path}: could not be read ({exc.strerror})") from exc
@@ -92,8 +116,14 @@ class FileReader:
         return self.file.read(max(0, min(nbytes, self.file_size - offset)), offset)
 
     def fileno(self) -> int:
-        """The open descriptor, for whole-file scans that read with their own buffers."""
+        """The open descriptor of a local file (remote objects have none: read ``file``)."""
+        if not isinstance(self.file, LocalFile):
+            raise StateVaultError(f"internal error: {self.path} is remote and has no descriptor")
         return self.file.fd
+
+    def request_bytes(self, local: int) -> int:
+        """How much one read asks for: ``local`` from a file, far more from an object store."""
+        return max(local, tuning.REMOTE_REQUEST_BYTES) if self.file.remote else local
 
     def close(self) -> None:
         self.file.close()
@@ -113,7 +143,9 @@ class FileReader:
     def read_into(self, entry: TensorEntry, dest: memoryview, expected: str | None) -> None:
         """Fill ``dest`` with the tensor's bytes, checking ``expected`` digest when given."""
         tensor = self._tensor(entry, expected)
-        step = tuning.CHUNK_BYTES if expected is None else tuning.VERIFY_CHUNK_BYTES
+        step = self.request_bytes(
+            tuning.CHUNK_BYTES if expected is None else tuning.VERIFY_CHUNK_BYTES
+        )
         for done in range(0, entry.nbytes, step):
             tensor.read(dest[done : min(done + step, entry.nbytes)], done)
         tensor.check()
@@ -160,8 +192,10 @@ class FileReader:
         them, with requests large and many enough to keep a disk busy.
         """
         table = self.header.entries
-        limit = tuning.VERIFY_CHUNK_BYTES if digests else tuning.BATCH_BYTES
+        limit = self.request_bytes(tuning.VERIFY_CHUNK_BYTES if digests else tuning.BATCH_BYTES)
         piece = self.block_bytes if digests else tuning.SPLIT_BYTES
+        if piece is not None and self.file.remote:  # whole blocks, fewer and larger requests
+            piece *= max(1, -(-tuning.REMOTE_PIECE_BYTES // piece))
         tasks: list[tuple[int, Callable[[], None]]] = []
         for first, end, nbytes in plan_reads(table.starts, table.ends, dests, limit=limit):
             if piece is not None and end - first == 1 and nbytes > piece:
@@ -172,8 +206,11 @@ class FileReader:
                 tasks.append((nbytes, partial(self._read_rows, first, end, dests, digests)))
         tasks.sort(key=lambda task: -task[0])  # stable: a tensor's pieces stay in file order
         total = sum(size for size, _ in tasks)
-        threads = min(len(tasks), os.cpu_count() or 1, tuning.MAX_THREADS)
-        if threads <= 1 or total < tuning.PARALLEL_MIN_BYTES:
+        if self.file.remote:  # threads wait on round trips: as many as requests, up to a cap
+            threads = min(len(tasks), tuning.REMOTE_THREADS)
+        else:
+            threads = min(len(tasks), os.cpu_count() or 1, tuning.MAX_THREADS)
+        if threads <= 1 or (total < tuning.PARALLEL_MIN_BYTES and not self.file.remote):
             for _, task in tasks:
                 task()
             return
@@ -218,7 +255,7 @@ class FileReader:
         base = self.header.data_offset + table.starts[row]
         view = tensor_memory(dest)[at : at + size]
         expected = digests[name] if digests else None
-        request = tuning.VERIFY_CHUNK_BYTES if expected else tuning.CHUNK_BYTES
+        request = self.request_bytes(tuning.VERIFY_CHUNK_BYTES if expected else tuning.CHUNK_BYTES)
         read_blocks(
             self.file,
             base,

@@ -23,7 +23,7 @@ from typing import TypeVar
 from statevault.engine import tuning
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader, plan_reads
-from statevault.engine.verified import TensorBytes, check_bytes, ended_early, pread_exact
+from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_exact
 from statevault.fileformat import checksums
 
 T = TypeVar("T")
@@ -80,7 +80,9 @@ class _Hasher:
             self.digests[name],
             block_bytes=self.reader.block_bytes,
         )
-        view = memoryview(bytearray(min(tuning.VERIFY_CHUNK_BYTES, nbytes)))
+        view = memoryview(
+            bytearray(min(self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES), nbytes))
+        )
         for done in range(0, nbytes, len(view)):
             if stop.is_set():
                 return []
@@ -100,7 +102,7 @@ class _Hasher:
         view = memoryview(bytearray(ends[end - 1] - origin))
         if len(view):
             short = _short(self.reader, first, 0)
-            pread_exact(self.reader.fileno(), view, self.reader.header.data_offset + origin, short)
+            read_exact(self.reader.file.readv, view, self.reader.header.data_offset + origin, short)
         digest, digests, block = checksums.digest, self.digests, self.reader.block_bytes
         bad = []
         for row in range(first, end):
@@ -136,9 +138,8 @@ def hash_rows(
     hasher = _Hasher(reader, digests, progress)
     sized: list[tuple[int, Callable[[threading.Event], list[Mismatch]]]] = []
     count = 0
-    for first, end, nbytes in plan_reads(
-        table.starts, table.ends, wanted, limit=tuning.VERIFY_CHUNK_BYTES
-    ):
+    limit = reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
+    for first, end, nbytes in plan_reads(table.starts, table.ends, wanted, limit=limit):
         count += end - first
         if end - first == 1 and nbytes >= tuning.SMALL_READ_BYTES:
             sized.append((nbytes, partial(hasher.large, first)))
@@ -146,7 +147,10 @@ def hash_rows(
             sized.append((nbytes, partial(hasher.run, first, end)))
     sized.sort(key=lambda task: -task[0])  # big ones first keeps every thread busy to the end
     total = sum(size for size, _ in sized)
-    workers = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
+    if reader.file.remote:  # each read is a round trip: overlap them whatever the size
+        workers = threads or tuning.REMOTE_THREADS
+    else:
+        workers = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
     found = [bad for result in run_parallel([t for _, t in sized], workers) for bad in result]
     found.sort()
     return found, count, total
@@ -185,7 +189,7 @@ class ChunkReader:
             self.digests.get(name),
             block_bytes=self.reader.block_bytes,
         )
-        step = tuning.VERIFY_CHUNK_BYTES
+        step = self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
         for done in range(0, nbytes, chunk_bytes):
             piece = self._buffer_for(min(chunk_bytes, nbytes - done))
             for at in range(0, len(piece), step):
@@ -215,7 +219,7 @@ class RowReader:
         total = sum(ends[row] - starts[row] for row in rows)
         if len(self._buffer) < total:
             self._buffer = memoryview(bytearray(total))
-        base, fd = self.reader.header.data_offset, self.reader.fileno()
+        base, readv = self.reader.header.data_offset, self.reader.file.readv
         views: dict[str, memoryview] = {}
         at = index = 0
         while index < len(rows):
@@ -226,7 +230,7 @@ class RowReader:
             span = ends[rows[last]] - origin
             if span:
                 short = _short(self.reader, first_row, 0)
-                pread_exact(fd, self._buffer[at : at + span], base + origin, short)
+                read_exact(readv, self._buffer[at : at + span], base + origin, short)
             for row in rows[index : last + 1]:
                 view = self._buffer[at + starts[row] - origin : at + ends[row] - origin]
                 name = table.names[row]

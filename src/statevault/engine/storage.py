@@ -11,7 +11,13 @@ above it plans and moves bytes; a storage only knows named objects:
   exactly one of ``commit(durable=...)`` (the object appears under ``name`` whole, or the
   old one stays) or ``abort()`` (nothing appears; may follow a failed ``commit``, is safe
   to call twice). A failing ``commit`` publishes nothing.
-- ``exists(name)``, ``remove(name)``, ``list_names(directory)``.
+- ``exists(name)``, ``remove(name)``, ``list_names(directory)``, ``list_tree(directory)``
+  (every object below it, for layouts of many objects such as the checkpoint manager's),
+  ``abort_uploads(directory)`` (drops what killed writers left half uploaded; nothing to do
+  on a local disk, where ``temps`` removes stale temporaries).
+- ``begin(name, exclusive=True)``: the commit fails with ``DestinationExistsError`` if
+  ``name`` exists by then, atomically (a hard link on disk, ``If-None-Match: *`` on S3), so
+  of two writers racing to create one name exactly one wins: a commit marker.
 
 Atomic commit is part of the interface because it is the one thing every backend must do
 differently. Local disk (:class:`LocalStorage`) writes a temporary file beside the target
@@ -45,6 +51,7 @@ from statevault.errors import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CorruptFileError,
+    DestinationExistsError,
     HeaderError,
     StateVaultError,
 )
@@ -57,6 +64,10 @@ class StoredObject(ABC):
 
     name: str  # as the caller gave it: every message names it
     size: int  # in bytes, when opened
+    # Each read of a remote object is one request (a round trip, often billed): readers ask
+    # for whole tensors or runs at once (``tuning.REMOTE_REQUEST_BYTES``), many in parallel,
+    # instead of the small cache-sized pieces that suit a local file.
+    remote: bool = False
 
     @abstractmethod
     def read(self, nbytes: int, offset: int) -> bytes:
@@ -101,8 +112,12 @@ class Storage(ABC):
         """The object ``name``, opened for reading (``CheckpointNotFoundError`` if absent)."""
 
     @abstractmethod
-    def begin(self, name: Name) -> PendingObject:
-        """Start writing a new object for ``name``; refuses names that must not be replaced."""
+    def begin(self, name: Name, *, exclusive: bool = False) -> PendingObject:
+        """Start writing a new object for ``name``; refuses names that must not be replaced.
+
+        ``exclusive``: the commit creates ``name`` only if nothing is there, atomically
+        (``DestinationExistsError`` otherwise, and nothing is replaced).
+        """
 
     @abstractmethod
     def exists(self, name: Name) -> bool:
@@ -115,6 +130,19 @@ class Storage(ABC):
     @abstractmethod
     def list_names(self, directory: Name) -> list[str]:
         """The committed objects under ``directory``, sorted (pending ones are not listed)."""
+
+    @abstractmethod
+    def list_tree(self, directory: Name) -> list[str]:
+        """Every committed object below ``directory`` at any depth, as ``/``-joined names
+        relative to it, sorted; [] when there is nothing there."""
+
+    def abort_uploads(self, directory: Name) -> list[str]:
+        """Abort the unfinished uploads of killed writers below ``directory``; their names.
+
+        Call it only when no writer below ``directory`` is live. A store without resumable
+        uploads has none (the default).
+        """
+        return []
 
 
 _FILE_KINDS = (
@@ -221,7 +249,8 @@ class LocalFile(StoredObject):
 class LocalPendingFile(PendingObject):
     """A save's temporary file beside its target; ``commit`` renames it over the target."""
 
-    def __init__(self, name: Name) -> None:
+    def __init__(self, name: Name, *, exclusive: bool = False) -> None:
+        self._exclusive = exclusive
         self._target = _target.resolve(name)  # refuses what must not be replaced, first
         self._directory = self._target.file.parent
         temps.remove_stale_temporaries(self._directory)  # they may be what fills the disk
@@ -255,7 +284,16 @@ class LocalPendingFile(PendingObject):
             if durable:
                 os.fsync(self._fd)
             self._close()
-            os.replace(self._temp, self._target.file)
+            if self._exclusive:  # link() never replaces: of two writers, one gets EEXIST
+                os.link(self._temp, self._target.file)
+                self._temp.unlink()
+            else:
+                os.replace(self._temp, self._target.file)
+        except FileExistsError as exc:
+            raise DestinationExistsError(
+                f"{self._target.given}: another writer created it first; nothing was replaced",
+                str(self._target.given),
+            ) from exc
         except OSError as exc:
             raise self._error(exc) from exc
         self._temp = None  # published: nothing left for abort to remove
@@ -305,13 +343,13 @@ class LocalStorage(Storage):
     def open(self, name: Name) -> LocalFile:
         return LocalFile(Path(name))
 
-    def begin(self, name: Name) -> LocalPendingFile:
+    def begin(self, name: Name, *, exclusive: bool = False) -> LocalPendingFile:
         """A temporary file for ``name`` (through symlinks, the file a link names).
 
         The caller's name is kept as given: ``Path()`` would turn "" into "." and drop a
         trailing "/", which ``target.resolve`` refuses with a message of its own.
         """
-        return LocalPendingFile(name)
+        return LocalPendingFile(name, exclusive=exclusive)
 
     def exists(self, name: Name) -> bool:
         return os.path.isfile(name)
@@ -327,6 +365,18 @@ class LocalStorage(Storage):
                 for entry in entries
                 if entry.is_file() and not entry.name.endswith(temps.TEMP_SUFFIX)
             )
+
+    def list_tree(self, directory: Name) -> list[str]:
+        """Regular files below ``directory`` (not following links), without temporaries."""
+        found = []
+        for folder, _, files in os.walk(directory):
+            relative = os.path.relpath(folder, directory)
+            for name in files:
+                if not name.endswith(temps.TEMP_SUFFIX) and os.path.isfile(
+                    os.path.join(folder, name)
+                ):
+                    found.append(name if relative == "." else f"{relative}/{name}")
+        return sorted(found)
 
 
 LOCAL_STORAGE = LocalStorage()  # stateless: one instance serves every caller and thread

@@ -38,3 +38,14 @@ PARALLEL_MIN_BYTES = 4 << 20  # below this, thread start-up costs more than it s
 WRITE_AHEAD = 3  # runs of small tensors handed to the writer thread and not yet written
 STAGING_BYTES = 64 << 20  # per pinned buffer when loading to a GPU
 STAGING_BUFFERS = 2  # one being filled from the file while the other is copied to the device
+# Object storage: every read is one ranged GET with a round trip of milliseconds, so reads
+# ask for a whole tensor, block or run at once (up to this), on many threads: the time goes
+# to waiting, not to the two cores. The first read of a file fetches this much, enough for
+# the header of a few hundred tensors, and asks again only when the header is longer.
+REMOTE_REQUEST_BYTES = 64 << 20
+REMOTE_THREADS = 16
+# A large tensor is split into ranged requests of this size (whole checksum blocks), the
+# size AWS suggests for parallel byte-range GETs (8-16 MB): large enough that the round
+# trip is small beside the transfer, small enough that one tensor fills many connections.
+REMOTE_PIECE_BYTES = 16 << 20
+HEAD_GUESS_BYTES = 64 << 10

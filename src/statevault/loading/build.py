@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.memory import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
@@ -37,8 +38,9 @@ from statevault.loading.keymap import KeySelection, Prefixes, Rename
 from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
+from statevault.readers.base import Checkpoint
 from statevault.readers.devices import mapped_device, usable_device
-from statevault.readers.dispatch import Source
+from statevault.readers.dispatch import Source, open_source
 from statevault.reports.load_report import LoadReport, capped
 
 logger = logging.getLogger("statevault")
@@ -117,6 +119,7 @@ _BUILD_OPTIONS = (
     "auto_fix",
     "dtype",
     "keys",
+    "storage_options",
     "mmap",
 )
 
@@ -140,8 +143,19 @@ def _materialize(
     notes: list[str] = []
     initialised: list[str] = []
 
+    # the source is opened once for both passes (a URL's header is fetched once) and closed
+    # at the end if it was opened here
+    opened: list[Checkpoint] = []
+    closing: list[Checkpoint] = []
+    once = replace(options, storage_options=None)
+
     def load(*, dry_run: bool) -> LoadReport:
-        return load_with(module, source, call=call, options=replace(options, dry_run=dry_run))
+        if not opened:
+            checkpoint, owned = open_source(source, options.storage_options)
+            opened.append(checkpoint)
+            if owned:
+                closing.append(checkpoint)
+        return load_with(module, opened[0], call=call, options=replace(once, dry_run=dry_run))
 
     try:
         # initialise first what the file will not fill: the load then overwrites the rest
@@ -177,6 +191,9 @@ def _materialize(
     except BaseException:
         _restore(slots)
         raise
+    finally:
+        for checkpoint in closing:
+            checkpoint.close()
     if initialised:
         report = replace(report, notes=(*report.notes, *notes), initialised=tuple(initialised))
     return report
@@ -195,6 +212,7 @@ def materialize(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
     mmap: bool = False,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
@@ -210,7 +228,16 @@ def materialize(
     :func:`build_model`).
     """
     options = LoadOptions(
-        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys, mmap=mmap
+        strict,
+        verify,
+        prefix,
+        strip_prefix,
+        rename,
+        auto_fix,
+        dtype,
+        keys=keys,
+        storage_options=storage_options,
+        mmap=mmap,
     )
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
     call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
@@ -258,6 +285,7 @@ def build_model(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
     mmap: bool = False,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
@@ -284,7 +312,16 @@ def build_model(
         model = statevault.build_model(Transformer, "model.safetensors", kwargs={"dim": 512})
     """
     options = LoadOptions(
-        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, keys=keys, mmap=mmap
+        strict,
+        verify,
+        prefix,
+        strip_prefix,
+        rename,
+        auto_fix,
+        dtype,
+        keys=keys,
+        storage_options=storage_options,
+        mmap=mmap,
     )
     given = {
         "args": tuple(args) if isinstance(args, list) else args,

@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.errors import MetaDeviceError, StateDictMismatchError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fill import fill_in_place, fill_with_torch, torch_load_reason
@@ -88,7 +89,7 @@ def load_with(module: nn.Module, source: Source, *, call: Call, options: LoadOpt
     """What every entry point runs; ``call`` says which one, for the fixes it prints."""
     require_instance(module, call)
     _refuse_optimizer_state(source, call)
-    opened, owned = open_source(source)
+    opened, owned = open_source(source, options.storage_options)
     try:
         planned = plan(module, opened, options, call)
         return _execute(module, planned, opened, options, call)
@@ -149,6 +150,7 @@ def load_into(
     dry_run: bool = False,
     assign: bool = False,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
     mmap: bool = False,
 ) -> LoadReport:
     """Load a checkpoint (any file or folder :class:`Checkpoint` opens, or a state dict)
@@ -172,7 +174,8 @@ def load_into(
     such as ``"bf16"``) converts the module's floating-point tensors to that dtype and loads
     into them. ``dry_run`` only reports (strict still raises); ``verify`` checks tensor
     checksums while reading. A bad option raises :class:`InvalidArgumentError` before the
-    file is opened.
+    file is opened. A URL source (``s3://bucket/model.safetensors``) reads only the header and
+    the tensors loaded, with ``storage_options`` passed to fsspec (credentials, endpoint).
 
     ``assign=True`` is torch's ``load_state_dict(..., assign=True)``: the module's tensors
     become the loaded ones (read into fresh memory; parameters stay parameters and keep
@@ -193,7 +196,18 @@ def load_into(
         print(report)  # Loaded 2 of 2 model tensor(s) from ...: all keys matched successfully
     """
     options = LoadOptions(
-        strict, verify, prefix, strip_prefix, rename, auto_fix, dtype, dry_run, assign, keys, mmap
+        strict,
+        verify,
+        prefix,
+        strip_prefix,
+        rename,
+        auto_fix,
+        dtype,
+        dry_run,
+        assign,
+        keys,
+        storage_options,
+        mmap,
     )
     call = describe_call(EntryPoint.LOAD_INTO, "model", source, options.given())
     return load_with(module, source, call=call, options=options)
@@ -212,6 +226,7 @@ def load_model(
     dtype: DtypeLike | None = None,
     assign: bool = False,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
     mmap: bool = False,
 ) -> LoadReport:
     """Load ``source`` into the existing ``model``, as ``safetensors.torch.load_model`` does.
@@ -234,6 +249,7 @@ def load_model(
         dtype,
         assign=assign,
         keys=keys,
+        storage_options=storage_options,
         mmap=mmap,
     )
     call = describe_call(EntryPoint.LOAD_MODEL, "model", source, options.given())
@@ -250,6 +266,7 @@ def check(
     auto_fix: bool = True,
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> LoadReport:
     """What :func:`load_into` would do, without touching the module or reading tensor data.
 
@@ -271,8 +288,11 @@ def check(
         dtype=dtype,
         dry_run=True,
         keys=keys,
+        storage_options=storage_options,
     )
-    given = options.given("prefix", "strip_prefix", "rename", "auto_fix", "dtype", "keys")
+    given = options.given(
+        "prefix", "strip_prefix", "rename", "auto_fix", "dtype", "keys", "storage_options"
+    )
     return load_with(
         module,
         source,

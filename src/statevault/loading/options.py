@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
 from statevault.loading.fixes import Call, EntryPoint, literal
 from statevault.loading.keymap import KeySelection, Prefixes, Rename, check_name_options
@@ -50,6 +51,7 @@ class LoadOptions:
     dry_run: bool = False
     assign: bool = False
     keys: KeySelection | None = None
+    storage_options: StorageOptions | None = None  # for a URL source: passed to fsspec
     mmap: bool = False
 
     def __post_init__(self) -> None:
@@ -78,8 +80,14 @@ _DEFAULTS: dict[str, object] = {
 }
 
 
+# options whose values a printed fix never shows: storage_options may hold credentials
+_BY_NAME_ONLY = frozenset({"storage_options"})
+
+
 def _as_code(name: str, value: object) -> str:
     """An option's value as code; values with no literal form print as the option's name."""
+    if name in _BY_NAME_ONLY:
+        return name
     if isinstance(value, torch.dtype):
         return f"torch.{dtype_name(value)}"
     if isinstance(value, torch.device):

@@ -20,11 +20,9 @@ from typing import Any
 import torch
 
 from statevault.errors import CheckpointNotFoundError, CorruptFileError, StepNotFoundError
-from statevault.loading.load import load
-from statevault.manager import layout
 from statevault.manager.policies import StepRecord
 from statevault.manager.steps import Status, StepInfo
-from statevault.tools.verification import verify
+from statevault.manager.stores import StepStore
 
 logger = logging.getLogger("statevault.manager")
 
@@ -34,8 +32,9 @@ class CatalogEntry:
     """One committed step (mutable: verification fills in ``verified`` or ``problem``)."""
 
     step: int
-    folder: Path
+    location: str  # the step's folder (or URL prefix): only the store interprets it
     manifest: dict[str, Any]
+    state_file: str | Path  # as the file tools take it
     problem: str | None = None  # why it is damaged
     verified: bool = False
 
@@ -48,10 +47,6 @@ class CatalogEntry:
     def metadata(self) -> dict[str, str]:
         metadata = self.manifest.get("metadata")
         return dict(metadata) if isinstance(metadata, dict) else {}
-
-    @property
-    def state_file(self) -> Path:
-        return self.folder / layout.STATE_FILE
 
     def record(self) -> StepRecord:
         return StepRecord(self.step, float(self.manifest.get("time") or 0.0), self.metrics)
@@ -72,15 +67,23 @@ class CatalogEntry:
 
 
 class StepCatalog:
-    """The steps found in ``directory`` when opened, kept up to date by the manager."""
+    """The steps found in ``store`` when opened, kept up to date by the manager."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, store: StepStore) -> None:
+        self.store = store
+        self.directory = store.where  # for messages
         self._lock = threading.RLock()
         self._entries = {
-            step: _read_entry(folder, step)
-            for step, folder in layout.committed_steps(directory).items()
+            step: self.read_entry(location, step)
+            for step, location in store.committed_steps().items()
         }
+
+    def read_entry(self, location: str, step: int) -> CatalogEntry:
+        try:
+            manifest = self.store.read_manifest(location, step)
+        except ValueError as exc:
+            return CatalogEntry(step, location, {}, location, problem=str(exc))
+        return CatalogEntry(step, location, manifest, self.store.state_file(location, manifest))
 
     def __contains__(self, step: int) -> bool:
         with self._lock:
@@ -128,7 +131,7 @@ class StepCatalog:
             return False
         if entry.problem is None and not entry.verified:
             try:
-                report = verify(entry.state_file)
+                report = self.store.verify(entry.state_file)
             except (CorruptFileError, CheckpointNotFoundError) as exc:
                 entry.problem = str(exc)
             else:
@@ -149,7 +152,7 @@ class StepCatalog:
         if step is not None:
             entry = self.entry(step)
             if entry.problem is not None:
-                raise CorruptFileError(f"{entry.folder}: step {step} is damaged: {entry.problem}")
+                raise CorruptFileError(f"{entry.location}: step {step} is damaged: {entry.problem}")
             state = self._load(entry, device)
             return entry, state
         for number in self.numbers(newest_first=True):
@@ -169,16 +172,9 @@ class StepCatalog:
 
     def _load(self, entry: CatalogEntry, device: str | torch.device) -> Any:
         try:
-            state = load(entry.state_file, device=device)  # checksums verified
+            state = self.store.load(entry.state_file, device)  # checksums verified
         except (CorruptFileError, CheckpointNotFoundError) as exc:
             entry.problem = str(exc)
             raise
         entry.verified = True
         return state
-
-
-def _read_entry(folder: Path, step: int) -> CatalogEntry:
-    try:
-        return CatalogEntry(step, folder, layout.read_manifest(folder, step))
-    except ValueError as exc:
-        return CatalogEntry(step, folder, {}, problem=str(exc))

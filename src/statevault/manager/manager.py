@@ -1,10 +1,12 @@
 """CheckpointManager: the checkpoints of a training run in one directory, one folder per step.
 
 It saves steps (synchronously, or in the background from a snapshot: snapshot.py), commits
-each atomically (layout.py), applies retention after each commit (policies.py), restores
-the newest step that *verifies* (falling back past damaged ones, with a logged reason) and
-keeps a second process out (lock.py). It is built on the public functions ``statevault.save``,
-``load``, ``load_into`` and ``verify``; every file-system operation is in layout.py.
+each atomically, applies retention after each commit (policies.py), restores the newest
+step that *verifies* (falling back past damaged ones, with a logged reason) and keeps a
+second process out. Every storage operation is a :class:`StepStore`'s (stores.py): a local
+directory (layout.py, lock.py) or an fsspec URL such as ``s3://bucket/run``
+(object_store.py, lease.py). It is built on the public functions ``statevault.save``,
+``load``, ``load_into`` and ``verify``.
 
 Imported by the public package (``statevault.CheckpointManager``) and preemption.py.
 """
@@ -25,18 +27,16 @@ from typing import Any
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions, is_url
 from statevault.errors import (
-    CheckpointWriteError,
     InvalidArgumentError,
     StateVaultError,
     StepExistsError,
     StepNotFoundError,
 )
 from statevault.loading.load_into import load_into
-from statevault.manager import layout
 from statevault.manager.background import BackgroundSaves
 from statevault.manager.catalog import CatalogEntry, StepCatalog
-from statevault.manager.lock import DirectoryLock
 from statevault.manager.policies import (
     AnyOf,
     KeepLatest,
@@ -55,8 +55,8 @@ from statevault.manager.steps import (
     checked_metrics,
     checked_step,
 )
+from statevault.manager.stores import store_for
 from statevault.reports.load_report import LoadReport
-from statevault.saving.save import save
 
 logger = logging.getLogger("statevault.manager")
 
@@ -76,7 +76,10 @@ class CheckpointManager:
     step is kept. ``monitor``/``mode`` name the metric that defines :meth:`best_step`
     (never deleted). ``max_in_flight`` bounds async saves (and so the host memory they
     stage). ``read_only=True`` lists, verifies and restores without the lock, while
-    another process trains. See docs/manager.md.
+    another process trains. ``directory`` may be an fsspec URL (``s3://bucket/run``)
+    configured by ``storage_options``; there a lease object stands for the lock, and
+    ``break_lock=True`` takes over the lease of a run known to be dead (a local directory's
+    ``flock`` is never stale: there it changes nothing). See docs/manager.md.
 
     Example::
 
@@ -99,8 +102,12 @@ class CheckpointManager:
         mode: Mode = "min",
         max_in_flight: int = 1,
         read_only: bool = False,
+        storage_options: StorageOptions | None = None,
+        break_lock: bool = False,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory: Path | str = (
+            os.fspath(directory).rstrip("/") if is_url(directory) else Path(directory)
+        )
         self._policy = _combined(max_to_keep, policy)
         if mode not in ("min", "max"):
             raise InvalidArgumentError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -112,16 +119,21 @@ class CheckpointManager:
         self._last_commit: int | None = None
         self.last_save_seconds: float | None = None  # of the last committed save
         self._closed = False
-        self._lock = DirectoryLock(self.directory)
-        layout.open_directory(self.directory, create=not read_only)
+        self._store = store_for(directory, storage_options)
+        self._store.open(create=not read_only)
         if not read_only:
-            self._lock.acquire()
-            layout.remove_leftovers(self.directory)
-        self._catalog = StepCatalog(self.directory)
+            self._store.acquire(break_lock=break_lock)
+        try:
+            if not read_only:
+                self._store.remove_leftovers()
+            self._catalog = StepCatalog(self._store)
+        except BaseException:
+            self._store.release()
+            raise
         self._background = BackgroundSaves(max_in_flight)
         self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
-        weakref.finalize(self, self._lock.release)  # a manager dropped unclosed frees the dir
+        weakref.finalize(self, self._store.release)  # a manager dropped unclosed frees the dir
 
     # -- saving ------------------------------------------------------------------------
 
@@ -169,28 +181,12 @@ class CheckpointManager:
     ) -> None:
         """Write, commit and record one step, then apply retention (any thread)."""
         started = time.monotonic()
-        temporary = layout.new_temporary(self.directory, step)
-        try:
-            try:
-                save(state, temporary / layout.STATE_FILE, metadata=metadata)
-            except CheckpointWriteError as exc:  # it names the hidden folder: name the step
-                if exc.errno is None:
-                    raise
-                cause = OSError(exc.errno, os.strerror(exc.errno))
-                raise layout.os_error(cause, f"writing step {step}", self.directory) from exc
-            nbytes = (temporary / layout.STATE_FILE).stat().st_size
-            manifest = {"step": step, "time": time.time(), "metrics": metrics}
-            manifest |= {"metadata": metadata, "nbytes": nbytes}
-            layout.write_manifest(temporary, manifest)
-            if preempted:
-                layout.mark_preempted(temporary)
-            folder = layout.commit(temporary, self.directory, step)
-        except BaseException:
-            layout.discard(temporary)
-            raise
+        manifest = {"step": step, "time": time.time(), "metrics": metrics}
+        manifest |= {"metadata": metadata, "preempted": preempted}
+        location = self._store.write_step(step, state, metadata, manifest)
         self.last_save_seconds = time.monotonic() - started
-        manifest["preempted"] = preempted
-        self._catalog.add(CatalogEntry(step, folder, manifest, verified=True))
+        state_file = self._store.state_file(location, manifest)
+        self._catalog.add(CatalogEntry(step, location, manifest, state_file, verified=True))
         self._last_commit = step
         self._apply_retention()
 
@@ -206,7 +202,7 @@ class CheckpointManager:
         entry = self._catalog.get(step)
         if entry is None:
             return False
-        layout.mark_preempted(entry.folder)
+        self._store.mark_preempted(entry.location)
         entry.manifest["preempted"] = True
         return True
 
@@ -249,7 +245,7 @@ class CheckpointManager:
         plan = self.retention_plan()
         for step in plan.delete:
             try:
-                layout.remove_step(self.directory, step)
+                self._store.remove_step(step)
             except StateVaultError as exc:
                 logger.warning("%s: could not delete step %d: %s", self.directory, step, exc)
                 continue
@@ -258,7 +254,7 @@ class CheckpointManager:
         record = {"policy": repr(self._policy), "time": time.time()}
         record["kept"] = {str(step): list(why) for step, why in plan.keep.items()}
         try:
-            layout.write_retention(self.directory, record)
+            self._store.write_retention(record)
         except StateVaultError as exc:
             logger.warning("%s: could not record retention: %s", self.directory, exc)
 
@@ -293,7 +289,7 @@ class CheckpointManager:
         """
         self._check_open()
         if self._read_only:
-            recorded = layout.read_retention(self.directory).get("kept", {})
+            recorded = self._store.read_retention().get("kept", {})
             kept = {int(s): tuple(why) for s, why in recorded.items() if s.isdigit()}
         else:
             kept = dict(self.retention_plan().keep)
@@ -302,8 +298,9 @@ class CheckpointManager:
                 self._catalog.verified(step)
         return [entry.info(kept.get(entry.step, ())) for entry in self._catalog.entries()]
 
-    def step_path(self, step: int | None = None) -> Path:
-        """The state file of ``step`` (default: the latest valid step), for the file tools."""
+    def step_path(self, step: int | None = None) -> Path | str:
+        """The state file of ``step`` (default: the latest valid step), for the file tools:
+        a ``Path`` in a local directory, a URL on object storage."""
         self._check_open()
         if step is None:
             latest = self.latest_step()
@@ -344,7 +341,7 @@ class CheckpointManager:
         if step in self._background.steps():
             raise InvalidArgumentError(f"step {step} is being saved; wait() before deleting it")
         self._catalog.entry(step)
-        layout.remove_step(self.directory, step)
+        self._store.remove_step(step)
         self._catalog.remove(step)
 
     def _check_open(self, *, writing: bool = False) -> None:
@@ -366,7 +363,7 @@ class CheckpointManager:
             self._background.wait()
         finally:
             self._background.shutdown()
-            self._lock.release()
+            self._store.release()
         self._background.raise_failure()
 
     def __enter__(self) -> CheckpointManager:

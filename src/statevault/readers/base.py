@@ -2,7 +2,8 @@
 
 ``statevault.Checkpoint(source)`` opens a statevault or safetensors file, a torch
 ``.pt``/``.bin`` file, a shard index or sharded directory, a Hugging Face / Trainer /
-accelerate folder or an in-memory state dict, and returns the implementation for it (as
+accelerate folder, a statevault DCP directory, any of those files or directories at a URL
+(``s3://...``, with ``storage_options``) or an in-memory state dict, and returns the implementation for it (as
 ``pathlib.Path(...)`` returns a ``PosixPath``). Each implementation lives in its own module
 and is built complete by its own classmethod; this module holds what they share. ``load``,
 ``load_into``, ``check``, ``build_model`` and the CLI tools all read through it, so each
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
+from statevault.engine.fsspec_storage import is_url
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
 from statevault.errors import CheckpointKindError, HeaderError
@@ -66,7 +68,8 @@ class Checkpoint:
     """An opened checkpoint: header facts now, tensor data on demand. Close when done.
 
     ``Checkpoint(source)`` returns the implementation ``source`` needs (see the module
-    docstring); ``weights=True`` opens only a folder's model weights. Calling an
+    docstring); ``weights=True`` opens only a folder's model weights; ``storage_options``
+    (a dict passed to fsspec: credentials, ``endpoint_url``...) configures a URL's store. Calling an
     implementation class directly opens the same way and refuses a source of another kind.
 
     Example::
@@ -89,15 +92,22 @@ class Checkpoint:
     file_size: int
     _listing: FolderListing | None = None  # set when opened as part of a folder
 
-    def __new__(cls, source: CheckpointSource, *, weights: bool = False) -> Self:
+    def __new__(
+        cls,
+        source: CheckpointSource,
+        *,
+        weights: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Self:
         # dispatch imports every implementation module, and each of them imports this one
         from statevault.readers.dispatch import open_any
 
-        opened = open_any(source, weights=weights)
+        opened = open_any(source, weights=weights, storage_options=storage_options)
         if isinstance(opened, cls):
             return opened  # no __init__ anywhere: Python's call to it is object's no-op
         opened.close()
-        what = describe(Path(opened.label)) or f"a {opened.kind} checkpoint"
+        local = None if is_url(opened.label) else describe(Path(opened.label))
+        what = local or f"a {opened.kind} checkpoint"
         raise CheckpointKindError(
             f"{opened.label}: is {what}, which {cls.__name__} does not read; open it with "
             "statevault.Checkpoint(source), which returns the reader it needs"

@@ -5,7 +5,9 @@ chunks make up each tensor and where each is stored; reading a tensor reads its 
 (verified) from the rank files and places them in one tensor of the global shape. The
 rank files are the checkpoint's leaves, so ``verify`` checks every digest in them.
 Non-tensor values (DCP serialises them with torch.save) are not unpickled: they are
-named in ``metadata["dcp.objects"]``. May be imported by ``readers.dispatch`` and above.
+named in ``metadata["dcp.objects"]``. At a URL the directory is a prefix: the index and
+the rank files are the objects under it (``readers.remote_objects``). May be imported by
+``readers.dispatch``, ``readers.distcp_checkpoint`` and above.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from statevault.engine.progress import Progress
-from statevault.engine.storage import read_regular
+from statevault.engine.storage import LOCAL_STORAGE, Storage, read_regular
 from statevault.errors import HeaderError
 from statevault.fileformat.dcp_index import (
     INDEX_NAME,
@@ -29,7 +31,14 @@ from statevault.fileformat.dcp_index import (
 from statevault.fileformat.dtypes import dtype_from_name, spec_for
 from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
 from statevault.readers.listing import CheckpointKind
+from statevault.readers.remote_objects import joined, read_small
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
+
+
+def place_chunk(whole: torch.Tensor, offsets: Sequence[int], part: torch.Tensor) -> None:
+    """Copy a stored chunk into the full tensor at its box (DCP's chunks never overlap)."""
+    box = tuple(slice(o, o + s) for o, s in zip(offsets, part.shape, strict=True))
+    whole[box] = part
 
 
 def is_dcp_directory(path: Path) -> bool:
@@ -44,11 +53,18 @@ class DcpCheckpoint(Checkpoint):
     _tensors: dict[str, TensorInfo]
 
     @classmethod
-    def from_directory(cls, directory: Path) -> DcpCheckpoint:
-        """Open the index and the headers of the rank files it names."""
+    def from_directory(
+        cls, directory: Path | str, *, storage: Storage = LOCAL_STORAGE
+    ) -> DcpCheckpoint:
+        """Open the index and the headers of the rank files it names (a URL ``directory``:
+        the prefix in ``storage`` holding them)."""
         self = cls._blank()
-        index_path = directory / INDEX_NAME
-        raw = read_regular(index_path, limit=MAX_INDEX_BYTES)
+        if isinstance(directory, str):
+            index_path: Path | str = joined(directory, INDEX_NAME)
+            raw = read_small(storage, joined(directory, INDEX_NAME), limit=MAX_INDEX_BYTES)
+        else:
+            index_path = directory / INDEX_NAME
+            raw = read_regular(index_path, limit=MAX_INDEX_BYTES)
         index = decode(raw, source=str(index_path))
         self.label = str(directory)
         self.kind = CheckpointKind.DCP
@@ -59,7 +75,8 @@ class DcpCheckpoint(Checkpoint):
         self._files = {}
         try:
             for name in index.files:
-                self._files[name] = SafetensorsCheckpoint.from_file(directory / name)
+                where = joined(directory, name) if isinstance(directory, str) else directory / name
+                self._files[name] = SafetensorsCheckpoint.from_file(where, storage=storage)
         except BaseException:
             self.close()
             raise
@@ -106,8 +123,7 @@ class DcpCheckpoint(Checkpoint):
             rank_file = self._files[chunk.place.file]
             stored = rank_file.aliases.get(chunk.place.key, chunk.place.key)
             rank_file.read_into([(stored, part)], verify=verify)
-            box = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))
-            whole[box] = part
+            place_chunk(whole, chunk.offsets, part)
         return whole
 
     def read(

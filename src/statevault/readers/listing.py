@@ -22,6 +22,7 @@ class CheckpointKind(StrEnum):
     SHARDED = "sharded"  # an index and its shards
     FOLDER = "folder"  # several kinds of state, read as {key: state}
     DCP = "dcp"  # a torch.distributed.checkpoint directory written by statevault.dcp
+    DISTCP = "distcp"  # one written by DCP's own FileSystemWriter (.metadata + .distcp files)
     MEMORY = "memory"  # a state dict already in memory
 
 

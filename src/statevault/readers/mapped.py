@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from statevault.engine.mapping import MappedTensor, check_mapped, map_file, view_of
+from statevault.errors import CheckpointKindError
 
 if TYPE_CHECKING:
     from statevault.readers.safetensors_file import SafetensorsCheckpoint
@@ -31,6 +32,12 @@ def map_safetensors(
     """The named tensors (all by default) of ``checkpoint`` as views of one private mapping."""
     wanted = checkpoint.keys() if names is None else list(names)
     aliases, reader = checkpoint.aliases, checkpoint.reader
+    if reader.file.remote:
+        raise CheckpointKindError(
+            f"{checkpoint.label}: is a remote object, which cannot be memory-mapped: "
+            "mmap=True maps local files. Load it without mmap=True, or download it once and "
+            "map the local copy"
+        )
     table = reader.header.entries
     stored = dict.fromkeys(aliases.get(n, n) for n in wanted)
     unknown = [n for n in stored if n not in table]

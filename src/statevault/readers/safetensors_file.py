@@ -21,6 +21,7 @@ import torch
 from statevault.engine.memory import HUGE_PAGE_MIN_BYTES, advise_huge_pages
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader
+from statevault.engine.storage import LOCAL_STORAGE, Storage, StoredObject
 from statevault.errors import HeaderError, StateVaultError
 from statevault.fileformat.dtypes import CODE_TO_DTYPE
 from statevault.fileformat.metadata import (
@@ -46,7 +47,7 @@ READ_BATCH_BYTES = 256 << 20  # whole-tensor reads between two progress ticks
 class SafetensorsCheckpoint(Checkpoint):
     """A safetensors file opened for reading; statevault metadata is used when present."""
 
-    path: Path
+    path: Path | str  # a URL stays a string
     _reader: FileReader
     _vault: VaultInfo
     _table: TensorTable
@@ -55,11 +56,18 @@ class SafetensorsCheckpoint(Checkpoint):
 
     @classmethod
     def from_file(
-        cls, path: Path, *, listing: FolderListing | None = None
+        cls,
+        path: Path | str,
+        *,
+        listing: FolderListing | None = None,
+        storage: Storage = LOCAL_STORAGE,
+        opened: tuple[StoredObject, bytes] | None = None,
     ) -> SafetensorsCheckpoint:
-        """Open ``path`` (already known to be safetensors, or damaged: the parser says how)."""
+        """Open ``path`` (already known to be safetensors, or damaged: the parser says how),
+        from ``storage`` (a URL's object store; local disk by default); ``opened``: the
+        object and its first bytes, when sniffing its kind already read them."""
         self = cls._blank()
-        self._reader = FileReader(path, digest_header=signed_digest)
+        self._reader = FileReader(path, digest_header=signed_digest, storage=storage, opened=opened)
         try:
             self.path = self._reader.path
             self.label = str(self.path)

@@ -34,7 +34,9 @@ def committed_paths(index: Path) -> dict[str, Path]:
     return _commit.pending(index.parent, base_name(index.name))
 
 
-def check_binding(index: Path, binding: Binding | None, shards: Mapping[str, Checkpoint]) -> None:
+def check_binding(
+    index: Path | str, binding: Binding | None, shards: Mapping[str, Checkpoint]
+) -> None:
     """Refuse a shard whose header digest is not the one the index recorded for it."""
     if binding is None:
         return  # an index of another writer: nothing binds its shards
@@ -62,11 +64,11 @@ def check_binding(index: Path, binding: Binding | None, shards: Mapping[str, Che
         )
 
 
-def binding_of(index: Path, metadata: Mapping[str, str]) -> Binding | None:
+def binding_of(index: Path | str, metadata: Mapping[str, str]) -> Binding | None:
     return decode_binding(metadata, source=str(index))
 
 
-def parse_tree(index: Path, binding: Binding | None) -> Skeleton | None:
+def parse_tree(index: Path | str, binding: Binding | None) -> Skeleton | None:
     """The skeleton a statevault index carries (None for other indexes)."""
     if binding is None or binding.tree_text is None:
         return None

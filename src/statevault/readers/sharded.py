@@ -7,6 +7,9 @@ plain file name inside the index's directory (no ``/``, ``..`` or absolute paths
 are followed only when they stay in the directory (or, in a Hugging Face cache snapshot, in
 its repository's ``blobs/``), only regular files are read, and index and shards must agree
 on every name. Every shard is opened once, on open; reads go through those descriptors.
+At a URL (``storage`` an object store) the index is one object and its shards the objects
+beside it under the same prefix; their names are checked the same way, so none escapes
+the prefix, and the shards' headers are fetched in parallel (each a round trip).
 
 May be imported by the other reader modules and the layers above ``readers``.
 """
@@ -22,13 +25,14 @@ from typing import Any
 import torch
 
 from statevault.engine.progress import Progress
-from statevault.engine.storage import read_regular
+from statevault.engine.storage import LOCAL_STORAGE, Storage, read_regular
 from statevault.errors import CheckpointNotFoundError, HeaderError
 from statevault.fileformat.metadata import reject_constant
 from statevault.fileformat.shards import BINDING_KEY, index_aliases
 from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import CheckpointKind, FolderListing
+from statevault.readers.remote_objects import open_shards, read_small
 from statevault.readers.shard_binding import (
     OPEN_ATTEMPTS,
     StaleShardError,
@@ -42,7 +46,7 @@ from statevault.readers.tensor_files import open_tensor_file
 MAX_INDEX_BYTES = 100_000_000  # as for a header: a real index is kilobytes
 
 
-def check_shard_name(name: object, *, index: Path) -> str:
+def check_shard_name(name: object, *, index: Path | str) -> str:
     """``name`` if it is a plain file name in the index's directory; refuse anything else."""
     if (
         not isinstance(name, str)
@@ -89,11 +93,14 @@ def contained(path: Path, *, directory: Path, what: str) -> Path:
     return real
 
 
-def read_index(index: Path) -> Any:
+def read_index(index: Path | str, storage: Storage = LOCAL_STORAGE) -> Any:
     """The index's JSON document; refuses non-regular, oversized or over-deep files."""
-    raw = read_regular(
-        contained(index, directory=index.parent, what="index"), limit=MAX_INDEX_BYTES
-    )
+    if isinstance(index, str):  # a URL: one object, read whole
+        raw = read_small(storage, index, limit=MAX_INDEX_BYTES)
+    else:
+        raw = read_regular(
+            contained(index, directory=index.parent, what="index"), limit=MAX_INDEX_BYTES
+        )
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError as exc:
@@ -104,7 +111,7 @@ def read_index(index: Path) -> Any:
         raise HeaderError(f"{index}: JSON is nested too deeply to be an index") from None
 
 
-def _weight_map(index: Path, document: Any) -> tuple[dict[str, str], dict[str, str]]:
+def _weight_map(index: Path | str, document: Any) -> tuple[dict[str, str], dict[str, str]]:
     """The index's ``weight_map`` (name -> shard file) and its metadata as strings."""
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -122,7 +129,8 @@ def _weight_map(index: Path, document: Any) -> tuple[dict[str, str], dict[str, s
 class ShardedCheckpoint(Checkpoint):
     """Shards (safetensors or torch files) tied together by an index's ``weight_map``."""
 
-    index: Path
+    index: Path | str  # a URL stays a string
+    _storage: Storage
     _committed: dict[str, Path]  # final name -> temporary, while a commit is unfinished
     _tree: Skeleton | None
     _shards: dict[str, Checkpoint]
@@ -131,10 +139,16 @@ class ShardedCheckpoint(Checkpoint):
 
     @classmethod
     def from_index(
-        cls, index: Path, *, label: str | None = None, listing: FolderListing | None = None
+        cls,
+        index: Path | str,
+        *,
+        label: str | None = None,
+        listing: FolderListing | None = None,
+        storage: Storage = LOCAL_STORAGE,
     ) -> ShardedCheckpoint:
         """Open ``index`` and its shards; ``label`` names it in messages (its directory,
-        when the directory was what the caller gave).
+        when the directory was what the caller gave). A URL ``index`` is read from
+        ``storage``: an object store, where a sharded save writes the index last.
 
         A statevault index binds its shards (``shard_binding``); a reader that raced a
         sharded save's commit and met shards of both sets opens again, and then sees the
@@ -142,7 +156,7 @@ class ShardedCheckpoint(Checkpoint):
         """
         for attempt in range(OPEN_ATTEMPTS):
             try:
-                return cls._open_once(index, label=label, listing=listing)
+                return cls._open_once(index, label=label, listing=listing, storage=storage)
             except StaleShardError:
                 if attempt == OPEN_ATTEMPTS - 1:
                     raise
@@ -150,17 +164,23 @@ class ShardedCheckpoint(Checkpoint):
 
     @classmethod
     def _open_once(
-        cls, index: Path, *, label: str | None, listing: FolderListing | None
+        cls,
+        index: Path | str,
+        *,
+        label: str | None,
+        listing: FolderListing | None,
+        storage: Storage,
     ) -> ShardedCheckpoint:
         self = cls._blank()
         self.kind = CheckpointKind.SHARDED
         self.label = label or str(index)
         self.index = index
+        self._storage = storage
         self._listing = listing
-        self._committed = committed_paths(index)
-        weight_map, metadata = _weight_map(
-            index, read_index(self._committed.get(index.name, index))
-        )
+        # an object store has no commit journal: its sharded saves write the index last
+        self._committed = committed_paths(index) if isinstance(index, Path) else {}
+        where = index if isinstance(index, str) else self._committed.get(index.name, index)
+        weight_map, metadata = _weight_map(index, read_index(where, storage))
         binding = binding_of(index, metadata)
         self._tree = parse_tree(index, binding)
         self.metadata = {k: v for k, v in metadata.items() if k != BINDING_KEY}
@@ -187,10 +207,12 @@ class ShardedCheckpoint(Checkpoint):
         return self
 
     def _open_shards(self, weight_map: Mapping[str, object]) -> None:
+        names = sorted({check_shard_name(v, index=self.index) for v in weight_map.values()})
+        if isinstance(self.index, str):
+            open_shards(self._storage, self.index, names, into=self._shards)
+            return
         directory = self.index.parent
-        for shard_name in sorted(
-            {check_shard_name(v, index=self.index) for v in weight_map.values()}
-        ):
+        for shard_name in names:
             shard_path = self._committed.get(shard_name, directory / shard_name)
             contained(shard_path, directory=directory, what="shard")
             if not os.path.lexists(shard_path):  # a pipe is refused when opened

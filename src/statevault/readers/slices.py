@@ -5,6 +5,9 @@ indexing with basic slices (``[a:b]``, ``[:, c:d]``, steps of 1) and integers. A
 of a tensor stored raw in a safetensors file (or shard) is read with ``preadv`` straight
 into the result's memory, one contiguous run of the file per row of the result's outer
 dimensions, all runs of a call gathered into as few system calls as the kernel allows.
+From an object store (S3) each read is a request: runs that follow each other are one
+request already, and past ``REMOTE_RUNS`` separate runs (a few columns of a tall matrix)
+one request for the span covering them all costs less than a request per run.
 A slice that covers the whole tensor is checked against the tensor's digest; a partial
 one is not verified (the format records one digest per tensor). Tensors stored another
 way (torch files, encoded dtypes, in-memory state) are read whole, then sliced.
@@ -15,14 +18,14 @@ May be imported by ``readers.base`` (``Checkpoint.get_slice``, at call time) and
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from itertools import product
 from typing import Any
 
 import torch
 
-from statevault.engine.memory import tensor_memory
+from statevault.engine.memory import ByteBuffer, tensor_memory
+from statevault.engine.storage import StoredObject
 from statevault.engine.tuning import MAX_IOV
 from statevault.errors import InvalidArgumentError, TruncatedFileError
 from statevault.fileformat.dtypes import CODE_TO_DTYPE, dtype_name
@@ -31,10 +34,11 @@ from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sharded import ShardedCheckpoint
 
 Ranges = list[tuple[int, int]]  # (start, stop) per dimension
+REMOTE_RUNS = 64  # separate runs read one request each from an object store, at most
 
 
-def _raw_file(checkpoint: Checkpoint, name: str) -> tuple[int, int] | None:
-    """(descriptor, absolute data offset) when ``name`` is stored raw in a safetensors file."""
+def _raw_file(checkpoint: Checkpoint, name: str) -> tuple[StoredObject, int] | None:
+    """(open file, absolute data offset) when ``name`` is stored raw in a safetensors file."""
     stored = checkpoint.aliases.get(name, name)
     if isinstance(checkpoint, ShardedCheckpoint):
         return _raw_file(checkpoint.owner(stored), stored)
@@ -43,7 +47,7 @@ def _raw_file(checkpoint: Checkpoint, name: str) -> tuple[int, int] | None:
     info = checkpoint.resolve(stored)
     if info.offset is None or info.code is None or CODE_TO_DTYPE.get(info.code) != info.dtype:
         return None  # encoded dtypes are not element-addressable as stored
-    return checkpoint.reader.fileno(), info.offset
+    return checkpoint.reader.file, info.offset
 
 
 def _ranges(key: Any, shape: tuple[int, ...], name: str) -> tuple[Ranges, list[int]]:
@@ -125,8 +129,8 @@ class TensorSlice:
             result = result.squeeze(dim)
         return result
 
-    def _read(self, raw: tuple[int, int], ranges: Ranges) -> torch.Tensor:
-        fd, base = raw
+    def _read(self, raw: tuple[StoredObject, int], ranges: Ranges) -> torch.Tensor:
+        file, base = raw
         result = torch.empty([b - a for a, b in ranges], dtype=self._dtype)
         if result.numel() == 0:
             return result
@@ -139,39 +143,62 @@ class TensorSlice:
         for offset in offsets:
             batch.append((base + offset * size, memory[at : at + run_bytes]))
             at += run_bytes
-            if len(batch) == MAX_IOV:
-                self._read_batch(fd, batch)
+            if len(batch) == MAX_IOV and not file.remote:
+                self._read_batch(file, batch)
                 batch = []
-        if batch:
-            self._read_batch(fd, batch)
+        if file.remote and len(_groups(batch)) > REMOTE_RUNS:
+            self._read_span(file, batch)
+        elif batch:
+            self._read_batch(file, batch)
         return result
 
-    def _read_batch(self, fd: int, batch: list[tuple[int, memoryview]]) -> None:
-        """Read runs; runs that follow each other in the file share one ``preadv``."""
-        start = 0
-        while start < len(batch):
-            end = start + 1
-            while end < len(batch) and batch[end][0] == batch[end - 1][0] + len(batch[end - 1][1]):
-                end += 1
+    def _read_batch(self, file: StoredObject, batch: list[tuple[int, memoryview]]) -> None:
+        """Read runs; runs that follow each other in the file share one read."""
+        for start, end in _groups(batch):
             views = [view for _, view in batch[start:end]]
             offset, want = batch[start][0], sum(len(v) for v in views)
             done = 0
             while done < want:
-                got = os.preadv(fd, _after(views, done), offset + done)
+                got = file.readv(_after(views, done), offset + done)
                 if got <= 0:
-                    raise TruncatedFileError(
-                        f"{self._checkpoint.label}: tensor {self._name!r} ends early "
-                        "(the file is truncated or shrank while being read)"
-                    )
+                    raise self._short()
                 done += got
-            start = end
+
+    def _read_span(self, file: StoredObject, batch: list[tuple[int, memoryview]]) -> None:
+        """One request for everything from the first run to the end of the last, copied out."""
+        first = batch[0][0]
+        span = file.read(batch[-1][0] + len(batch[-1][1]) - first, first)
+        for offset, view in batch:
+            piece = span[offset - first : offset - first + len(view)]
+            if len(piece) != len(view):
+                raise self._short()
+            view[:] = piece
+
+    def _short(self) -> TruncatedFileError:
+        return TruncatedFileError(
+            f"{self._checkpoint.label}: tensor {self._name!r} ends early "
+            "(the file is truncated or shrank while being read)"
+        )
 
     def __repr__(self) -> str:
         return f"<TensorSlice {self._name!r} {self.get_dtype()} {self.get_shape()}>"
 
 
-def _after(views: list[memoryview], done: int) -> list[memoryview]:
-    rest = []
+def _groups(batch: list[tuple[int, memoryview]]) -> list[tuple[int, int]]:
+    """(start, end) indexes of the runs of ``batch`` that follow each other in the file."""
+    groups = []
+    start = 0
+    while start < len(batch):
+        end = start + 1
+        while end < len(batch) and batch[end][0] == batch[end - 1][0] + len(batch[end - 1][1]):
+            end += 1
+        groups.append((start, end))
+        start = end
+    return groups
+
+
+def _after(views: list[memoryview], done: int) -> list[ByteBuffer]:
+    rest: list[ByteBuffer] = []
     for view in views:
         if done >= len(view):
             done -= len(view)

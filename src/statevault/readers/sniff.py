@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import zipfile
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from statevault.engine.storage import open_regular
 from statevault.errors import (
@@ -65,6 +65,13 @@ def sniff(path: Path) -> FileKind:
         head = os.pread(fd, HEAD_BYTES, 0)
     finally:
         os.close(fd)
+    return kind_of(head, path.name)
+
+
+def kind_of(head: bytes, name: str) -> FileKind:
+    """The kind of a file whose first ``HEAD_BYTES`` bytes are ``head`` and whose file name
+    (the last part of a path or URL) is ``name``: :func:`sniff` without the reading."""
+    suffix = PurePosixPath(name).suffix.lower()
     if head[PREFIX_BYTES : PREFIX_BYTES + 1] == b"{":
         return FileKind.SAFETENSORS
     if head.startswith(b"PK\x03\x04"):
@@ -73,8 +80,8 @@ def sniff(path: Path) -> FileKind:
         return FileKind.TORCH_LEGACY
     if head.startswith(b"\x80"):  # a pickle protocol opcode, without torch's magic number
         return FileKind.PICKLE
-    if head.lstrip()[:1] in (b"{", b"[") and path.suffix.lower() == ".json":
-        return FileKind.INDEX if path.name.lower().endswith(".index.json") else FileKind.JSON
+    if head.lstrip()[:1] in (b"{", b"[") and suffix == ".json":
+        return FileKind.INDEX if name.lower().endswith(".index.json") else FileKind.JSON
     return FileKind.UNKNOWN
 
 
@@ -158,7 +165,7 @@ def is_torch_zip(path: Path) -> bool:
         return True  # a damaged torch file: its own reader names the damage
 
 
-def not_a_checkpoint(path: Path, what: str) -> NotACheckpointError:
+def not_a_checkpoint(path: Path | str, what: str) -> NotACheckpointError:
     return NotACheckpointError(
         f"{path}: not a checkpoint ({what}): a safetensors file starts with an 8-byte header "
         "length and a JSON header, a torch file is a zip archive or a pickle"

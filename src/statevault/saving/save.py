@@ -161,7 +161,8 @@ def plan_save(
 
 def _save_sharded(
     obj: Any,
-    destination: str | os.PathLike[str],
+    destination: str,
+    storage: Storage,
     max_shard_size: int | str,
     user: dict[str, str],
     checksum: bool,
@@ -171,12 +172,27 @@ def _save_sharded(
     # imported here: saving.sharded builds on this module's helpers
     from statevault.fileformat.shards import parse_size
     from statevault.saving.sharded import save_sharded
+    from statevault.saving.sharded_remote import save_sharded_remote
 
     parse_size(max_shard_size)  # a bad size is refused before the state is walked
     skeleton, tensors = flatten(obj)
     stored, aliases = _stored_and_aliases(tensors)
+    listed = list(zip(stored.names, stored.tensors, stored.specs, strict=True))
+    if storage is not LOCAL_STORAGE:  # an object store: the index is the commit marker
+        save_sharded_remote(
+            listed,
+            aliases,
+            skeleton,
+            destination,
+            storage,
+            max_shard_size=max_shard_size,
+            user=user,
+            checksum=checksum,
+            progress=progress,
+        )
+        return
     save_sharded(
-        list(zip(stored.names, stored.tensors, stored.specs, strict=True)),
+        listed,
         aliases,
         skeleton,
         destination,
@@ -212,7 +228,8 @@ def save(
     ``max_shard_size`` (bytes, or "5GB" in decimal units) writes Hugging Face shards and
     their index beside ``destination``, replaced as a whole (docs/sharding.md).
     ``destination`` may be a URL (``s3://bucket/key``, any fsspec scheme) configured by
-    ``storage_options`` (passed to fsspec); the object appears whole when its upload ends.
+    ``storage_options`` (passed to fsspec); the object appears whole when its upload ends,
+    and shards are uploaded in parallel with their index written last (the commit).
 
     Example::
 
@@ -259,11 +276,10 @@ def save_to(
             f"model = {obj.__qualname__}(...); statevault.save(model, path) (or its state_dict())"
         )
     if max_shard_size is not None:
-        if storage is not LOCAL_STORAGE:
-            raise UnsupportedObjectError("sharded saves write to local directories only, so far")
         _save_sharded(
             obj,
             os.fspath(name),
+            storage,
             max_shard_size,
             _check_metadata(metadata),
             checksum,

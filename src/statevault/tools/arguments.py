@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from statevault.engine.fsspec_storage import is_url
 from statevault.errors import InvalidArgumentError
 
 
@@ -25,6 +26,15 @@ def checkpoint_path(value: object, *, argument: str = "source") -> Path:
         f"{argument} must be a path (str or os.PathLike) to a checkpoint file or directory, "
         f"got {type(value).__name__}: {value!r:.80}"
     )
+
+
+def checkpoint_source(value: object, *, argument: str = "source") -> Path | str:
+    """A URL (``s3://...``) as the string it is (``Path`` would fold its ``//``), else
+    :func:`checkpoint_path`."""
+    if is_url(value):
+        assert isinstance(value, str)  # is_url says so
+        return value
+    return checkpoint_path(value, argument=argument)
 
 
 def tolerance(value: object, *, argument: str) -> float:

@@ -1,7 +1,8 @@
 """convert(): any supported checkpoint -> one statevault file, optionally cast or filtered.
 
 Sources: statevault/safetensors files, ``.pt``/``.pth`` (zip and legacy, weights-only loader
-only) and Hugging Face sharded directories. Without ``keys``/``strip_prefix`` the whole
+only), Hugging Face sharded directories and distributed (DCP) checkpoint directories, ours
+and DCP's own format; the destination is one file or Hugging Face shards. Without ``keys``/``strip_prefix`` the whole
 object is kept as saved (nested state, non-tensor values, tied weights). With either, the
 output is the flat ``name -> tensor`` dict of the selected tensors, named as ``inspect``
 shows them, which is what extracting a model's weights from a training checkpoint needs.
@@ -19,11 +20,12 @@ from typing import Any
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.progress import Progress
 from statevault.engine.ties import memory_identity
-from statevault.errors import DestinationExistsError, InvalidArgumentError, KeyMappingError
+from statevault.errors import InvalidArgumentError, KeyMappingError
 from statevault.fileformat.dtypes import DtypeLike, dtype_name, float_dtype
-from statevault.fileformat.shards import index_name, parse_size
+from statevault.fileformat.shards import parse_size
 from statevault.fileformat.tree import flatten, numpy_names, unflatten
 from statevault.loading.keymap import KeySelection, key_selector
 from statevault.readers.base import Checkpoint
@@ -32,7 +34,16 @@ from statevault.readers.sharded import ShardedCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
 from statevault.saving.save import save
-from statevault.tools.arguments import checkpoint_path, key_pattern, prefixes
+from statevault.tools.arguments import checkpoint_source, key_pattern, prefixes
+from statevault.tools.destinations import (
+    check_destination,
+    destination_file,
+    index_of,
+    make_folder,
+    names_a_folder,
+    options_for,
+    written,
+)
 
 # keys= once checked: a compiled regex (searched in each name) or a test on one name
 Selector = re.Pattern[str] | Callable[[str], bool]
@@ -139,26 +150,6 @@ def cast_floating(obj: Any, dtype: torch.dtype) -> tuple[Any, int]:
     return unflatten(skeleton, result.__getitem__), cast
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_destination(source: Path, destination: Path, *, overwrite: bool) -> None:
-    if _same_file(source, destination) or destination.is_dir():
-        raise InvalidArgumentError(
-            f"{destination}: destination must be a new file, not the source or a directory"
-        )
-    if not overwrite and (destination.exists() or destination.is_symlink()):
-        raise DestinationExistsError(
-            f"{destination}: already exists; convert() replaces a file only when told to "
-            "(overwrite=True), then atomically",
-            str(destination),
-        )
-
-
 def _source_metadata(source: Checkpoint) -> dict[str, str]:
     metadata = dict(source.metadata)
     if isinstance(source, ShardedCheckpoint):
@@ -206,12 +197,6 @@ def _read_whole(source: Checkpoint, progress: Progress | None) -> _Selection:
     return _Selection(obj)
 
 
-def _written_size(index: Path) -> int:
-    """Bytes of a sharded destination: its shards, as the checkpoint reports them."""
-    with Checkpoint(index) as written:
-        return written.file_size
-
-
 def convert(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -224,6 +209,7 @@ def convert(
     progress: Progress | None = None,
     write_progress: Progress | None = None,
     max_shard_size: int | str | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> ConvertReport:
     """Write ``source`` (any supported kind) as a statevault file at ``destination``, atomically.
 
@@ -236,29 +222,44 @@ def convert(
     :class:`DestinationExistsError` unless ``overwrite=True``; it is then replaced atomically
     (readers see the old file or the new one, never a mix). ``progress`` hears the reading,
     ``write_progress`` the writing (two phases, two bars). ``max_shard_size`` writes
-    Hugging Face shards and their index instead of one file (as ``save``).
+    Hugging Face shards and their index instead of one file (as ``save``); with it,
+    ``destination`` may be a directory (existing, or a path ending in ``/``): the shards are
+    then ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` there, as
+    ``from_pretrained`` reads them. Either side may be a URL (``s3://...``, a prefix ending
+    in ``/`` for shards); ``storage_options`` (passed to fsspec) serves each URL.
 
     Example::
 
         statevault.convert("pytorch_model.bin", "model.safetensors", dtype="bf16")
         statevault.convert("last.ckpt", "weights.safetensors",
                            keys=r"^state_dict\\.", strip_prefix="state_dict.model.")
+        statevault.convert("ckpt/step-1000", "hf/", keys=r"^model\\.", strip_prefix="model.",
+                           max_shard_size="5GB")
     """
     target = float_dtype(dtype) if dtype is not None else None
     pattern = key_selector(keys) if callable(keys) else key_pattern(keys)
     stripped = prefixes(strip_prefix)
-    source_path = checkpoint_path(source)
-    destination_path = checkpoint_path(destination, argument="destination")
-    _check_destination(source_path, destination_path, overwrite=overwrite)
-    index_path = destination_path.with_name(index_name(destination_path.name))
+    source_path = checkpoint_source(source)
     if max_shard_size is not None:
         parse_size(max_shard_size)  # refused before anything is read
-        _check_destination(source_path, index_path, overwrite=overwrite)
-    if progress is not None and source_path.is_file():
+    destination_path = destination_file(source_path, destination, max_shard_size)
+    out_options = options_for(destination_path, storage_options)
+    check_destination(
+        source_path, destination_path, overwrite=overwrite, storage_options=out_options
+    )
+    if max_shard_size is not None:
+        check_destination(
+            source_path,
+            index_of(destination_path),
+            overwrite=overwrite,
+            storage_options=out_options,
+        )
+    if progress is not None and isinstance(source_path, Path) and source_path.is_file():
         # opening a torch file loads it (legacy ones in full): the first phase of the read
         progress.start(source_path.stat().st_size)
     flattened = pattern is not None or bool(stripped)
-    with Checkpoint(source_path) as opened:
+    in_options = options_for(source_path, storage_options)
+    with Checkpoint(source_path, storage_options=in_options) as opened:
         if flattened:
             selection = _read_selected(opened, pattern, stripped, progress)
         else:
@@ -266,8 +267,14 @@ def convert(
         obj, cast = selection.obj, 0
         if target is not None:
             obj, cast = cast_floating(obj, target)
-        _, written = flatten(obj)
+        _, stored = flatten(obj)
         metadata = _source_metadata(opened)
+        if (
+            isinstance(destination_path, Path)
+            and names_a_folder(destination)
+            and not destination_path.parent.is_dir()
+        ):
+            make_folder(destination_path.parent)  # only now: a refused source leaves nothing
         save(
             obj,
             destination_path,
@@ -275,14 +282,16 @@ def convert(
             checksum=checksum,
             progress=write_progress,
             max_shard_size=max_shard_size,
+            storage_options=out_options,
         )
-        sharded = max_shard_size is not None and index_path.exists()
+        sharded = max_shard_size is not None
+        where, size = written(destination_path, storage_options, sharded=sharded)
         return ConvertReport(
             source=opened.label,
-            destination=str(index_path if sharded else destination_path),
+            destination=where,
             source_kind=opened.kind,
-            tensors=len(written),
-            file_size=_written_size(index_path) if sharded else destination_path.stat().st_size,
+            tensors=len(stored),
+            file_size=size,
             dropped=selection.dropped,
             renamed=selection.renamed,
             cast=cast,

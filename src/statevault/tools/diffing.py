@@ -13,9 +13,10 @@ import math
 import os
 from typing import Any
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.progress import Progress
 from statevault.readers.base import Checkpoint
-from statevault.tools.arguments import checkpoint_path, tolerance
+from statevault.tools.arguments import checkpoint_source, tolerance
 from statevault.tools.diff_report import DiffReport
 from statevault.tools.diff_streams import compare_values
 from statevault.tools.inspection import state_leaves
@@ -88,13 +89,15 @@ def diff(
     atol: float = 0.0,
     rtol: float = 0.0,
     progress: Progress | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> DiffReport:
     """Compare two checkpoints of any supported kind (statevault, safetensors, .pt, sharded).
 
     ``report.ok`` is True when nothing differs beyond ``|a - b| <= atol + rtol * |b|``.
 
     Checksums are verified while reading, so a damaged file raises
-    :class:`ChecksumMismatchError` rather than showing up as a numeric difference.
+    :class:`ChecksumMismatchError` rather than showing up as a numeric difference. Either
+    may be a URL (``s3://...``); ``storage_options`` (passed to fsspec) serves each URL.
 
     Example::
 
@@ -102,6 +105,11 @@ def diff(
         print(report.ok, [t.name for t in report.different])
     """
     atol, rtol = tolerance(atol, argument="atol"), tolerance(rtol, argument="rtol")
-    path_a, path_b = checkpoint_path(a, argument="a"), checkpoint_path(b, argument="b")
-    with Checkpoint(path_a) as left, Checkpoint(path_b) as right:
+    path_a, path_b = checkpoint_source(a, argument="a"), checkpoint_source(b, argument="b")
+    options_a = storage_options if isinstance(path_a, str) else None
+    options_b = storage_options if isinstance(path_b, str) else None
+    with (
+        Checkpoint(path_a, storage_options=options_a) as left,
+        Checkpoint(path_b, storage_options=options_b) as right,
+    ):
         return _compare(left, right, atol=atol, rtol=rtol, progress=progress)

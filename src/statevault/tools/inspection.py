@@ -13,14 +13,16 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.temps import describe_temporaries
 from statevault.fileformat.skeleton import DICT, FLOAT, TENSOR, VALUE, children, read_node, walk
 from statevault.fileformat.tree import Skeleton
 from statevault.readers.base import Checkpoint, TensorInfo
 from statevault.readers.listing import FolderEntry
-from statevault.tools.arguments import checkpoint_path
+from statevault.tools.arguments import checkpoint_source
 
 
 @dataclass(frozen=True)
@@ -222,21 +224,24 @@ def _summarize(source: Checkpoint) -> CheckpointSummary:
     )
 
 
-def inspect(source: str | os.PathLike[str]) -> CheckpointSummary:
+def inspect(
+    source: str | os.PathLike[str], *, storage_options: StorageOptions | None = None
+) -> CheckpointSummary:
     """Summarise a checkpoint without reading its tensors.
 
     Works on statevault and plain safetensors files (header only), Hugging Face sharded
     directories (each shard's header) and ``.pt``/``.pth`` files (through torch's
-    weights-only loader, memory-mapped).
+    weights-only loader, memory-mapped). At a URL (``storage_options`` passed to fsspec)
+    only each file's header is fetched, with one ranged request for most files.
 
     Example::
 
         summary = statevault.inspect("ckpt.safetensors")
         print(summary.numel, summary.state["epoch"])
     """
-    path = checkpoint_path(source)
-    with Checkpoint(path) as opened:
+    where = checkpoint_source(source)
+    with Checkpoint(where, storage_options=storage_options) as opened:
         summary = _summarize(opened)
-    if path.is_dir():  # what killed saves left beside the shards
-        summary = replace(summary, notes=tuple(describe_temporaries(path)))
+    if isinstance(where, Path) and where.is_dir():  # what killed saves left beside the shards
+        summary = replace(summary, notes=tuple(describe_temporaries(where)))
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from statevault.engine.fsspec_storage import StorageOptions, is_url
 from statevault.engine.progress import Progress
 from statevault.reports.display import VALUE_CHARS, shown
 from statevault.reports.html import Comparison, render_page
@@ -44,12 +45,20 @@ def html_report(
     compare_to: str | os.PathLike[str] | None = None,
     histogram_bins: int = HISTOGRAM_BINS,
     progress: Progress | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> str:
     """The HTML report of ``source`` (compared with ``compare_to`` when given), as one string.
 
     The page needs no network: scripts, styles and data are inlined. ``progress`` hears
-    the statistics pass (the diff, when asked for, runs after it).
+    the statistics pass (the diff, when asked for, runs after it). ``storage_options``
+    (passed to fsspec) serves whichever of the two is a URL.
     """
-    report = stats(source, histogram_bins=histogram_bins, progress=progress)
-    comparison = comparison_of(diff(source, compare_to)) if compare_to is not None else None
+    options = storage_options
+    own = options if is_url(source) else None  # with a URL to compare to, source may be local
+    report = stats(source, histogram_bins=histogram_bins, progress=progress, storage_options=own)
+    comparison = (
+        comparison_of(diff(source, compare_to, storage_options=options))
+        if compare_to is not None
+        else None
+    )
     return render_page(report, comparison)

@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 
+from statevault.engine.fsspec_storage import StorageOptions
 from statevault.engine.progress import Progress
 from statevault.engine.scan import default_threads, run_parallel
 from statevault.errors import ChecksumMismatchError, InvalidArgumentError
@@ -182,6 +183,7 @@ def stats(
     histogram_bins: int = 0,
     threads: int | None = None,
     progress: Progress | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> StatsReport:
     """Health statistics of every tensor in a checkpoint, with flags that explain problems.
 
@@ -191,7 +193,8 @@ def stats(
     wrong: NaN/Inf (``report.damaged``), an optimizer second moment with NaN, half-precision
     overflow, all zeros, constant values, a norm far from the same layer's in other blocks.
     ``histogram_bins`` > 0 also counts each tensor's values in that many bins (for the HTML
-    report; large tensors are read twice). Reads every input ``Checkpoint`` opens.
+    report; large tensors are read twice). Reads every input ``Checkpoint`` opens, URLs
+    too (``storage_options`` passed to fsspec).
 
     Example::
 
@@ -200,5 +203,5 @@ def stats(
             print(report)  # names each broken tensor and why
     """
     _check_bins(histogram_bins)
-    with Checkpoint(source) as reader:
+    with Checkpoint(source, storage_options=storage_options) as reader:
         return stats_of(reader, histogram_bins=histogram_bins, threads=threads, progress=progress)

@@ -16,19 +16,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from statevault.engine.fsspec_storage import StorageOptions, storage_for
 from statevault.engine.progress import Progress
 from statevault.engine.scan import hash_rows
 from statevault.engine.temps import describe_temporaries
 from statevault.errors import CorruptFileError, NotACheckpointError
 from statevault.fileformat.checksums import ALGORITHM
 from statevault.readers.base import Checkpoint
+from statevault.readers.distcp_checkpoint import DistcpCheckpoint
 from statevault.readers.listing import CheckpointKind
 from statevault.readers.safetensors_file import SafetensorsCheckpoint
 from statevault.readers.sniff import FileKind, is_torch_zip, not_a_checkpoint, sniff
 from statevault.readers.torch_file import TorchCheckpoint
 from statevault.reports.display import shown
 from statevault.reports.load_report import capped
-from statevault.tools.arguments import checkpoint_path, thread_count
+from statevault.tools.arguments import checkpoint_source, thread_count
 from statevault.tools.torchzip import check_zip
 
 XXH3 = "checksums"  # xxh3-64 per tensor, plus the header digest
@@ -208,6 +210,7 @@ def verify(
     *,
     progress: Progress | None = None,
     threads: int | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> VerifyReport:
     """Check a checkpoint end to end; collect every problem.
 
@@ -217,6 +220,12 @@ def verify(
     * legacy torch files: nothing to check (they record no checksums); read once through
       torch's weights-only loader.
     * sharded directories: each shard as above.
+    * DCP's own ``FileSystemWriter`` directories: they record no checksums; each tensor
+      piece is a ``torch.save`` archive whose zip CRC-32s are checked. Non-tensor values
+      have nothing to check.
+    * at a URL (``s3://...``, ``storage_options`` passed to fsspec): statevault and
+      safetensors files, sharded and statevault DCP checkpoints, each file's header then
+      its tensors fetched once, in large ranged requests on parallel threads.
 
     ``progress`` hears the bytes to check, then each chunk checked (from worker threads).
     Damage to a real checkpoint is a finding in the report; a path that is missing or not a
@@ -228,8 +237,11 @@ def verify(
         if not report.ok:
             print(report)  # names each damaged tensor
     """
-    where = checkpoint_path(source)
+    where = checkpoint_source(source)
     threads = thread_count(threads)
+    if isinstance(where, str):
+        return _verify_url(where, storage_options, progress, threads)
+    storage_for(where, storage_options)  # refuses storage_options for a local path, as save
     try:
         kind = sniff(where) if where.is_file() else None
         if kind is FileKind.TORCH:
@@ -252,11 +264,35 @@ def verify(
     except CorruptFileError as exc:
         return VerifyReport(path=str(where), header_error=str(exc))
     with opened:
+        if isinstance(opened, DistcpCheckpoint):
+            return _verify_distcp(opened, progress)
         return _verify_leaves(where, opened.label, opened.kind, opened.leaves(), progress, threads)
 
 
+def _verify_url(
+    url: str,
+    storage_options: StorageOptions | None,
+    progress: Progress | None,
+    threads: int | None,
+) -> VerifyReport:
+    """A checkpoint at a URL: opened once (headers only), then every leaf's tensors hashed."""
+    try:
+        opened = Checkpoint(url, storage_options=storage_options)
+    except NotACheckpointError:
+        raise
+    except CorruptFileError as exc:
+        return VerifyReport(path=url, header_error=str(exc))
+    with opened:
+        try:
+            if isinstance(opened, SafetensorsCheckpoint):
+                opened.tree  # noqa: B018  the one structure check load makes (raises)
+        except CorruptFileError as exc:
+            return VerifyReport(path=url, header_error=str(exc))
+        return _verify_leaves(url, opened.label, opened.kind, opened.leaves(), progress, threads)
+
+
 def _verify_leaves(
-    where: Path,
+    where: Path | str,
     label: str,
     kind: str,
     leaves: list[Any],
@@ -294,7 +330,7 @@ def _verify_leaves(
                 "checksums, so there is nothing to verify; torch's weights-only loader read "
                 "it without error"
             )
-    if where.is_dir():  # what killed saves left beside the shards
+    if isinstance(where, Path) and where.is_dir():  # what killed saves left beside the shards
         notes += describe_temporaries(where)
     method = report.method if files or not zips else ZIP_CRC
     return replace(
@@ -304,4 +340,40 @@ def _verify_leaves(
         notes=tuple(notes),
         tensors_checked=count,
         bytes_checked=nbytes,
+    )
+
+
+def _verify_distcp(checkpoint: DistcpCheckpoint, progress: Progress | None) -> VerifyReport:
+    """The CRC-32 zip records of every tensor piece; what else there is, said in notes."""
+    pieces = [c.stored for item in checkpoint.dcp_tensors.values() for c in item.chunks]
+    if progress is not None:
+        progress.start(sum(stored.length for stored in pieces))
+    bad: list[BadTensor] = []
+    entries = nbytes = 0
+    try:
+        for piece in checkpoint.check_pieces(progress):
+            entries += piece.entries
+            nbytes += piece.nbytes
+            bad += [BadTensor(f"{piece.key} ({e})", piece.file, x, f) for e, x, f in piece.bad]
+    except CorruptFileError as exc:
+        return VerifyReport(path=checkpoint.label, kind=checkpoint.kind, header_error=str(exc))
+    notes = [
+        f"{shown(checkpoint.label)}: DCP's FileSystemWriter format records no checksums of "
+        f"its own; each of its {len(pieces)} tensor piece(s) is a torch.save archive, whose "
+        "zip CRC-32s were checked"
+    ]
+    if checkpoint.objects:
+        notes.append(
+            f"{len(checkpoint.objects)} non-tensor value(s) (pickles, never unpickled) have "
+            "nothing to check beyond lying inside their files"
+        )
+    return VerifyReport(
+        path=checkpoint.label,
+        kind=checkpoint.kind,
+        method=ZIP_CRC,
+        tensors_checked=entries,
+        bytes_checked=nbytes,
+        checksummed=True,
+        bad=tuple(bad),
+        notes=tuple(notes),
     )
