@@ -27,11 +27,16 @@ from typing import Any
 
 from bench.cases import Config, run_case
 from bench.fresh import BUILDS, build_times, import_times, render_imports
+from bench.mmap_ab import measure as measure_mapped
+from bench.mmap_ab import render as render_mapped
+from bench.mmap_ab import write_state
 from bench.models import build, llm_config, state_bytes
 from bench.tables import (
     FASTEST_OF,
     HEADLINE_END,
     HEADLINE_START,
+    MAPPED_END,
+    MAPPED_START,
     MIB,
     Group,
     headline,
@@ -188,9 +193,12 @@ def _write_docs(
     prepared: dict[str, Any],
     results: dict[str, Any],
 ) -> None:
-    if args.markdown:
+    if args.markdown and (groups or "imports" in results):
         write_markdown(Path(args.markdown), heading, render(groups, prepared, results))
-    if args.headline:
+    if args.markdown and "mapped" in results:
+        tables = render_mapped(results["mapped"])
+        write_markdown(Path(args.markdown), heading, tables, (MAPPED_START, MAPPED_END))
+    if args.headline and groups:
         table = headline(groups, prepared, results)
         write_markdown(Path(args.headline), heading, table, (HEADLINE_START, HEADLINE_END))
 
@@ -203,6 +211,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=72, help="width of each small Linear")
     parser.add_argument("--runs", type=int, default=3, help="timed repetitions per case")
     parser.add_argument("--dir", help="where to write files (default: a new temp dir)")
+    parser.add_argument(
+        "--mmap-mib", type=int, help="file loaded by 4 processes at once (default 1024)"
+    )
     parser.add_argument("--only", help="run only groups whose title contains this text")
     parser.add_argument("--json", help="also write raw results to this file")
     parser.add_argument("--report", help="print the tables of a --json file again and exit")
@@ -221,6 +232,8 @@ def main() -> None:
         kinds = set(saved["prepared"])
         groups = [g for g in GROUPS if g.kind in kinds]
         _print_tables(groups, saved["prepared"], saved["results"])
+        if "mapped" in saved["results"]:
+            print(render_mapped(saved["results"]["mapped"]))
         _write_docs(args, groups, saved.get("heading", ""), saved["prepared"], saved["results"])
         return
 
@@ -258,6 +271,13 @@ def main() -> None:
             samples = max(5, args.runs)
             results["imports"] = {"rows": import_times(ROOT / "src", samples), "samples": samples}
             print(render_imports(results["imports"]), flush=True)
+        if not args.only or "mmap" in args.only.lower():
+            shared = write_state(directory, (args.mmap_mib or (256 if args.quick else 1024)) * MIB)
+            results["mapped"] = measure_mapped(
+                shared, directory, processes=4, runs=max(3, args.runs)
+            )
+            shared.unlink()
+            print(render_mapped(results["mapped"]), flush=True)
         for group in groups:
             info = prepared[group.kind]
             if group.fresh:

@@ -80,3 +80,30 @@ def test_fresh_process_build_rows_compare_with_the_best_peer_and_the_fill_floor(
     assert ours[1] == "0.400" and ours[5] == "2.00x" and ours[6] == "0.62x"  # 0.8/0.4, 0.25/0.4
     floor = _line(text, cases[0])
     assert floor[5] == "" and floor[6] == ""  # the floor is no peer and has no ratio itself
+
+
+def test_an_mmap_only_run_replaces_only_its_own_section(tmp_path: Path) -> None:
+    import argparse
+
+    from bench.__main__ import MAPPED_END, MAPPED_START, _write_docs
+
+    doc = tmp_path / "performance.md"
+    write_markdown(doc, "Full run.", "| full tables |\n")
+    row = {"processes": 4, "file_bytes": 1 << 30, "file_pages": 1 << 30, "anon": 0, "pss": 0}
+    shared = {"mapped": {**row, "total": 1 << 30, "cached": 0}}
+    shared["copied"] = {**row, "anon": 4 << 30, "total": 5 << 30, "cached": 0}
+    bert = {
+        "transformers from_pretrained + first forward": {"median": 2.0},
+        "statevault build_model(mmap=True) + first forward": {"median": 1.0},
+    }
+    results = {"mapped": {"shared": shared, "bert": bert, "runs": 3}}
+    args = argparse.Namespace(markdown=str(doc), headline=str(tmp_path / "README.md"))
+    _write_docs(args, [], "Mapped run.", {}, results)
+    text = doc.read_text(encoding="utf-8")
+    assert "| full tables |" in text and "Full run." in text  # the main section is kept
+    mapped = text.split(MAPPED_START, 1)[1].split(MAPPED_END, 1)[0]
+    assert "| statevault load(mmap=True) | 1024 | 1.00x | 1024 | 0 | 0 | 0 |" in mapped
+    assert (
+        "| statevault build_model(mmap=True) + first forward | 1.000 | 0.50x its time |" in mapped
+    )
+    assert not (tmp_path / "README.md").exists()  # no headline from a partial run

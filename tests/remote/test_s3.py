@@ -16,6 +16,7 @@ from statevault.dcp import Reader, Writer
 from statevault.dcp.rank_files import RankFile
 from statevault.engine.fsspec_storage import FsspecStorage
 from statevault.errors import (
+    CheckpointKindError,
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CheckpointWriteError,
@@ -133,3 +134,17 @@ def test_a_failed_upload_leaves_the_previous_object_and_no_spool(
     view = memoryview(out.numpy()).cast("B")
     rank_file.read_into(rank_file.entry("w"), view, 0)
     assert torch.equal(out, torch.ones(4))
+
+
+def test_a_remote_file_cannot_be_mapped_and_its_local_copy_can(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
+    state = {"w": torch.randn(8, 8)}
+    url = "s3://bucket/mapped/model.safetensors"
+    statevault.save(state, url, storage_options=s3)
+    with pytest.raises(CheckpointKindError, match=r"remote object, which cannot be memory-mapped"):
+        statevault.load(url, storage_options=s3, mmap=True)
+    assert torch.equal(statevault.load(url, storage_options=s3)["w"], state["w"])  # fix 1
+    local = tmp_path / "model.safetensors"
+    _fs(s3).get_file("bucket/mapped/model.safetensors", str(local))  # fix 2: download, map
+    assert torch.equal(statevault.load(local, mmap=True)["w"], state["w"])

@@ -39,7 +39,7 @@ from statevault.loading.load_into import load_with, require_instance
 from statevault.loading.meta_init import skip_init
 from statevault.loading.options import LoadOptions, describe_call
 from statevault.readers.base import Checkpoint
-from statevault.readers.devices import usable_device
+from statevault.readers.devices import mapped_device, usable_device
 from statevault.readers.dispatch import Source, open_source
 from statevault.reports.load_report import LoadReport, capped
 
@@ -120,6 +120,7 @@ _BUILD_OPTIONS = (
     "dtype",
     "keys",
     "storage_options",
+    "mmap",
 )
 
 
@@ -133,11 +134,12 @@ def _materialize(
 ) -> LoadReport:
     require_instance(module, call)
     strict, dtype = options.strict, options.float_dtype
-    target = usable_device(device)
+    target = mapped_device(device) if options.mmap else usable_device(device)
     if dtype is not None:
         module.to(dtype)  # on meta parameters: free, and each is allocated once in that dtype
     slots = _meta_slots(module)
-    fresh = _allocate(slots, target)
+    # mmap=True: what the file holds becomes views of it; only what it leaves out gets memory
+    fresh = {} if options.mmap else _allocate(slots, target)
     notes: list[str] = []
     initialised: list[str] = []
 
@@ -160,6 +162,9 @@ def _materialize(
         if not strict or options.keys is not None:
             planned = load(dry_run=True)
             left_out = (*planned.missing_keys, *planned.skipped, *planned.not_requested)
+            if options.mmap:
+                wanted = set(left_out)
+                fresh = _allocate([slot for slot in slots if slot[0] in wanted], target)
             todo = [k for k in left_out if k in fresh]
             if todo:
                 notes, initialised = initialise(module, todo, fresh, planned.source)
@@ -208,6 +213,7 @@ def materialize(
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
     storage_options: StorageOptions | None = None,
+    mmap: bool = False,
 ) -> LoadReport:
     """Give a module's meta parameters (and persistent buffers) real memory, filled from ``source``.
 
@@ -218,6 +224,8 @@ def materialize(
     (missing, or skipped for their shape) get the module's own initialisation (see
     :func:`build_model`) and ``report.initialised`` lists them, as are the keys ``keys=``
     leaves out (``report.not_requested``). On any error the module is left as it was, on meta.
+    ``mmap=True`` (CPU): the tensors the file holds become views of it instead (see
+    :func:`build_model`).
     """
     options = LoadOptions(
         strict,
@@ -229,6 +237,7 @@ def materialize(
         dtype,
         keys=keys,
         storage_options=storage_options,
+        mmap=mmap,
     )
     given = {**options.given(*_BUILD_OPTIONS), "device": device}
     call = describe_call(EntryPoint.MATERIALIZE, "model", source, given)
@@ -277,6 +286,7 @@ def build_model(
     dtype: DtypeLike | None = None,
     keys: KeySelection | None = None,
     storage_options: StorageOptions | None = None,
+    mmap: bool = False,
 ) -> M:
     """Build ``factory(*args, **kwargs)`` without weight init and load ``source`` into it.
 
@@ -290,6 +300,12 @@ def build_model(
     module's ``reset_parameters()``; never left as uninitialised memory. So are the keys
     ``keys=`` leaves out, whatever ``strict`` is. The report is logged
     as a warning when it is not clean (use :func:`skip_init` + :func:`materialize` to get it).
+
+    ``mmap=True`` (safetensors files, ``device="cpu"``), the inference path: no memory is
+    allocated or filled for the weights the file holds; they become views of a private,
+    copy-on-write mapping of it, so worker processes serving one model share one copy of
+    its weights (the page cache's). Digests are checked from the mapping unless
+    ``verify=False``. See docs/loading.md, "Memory-mapped loads".
 
     Example::
 
@@ -305,6 +321,7 @@ def build_model(
         dtype,
         keys=keys,
         storage_options=storage_options,
+        mmap=mmap,
     )
     given = {
         "args": tuple(args) if isinstance(args, list) else args,

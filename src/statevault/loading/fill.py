@@ -9,7 +9,7 @@ defines it; the report is brought in line with what torch did. ``torch_load_reas
 which path a plan takes.
 
 May import: ``loading.plan``, ``loading.module_state``, ``loading.state_dict_load``,
-``readers``, ``engine``, ``reports``. Imported by ``loading.load_into``.
+``readers``, ``engine``, ``fileformat``, ``reports``. Imported by ``loading.load_into``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from statevault.engine.ties import identity_groups
+from statevault.fileformat.dtypes import dtype_from_name
 from statevault.loading.module_state import ModelState, any_module
 from statevault.loading.plan import LoadPlan
 from statevault.loading.state_dict_load import load_state_dict as torch_load_state_dict
@@ -120,23 +121,39 @@ def _by_model_names(versions: Mapping[str, Any], planned: LoadPlan) -> dict[str,
 
 
 def fill_with_torch(
-    module: nn.Module, planned: LoadPlan, source: Checkpoint, verify: bool, assign: bool, why: str
+    module: nn.Module,
+    planned: LoadPlan,
+    source: Checkpoint,
+    verify: bool,
+    assign: bool,
+    why: str,
+    *,
+    mapped: bool = False,
 ) -> LoadReport:
     """Let torch load (hooks, overrides, version upgrades, subclasses, ``assign``), then
     report in the same terms as the fast path.
 
     Tensors are read into fresh memory (``assign=True`` makes them the module's own). The
     state dict carries the saved ``_metadata`` (a copy: torch writes ``assign`` into it), so
-    each module's ``_load_from_state_dict`` gets its own ``local_metadata``.
+    each module's ``_load_from_state_dict`` gets its own ``local_metadata``. ``mapped``
+    (``mmap=True``): the tensors are views of the file's mapping, cast to the model's dtype
+    where it differs, and assigned.
     """
     report = planned.report
     wanted = {
         **{key: name for key, name, _ in planned.sources(planned.model)},
         **planned.extra,
     }  # mismatched shapes are left out, as on the fast path
-    read = source.read(list(dict.fromkeys(wanted.values())), verify=verify)
+    names = list(dict.fromkeys(wanted.values()))
+    read = source.mapped(names, verify=verify) if mapped else source.read(names, verify=verify)
     state: OrderedDict[str, Any] = OrderedDict((key, read[name]) for key, name in wanted.items())
     del read
+    if mapped:
+        assign = True  # the module's tensors become the mapped ones
+        for cast in report.casts:  # the module keeps its dtype, as bind_mapped does
+            target = dtype_from_name(cast.model_dtype)
+            if cast.key in state and target is not None:
+                state[cast.key] = state[cast.key].to(target)
     state.update(planned.objects)
     versions = source.torch_versions()
     if versions is not None:

@@ -20,6 +20,7 @@ def load(
     device: str | torch.device = "cpu",
     verify: bool = True,
     storage_options: StorageOptions | None = None,
+    mmap: bool = False,
 ) -> Any:
     """Load what :func:`save` wrote, or any checkpoint :class:`Checkpoint` opens.
 
@@ -31,6 +32,9 @@ def load(
     A URL (``s3://bucket/ckpt.safetensors``, or a prefix holding a sharded or DCP
     checkpoint) is read with ranged requests in parallel, ``storage_options`` passed to
     fsspec.
+    ``mmap=True`` (safetensors files, on the CPU) returns views of a private, copy-on-write
+    mapping of the file instead of copies: processes loading one file share its pages, and
+    writes stay in the process that makes them (docs/loading.md, "Memory-mapped loads").
 
     Example::
 
@@ -38,4 +42,4 @@ def load(
         optimizer.load_state_dict(state["optim"])
     """
     with Checkpoint(source, storage_options=storage_options) as checkpoint:
-        return checkpoint.load(device=device, verify=verify)
+        return checkpoint.load(device=device, verify=verify, mmap=mmap)

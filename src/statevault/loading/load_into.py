@@ -6,10 +6,11 @@ a single weight is touched or a byte of tensor data is read. Then one of two fil
 (``loading.fill``) with the same report: in place, straight from the file, for plain
 modules; through ``module.load_state_dict`` itself for modules that customise loading,
 tensor-subclass parameters and ``assign=True``. There missing and unexpected keys get
-torch's strict verdict after its hooks ran: a post-hook may forgive keys.
+torch's strict verdict after its hooks ran: a post-hook may forgive keys. ``mmap=True``
+binds instead of filling: the module's tensors become views of the file (``loading.mapped``).
 
-May import: ``loading.plan``, ``loading.fill``, ``loading.options``, ``loading.fixes``,
-``loading.keymap``, ``loading.module_state``, ``readers``, ``engine``, ``reports``,
+May import: ``loading.plan``, ``loading.fill``, ``loading.mapped``, ``loading.options``,
+``loading.fixes``, ``loading.keymap``, ``loading.module_state``, ``readers``, ``engine``, ``reports``,
 ``statevault.errors``. Imported by ``loading.build`` and the public package.
 """
 
@@ -27,6 +28,7 @@ from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fill import fill_in_place, fill_with_torch, torch_load_reason
 from statevault.loading.fixes import Call, EntryPoint
 from statevault.loading.keymap import KeySelection, Prefixes, Rename
+from statevault.loading.mapped import bind_mapped
 from statevault.loading.module_state import model_state
 from statevault.loading.options import LoadOptions, describe_call
 from statevault.loading.plan import LoadPlan, plan
@@ -114,15 +116,19 @@ def _execute(
             note = f"dry run: {why}: load_state_dict would run it, which may change the outcome"
             return replace(report, notes=(*report.notes, note))
         return report
-    if planned.on_meta and not assign:  # assign=True replaces meta tensors: its purpose
+    if planned.on_meta and not (assign or options.mmap):  # both replace meta tensors
         _refuse_meta(module, planned, call)
     if dtype is not None:
         module.to(dtype)  # floating-point tensors only; ties survive (same Parameter)
     if why is not None:
-        report = fill_with_torch(module, planned, opened, options.verify, assign, why)
+        report = fill_with_torch(
+            module, planned, opened, options.verify, assign, why, mapped=options.mmap
+        )
         if strict and not report.ok:  # what torch's strict=True raises on
             raise StateDictMismatchError(report.error_message(), report)
         return report
+    if options.mmap:
+        return bind_mapped(module, planned, opened, options.verify)
     # module.to(dtype) replaces buffer objects, so only then is a planned state_dict()
     # stale (a walk lists the module as it is); otherwise it would be built a second time.
     model = planned.model if dtype is None else model_state(module)
@@ -145,6 +151,7 @@ def load_into(
     assign: bool = False,
     keys: KeySelection | None = None,
     storage_options: StorageOptions | None = None,
+    mmap: bool = False,
 ) -> LoadReport:
     """Load a checkpoint (any file or folder :class:`Checkpoint` opens, or a state dict)
     into ``module``; a training folder gives its model weights.
@@ -177,6 +184,12 @@ def load_into(
     version upgrades are loaded through ``load_state_dict`` itself; see docs/loading.md,
     "Differences from torch's load_state_dict".
 
+    ``mmap=True`` (safetensors files, CPU models) replaces the module's tensors as
+    ``assign=True`` does, with views of a private, copy-on-write mapping of the file instead
+    of copies: processes loading one file share its pages, writes stay in the process that
+    makes them, and the module keeps its dtypes (a cast is a copy). See docs/loading.md,
+    "Memory-mapped loads".
+
     Example::
 
         report = statevault.load_into(model, "model.safetensors")
@@ -194,6 +207,7 @@ def load_into(
         assign,
         keys,
         storage_options,
+        mmap,
     )
     call = describe_call(EntryPoint.LOAD_INTO, "model", source, options.given())
     return load_with(module, source, call=call, options=options)
@@ -213,6 +227,7 @@ def load_model(
     assign: bool = False,
     keys: KeySelection | None = None,
     storage_options: StorageOptions | None = None,
+    mmap: bool = False,
 ) -> LoadReport:
     """Load ``source`` into the existing ``model``, as ``safetensors.torch.load_model`` does.
 
@@ -235,6 +250,7 @@ def load_model(
         assign=assign,
         keys=keys,
         storage_options=storage_options,
+        mmap=mmap,
     )
     call = describe_call(EntryPoint.LOAD_MODEL, "model", source, options.given())
     return load_with(model, source, call=call, options=options)

@@ -37,7 +37,8 @@ class LoadOptions:
     One value instead of nine keywords passed down each layer; ``given`` gives an entry
     point's own keywords back for the call a printed fix repeats. Built only from valid
     values: a bad ``prefix``, ``strip_prefix``, ``rename`` or ``dtype`` is refused here,
-    before any file is opened.
+    before any file is opened. ``mmap``: the module's tensors become views of the file's
+    private mapping instead of being filled (``loading.mapped``).
     """
 
     strict: bool = True
@@ -51,6 +52,7 @@ class LoadOptions:
     assign: bool = False
     keys: KeySelection | None = None
     storage_options: StorageOptions | None = None  # for a URL source: passed to fsspec
+    mmap: bool = False
 
     def __post_init__(self) -> None:
         check_name_options(

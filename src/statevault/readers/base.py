@@ -31,7 +31,7 @@ from statevault.errors import CheckpointKindError, HeaderError
 from statevault.fileformat.dtypes import dtype_name
 from statevault.fileformat.skeleton import DICT, TENSOR, children, read_node, walk
 from statevault.fileformat.tree import Skeleton, unflatten
-from statevault.readers.devices import usable_device
+from statevault.readers.devices import mapped_device, usable_device
 from statevault.readers.listing import CheckpointKind, EntryStatus, FolderEntry, FolderListing
 from statevault.readers.sniff import describe
 
@@ -188,6 +188,29 @@ class Checkpoint:
         """The named keys (all by default) as a flat name -> tensor dict, tied ones shared."""
         raise NotImplementedError
 
+    def mapped(
+        self, names: Sequence[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The named keys (all by default) as views of a private, copy-on-write file mapping.
+
+        What ``mmap=True`` loads hand out: processes mapping one file share the page cache's
+        copy of its bytes, and a write to a tensor stays in the process that made it. Each
+        tensor is checked from the mapping first (``verify``). Safetensors files (and sharded
+        sets and folders of them) can be mapped; other kinds raise ``CheckpointKindError``.
+
+        Example::
+
+            with statevault.Checkpoint("model.safetensors") as ckpt:
+                weights = ckpt.mapped()  # no copy; the mapping outlives the checkpoint
+        """
+        path = Path(self.label)
+        what = (describe(path) if path.is_file() else None) or f"a {self.kind} checkpoint"
+        raise CheckpointKindError(
+            f"{self.label}: is {what}, which cannot be memory-mapped: mmap=True maps "
+            f"safetensors files. Load it without mmap=True, or convert it once with "
+            f"statevault.convert({self.label!r}, 'model.safetensors') and map that"
+        )
+
     def fill(
         self,
         pairs: Iterable[tuple[str, torch.Tensor]],
@@ -206,10 +229,15 @@ class Checkpoint:
         """The tensor's elements, flattened, in 1-D pieces of at most ``elements`` each."""
         raise NotImplementedError
 
-    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
-        """The whole saved object: nested state as saved, or a flat name -> tensor dict."""
-        target = usable_device(device)
-        tensors = self.read(verify=verify)
+    def load(
+        self, *, device: str | torch.device = "cpu", verify: bool = True, mmap: bool = False
+    ) -> Any:
+        """The whole saved object: nested state as saved, or a flat name -> tensor dict.
+
+        ``mmap=True``: its tensors are views of the file (see :meth:`mapped`), on the CPU.
+        """
+        target = mapped_device(device) if mmap else usable_device(device)
+        tensors = self.mapped(verify=verify) if mmap else self.read(verify=verify)
         if target.type != "cpu":
             moved: dict[tuple[Any, ...], torch.Tensor] = {}  # ties stay tied
             for name, tensor in tensors.items():

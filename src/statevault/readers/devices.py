@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from statevault.errors import DeviceUnavailableError
+from statevault.errors import DeviceUnavailableError, InvalidArgumentError
 
 
 def usable_device(device: str | torch.device) -> torch.device:
@@ -43,4 +43,16 @@ def usable_device(device: str | torch.device) -> torch.device:
                 f"device={device!r} cannot be used by this process (torch {torch.__version__}: "
                 f"{first}); install and initialise its backend, or load with device='cpu'"
             ) from exc
+    return target
+
+
+def mapped_device(device: str | torch.device) -> torch.device:
+    """``device`` for an ``mmap=True`` load, which maps the file into CPU memory: the CPU."""
+    target = usable_device(device)
+    if target.type != "cpu":
+        raise InvalidArgumentError(
+            f"mmap=True maps the file into CPU memory, but device={device!r} was given: "
+            "load with device='cpu' and mmap=True, or without mmap=True to read onto "
+            f"{target.type}"
+        )
     return target

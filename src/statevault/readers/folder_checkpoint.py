@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +138,30 @@ class FolderCheckpoint(Checkpoint):
         verify: bool = True,
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
+        return self._per_part(
+            names, lambda part, rests: part.read(rests, verify=verify, progress=progress)
+        )
+
+    def mapped(
+        self, names: Sequence[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Each part's tensors as views of its file's mapping (see Checkpoint.mapped)."""
+        return self._per_part(names, lambda part, rests: part.mapped(rests, verify=verify))
+
+    def _per_part(
+        self,
+        names: Sequence[str] | None,
+        get: Callable[[Checkpoint, list[str]], dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        """``get(part, its names)`` for every part holding some of ``names``, as one dict."""
         wanted = self.keys() if names is None else list(names)
         by_part: dict[str, list[str]] = {}
         for key, rest in [self._split(name) for name in wanted]:  # refuse before reading
             by_part.setdefault(key, []).append(rest)
         flat: dict[str, torch.Tensor] = {}
         for key, rests in by_part.items():
-            read = self._parts[key].read(rests, verify=verify, progress=progress)
-            flat.update({f"{key}.{rest}": tensor for rest, tensor in read.items()})
+            got = get(self._parts[key], rests)
+            flat.update({f"{key}.{rest}": tensor for rest, tensor in got.items()})
         return {name: flat[name] for name in wanted}
 
     def fill(
@@ -166,13 +182,15 @@ class FolderCheckpoint(Checkpoint):
         key, rest = self._split(name)
         return self._parts[key].chunks(rest, elements=elements, verify=verify)
 
-    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+    def load(
+        self, *, device: str | torch.device = "cpu", verify: bool = True, mmap: bool = False
+    ) -> Any:
         state: dict[str, Any] = {}
         for key in sorted([*self._parts, *self._data]):
             if key in self._data:
                 state[key] = copy.deepcopy(self._data[key])  # each call gets its own
             else:
-                state[key] = self._parts[key].load(device=device, verify=verify)
+                state[key] = self._parts[key].load(device=device, verify=verify, mmap=mmap)
         return state
 
     def close(self) -> None:

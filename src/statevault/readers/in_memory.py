@@ -8,12 +8,12 @@ May be imported by the other reader modules and the layers above ``readers``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from statevault.errors import UnsupportedObjectError
+from statevault.errors import CheckpointKindError, UnsupportedObjectError
 from statevault.readers.base import TensorInfo
 from statevault.readers.held import HeldTensors, describe_tensor
 from statevault.readers.listing import CheckpointKind
@@ -70,6 +70,16 @@ class MemoryCheckpoint(HeldTensors):
 
     def keys(self) -> list[str]:
         return [k for k, v in self.state.items() if isinstance(v, torch.Tensor)]
+
+    def mapped(
+        self, names: Sequence[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """A state dict has no file to map: refused, saying what does what was asked."""
+        raise CheckpointKindError(
+            "mmap=True maps a safetensors file, but the source is a state dict already in "
+            "memory: load it without mmap=True (assign=True makes the module use its tensors "
+            "instead of copying them)"
+        )
 
     def stored_object(self, key: str) -> tuple[bool, Any]:
         value = self.state.get(key)

@@ -34,8 +34,9 @@ from statevault.fileformat.metadata import (
 from statevault.fileformat.table import TensorEntry, TensorTable
 from statevault.fileformat.tree import Skeleton, check_tree, unflatten
 from statevault.readers.base import Checkpoint, TensorInfo, top_level_objects, tree_versions
-from statevault.readers.devices import usable_device
+from statevault.readers.devices import mapped_device, usable_device
 from statevault.readers.listing import CheckpointKind, FolderListing
+from statevault.readers.mapped import map_safetensors
 from statevault.readers.stored_dtypes import check_codes, encoded_signatures
 
 DIRECT_DEVICES = ("cpu", "cuda")  # devices read_into fills without a full CPU copy
@@ -348,10 +349,20 @@ class SafetensorsCheckpoint(Checkpoint):
                 for name, dest in staged:
                     dest.copy_(fresh[name])
 
-    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+    def mapped(
+        self, names: Sequence[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`Checkpoint.mapped` (``readers.mapped`` does it)."""
+        return map_safetensors(self, names, verify=verify)
+
+    def load(
+        self, *, device: str | torch.device = "cpu", verify: bool = True, mmap: bool = False
+    ) -> Any:
         """Rebuild exactly the object that was saved (a flat dict for plain safetensors)."""
-        target = usable_device(device)
-        if target.type in DIRECT_DEVICES:
+        target = mapped_device(device) if mmap else usable_device(device)
+        if mmap:
+            tensors = self.mapped(verify=verify)
+        elif target.type in DIRECT_DEVICES:
             tensors = self.read(verify=verify, device=target)  # CUDA: staged, no full CPU copy
         else:
             tensors = self.read(verify=verify)

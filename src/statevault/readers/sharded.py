@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -291,6 +291,22 @@ class ShardedCheckpoint(Checkpoint):
         verify: bool = True,
         progress: Progress | None = None,
     ) -> dict[str, torch.Tensor]:
+        return self._per_shard(
+            names, lambda shard, mine: shard.read(mine, verify=verify, progress=progress)
+        )
+
+    def mapped(
+        self, names: Sequence[str] | None = None, *, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Each shard's tensors as views of that shard's mapping (see Checkpoint.mapped)."""
+        return self._per_shard(names, lambda shard, mine: shard.mapped(mine, verify=verify))
+
+    def _per_shard(
+        self,
+        names: Sequence[str] | None,
+        get: Callable[[Checkpoint, list[str]], dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        """``get(shard, its names)`` for every shard holding some of ``names``, as one dict."""
         wanted = self.keys() if names is None else list(names)
         stored = [self.aliases.get(n, n) for n in wanted]  # an index's aliases share a tensor
         unknown = [n for n, s in zip(wanted, stored, strict=True) if s not in self._owner]
@@ -303,7 +319,7 @@ class ShardedCheckpoint(Checkpoint):
         for shard in self._shards.values():
             mine = by_shard.get(id(shard))
             if mine:
-                flat.update(shard.read(mine, verify=verify, progress=progress))
+                flat.update(get(shard, mine))
         return {name: flat[s] for name, s in zip(wanted, stored, strict=True)}
 
     def close(self) -> None:

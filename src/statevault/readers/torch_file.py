@@ -106,10 +106,12 @@ class TorchCheckpoint(HeldTensors):
     def tensors(self) -> Mapping[str, TensorInfo]:
         return self._tensors
 
-    def load(self, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
-        if usable_device(device).type == "cpu":
+    def load(
+        self, *, device: str | torch.device = "cpu", verify: bool = True, mmap: bool = False
+    ) -> Any:
+        if usable_device(device).type == "cpu" and not mmap:
             return self._object  # exactly what the weights-only loader built
-        return super().load(device=device, verify=verify)
+        return super().load(device=device, verify=verify, mmap=mmap)  # mmap: refused
 
     def held(self, name: str) -> torch.Tensor | None:
         return self._flat.get(self.aliases.get(name, name))
