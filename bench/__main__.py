@@ -1,7 +1,9 @@
 """``python -m bench [--quick]``: run every case in its own subprocess and print the tables.
 
 Each row is the median of ``--runs`` timed repetitions inside one fresh process, plus one
-more repetition with memory sampling. Ratios are computed between rows of the same run, so
+more repetition with memory sampling. Saves without fsync show the fastest of at least 5
+runs instead (fresh-file writes swing 3-8x from run to run with the writeback in flight;
+the tables say so). The fresh-process build rows start a new interpreter per run. Ratios are computed between rows of the same run, so
 a noisy machine shifts all of them together: "vs best peer" is the fastest non-statevault
 row's time divided by ours (above 1 means we are faster), "vs raw" is the raw limit's time
 divided by ours (1.0 would be running at the hardware ceiling measured here).
@@ -19,29 +21,30 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from bench.cases import Config, run_case
-from bench.fresh import import_times, render_imports
+from bench.fresh import BUILDS, build_times, import_times, render_imports
 from bench.mmap_ab import measure as measure_mapped
 from bench.mmap_ab import render as render_mapped
 from bench.mmap_ab import write_state
 from bench.models import build, llm_config, state_bytes
+from bench.tables import (
+    FASTEST_OF,
+    HEADLINE_END,
+    HEADLINE_START,
+    MAPPED_END,
+    MAPPED_START,
+    MIB,
+    Group,
+    headline,
+    render,
+    write_markdown,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Group:
-    title: str
-    kind: str
-    cases: tuple[str, ...]
-    raw: str | None  # the row that is the hardware ceiling for this group
-    baseline: str | None = None  # also report speedup over this row (the tutorial flow)
 
 
 LOAD = (
@@ -68,6 +71,7 @@ SAVE_FSYNC = (
 )
 COLD = (
     "raw sequential read, cold",
+    "raw read, 2 threads (file halves), cold",
     "torch.load(mmap) + load_state_dict, cold",
     "safetensors load_model, cold",
     "statevault load_into, cold",
@@ -104,6 +108,13 @@ GROUPS = (
     ),
     Group("Build model + load (LLM-like)", "llm", BUILD, None, BUILD[0]),
     Group(
+        "Build model + load, a fresh process per run (LLM-like)",
+        "llm",
+        tuple(BUILDS),
+        "raw allocate + fill the same bytes",
+        fresh=True,
+    ),
+    Group(
         "Load small tensors, flat ModuleList",
         "flat",
         SMALL_LOAD,
@@ -116,9 +127,9 @@ GROUPS = (
         SMALL_LOAD,
         "raw page-cache read, 2 threads",
     ),
-    Group("Save LLM-like state (no fsync)", "llm", SAVE, "raw os.write"),
+    Group("Save LLM-like state (no fsync)", "llm", SAVE, "raw os.write", fastest=True),
     Group("Save LLM-like state + fsync", "llm", SAVE_FSYNC, "raw os.write + fsync"),
-    Group("Save small tensors (no fsync)", "flat", SAVE, "raw os.write"),
+    Group("Save small tensors (no fsync)", "flat", SAVE, "raw os.write", fastest=True),
 )
 
 
@@ -171,157 +182,8 @@ def _forked(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
     return result
 
 
-def _fmt_ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}x"
-
-
-# Shown, but not counted as "best peer": it returns before reading any weight (pages fault
-# in from the mmap on first use) and leaves non-persistent buffers (the rotary table) on the
-# meta device, so the model it returns cannot run.
-NOT_COMPARABLE = {"meta Model + torch.load(mmap) + assign"}
-
-
-def _table(group: Group, rows: dict[str, dict[str, Any]], nbytes: int) -> list[str]:
-    peers = [
-        r["median"]
-        for n, r in rows.items()
-        if "median" in r and not n.startswith(("statevault", "raw")) and n not in NOT_COMPARABLE
-    ]
-    best_peer = min(peers) if peers else None
-    raw = rows.get(group.raw or "", {}).get("median")
-    base = rows.get(group.baseline or "", {}).get("median")
-    lines = [
-        f"### {group.title}",
-        "",
-        "| case | median s | GB/s | peak extra anon MiB | peak file-backed MiB "
-        "| vs best peer | vs raw | vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in group.cases:
-        row = rows[name]
-        if "median" not in row:
-            lines.append(f"| {name} | error: {row.get('error')} | | | | | | |")
-            continue
-        median = row["median"]
-        ours = name.startswith("statevault")
-        vs_peer = best_peer / median if ours and best_peer else None
-        vs_raw = raw / median if ours and raw else None
-        vs_base = base / median if base and name != group.baseline else None
-        anon = f"{row['anon'] / MIB:.0f} ({100 * row['anon'] / nbytes:.0f}%)"
-        lines.append(
-            f"| {name} | {median:.3f} | {nbytes / median / 1e9:.2f} | {anon} "
-            f"| {row['file'] / MIB:.0f} | {_fmt_ratio(vs_peer)} | {_fmt_ratio(vs_raw)} "
-            f"| {_fmt_ratio(vs_base)} |"
-        )
-    if NOT_COMPARABLE & set(group.cases):
-        lines += [
-            "",
-            f"Not counted as a peer: {', '.join(sorted(NOT_COMPARABLE))} (lazy, broken buffers).",
-        ]
-    return lines
-
-
-def _render(
-    groups: list[Group], prepared: dict[str, Any], results: dict[str, Any], *, imports: bool = True
-) -> str:
-    parts = [render_imports(results["imports"])] if imports and "imports" in results else []
-    for group in groups:
-        info = prepared[group.kind]
-        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
-        sizes = f"{info['bytes'] / MIB:.0f} MiB in {info['tensors']} tensors"
-        parts.append(
-            "\n".join(_table(group, rows, info["bytes"])).replace("\n\n", f"\n\n{sizes}\n\n", 1)
-        )
-    return "\n\n".join(parts) + "\n"
-
-
 def _print_tables(groups: list[Group], prepared: dict[str, Any], results: dict[str, Any]) -> None:
-    print(_render(groups, prepared, results), flush=True)
-
-
-START, END = (
-    "<!-- bench:start (generated by python -m bench --markdown; do not edit) -->",
-    "<!-- bench:end -->",
-)
-# the memory-mapped section has markers of its own: ``--only mmap`` regenerates just it
-MAPPED_START, MAPPED_END = (
-    "<!-- bench-mapped:start (generated by python -m bench --markdown; do not edit) -->",
-    "<!-- bench-mapped:end -->",
-)
-HEADLINE_START, HEADLINE_END = (
-    "<!-- bench-headline:start (generated by python -m bench --headline; do not edit) -->",
-    "<!-- bench-headline:end -->",
-)
-
-
-def _best_peer(group: Group, rows: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
-    peers = [
-        (r["median"], n)
-        for n, r in rows.items()
-        if "median" in r and not n.startswith(("statevault", "raw")) and n not in NOT_COMPARABLE
-    ]
-    return (min(peers)[1], min(peers)[0]) if peers else None
-
-
-def _headline(groups: list[Group], prepared: dict[str, Any], results: dict[str, Any]) -> str:
-    """One row per statevault case: its time, the fastest peer's, and the ratio."""
-    lines = [
-        "| group | statevault case | s | fastest peer | s | ratio |",
-        "| --- | --- | ---: | --- | ---: | ---: |",
-    ]
-    for group in groups:
-        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
-        best = _best_peer(group, rows)
-        for name, row in rows.items():
-            if not name.startswith("statevault") or "median" not in row or best is None:
-                continue
-            size = f"{prepared[group.kind]['bytes'] / MIB:.0f} MiB"
-            lines.append(
-                f"| {group.title} ({size}) | {name} | {row['median']:.3f} | {best[0]} "
-                f"| {best[1]:.3f} | {best[1] / row['median']:.2f}x |"
-            )
-    if "mapped" in results:
-        shared = results["mapped"]["shared"]["mapped"]
-        lines.append(
-            f"| {shared['processes']} processes load one {shared['file_bytes'] / MIB:.0f} MiB "
-            f"file | load(mmap=True): added memory | {shared['total'] / MIB:.0f} MiB "
-            f"| statevault load | {results['mapped']['shared']['copied']['total'] / MIB:.0f} "
-            f"MiB | {shared['total'] / shared['file_bytes']:.2f}x file size |"
-        )
-        bert = results["mapped"]["bert"]
-        ours = bert["statevault build_model(mmap=True) + first forward"]["median"]
-        peer = bert["transformers from_pretrained + first forward"]["median"]
-        lines.append(
-            f"| BERT-base build + load + first forward | build_model(mmap=True) | {ours:.3f} "
-            f"| from_pretrained | {peer:.3f} | {peer / ours:.2f}x |"
-        )
-    if "imports" in results:
-        rows = results["imports"]["rows"]
-        ours, peer = rows["import statevault"]["median"], rows["import safetensors.torch"]["median"]
-        lines.append(
-            f"| Import time after torch | import statevault | {ours:.4f} "
-            f"| import safetensors.torch | {peer:.4f} | {peer / ours:.2f}x |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_markdown(
-    path: Path, heading: str, tables: str, markers: tuple[str, str] = (START, END)
-) -> None:
-    """Put the tables between the generated-section markers of ``path`` (added if absent).
-
-    The docs' performance tables come from a run, never from editing by hand.
-    """
-    start, end = markers
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{start}\n\n{heading}\n\n{tables}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    print(render(groups, prepared, results), flush=True)
 
 
 def _write_docs(
@@ -332,12 +194,12 @@ def _write_docs(
     results: dict[str, Any],
 ) -> None:
     if args.markdown and (groups or "imports" in results):
-        write_markdown(Path(args.markdown), heading, _render(groups, prepared, results))
+        write_markdown(Path(args.markdown), heading, render(groups, prepared, results))
     if args.markdown and "mapped" in results:
         tables = render_mapped(results["mapped"])
         write_markdown(Path(args.markdown), heading, tables, (MAPPED_START, MAPPED_END))
     if args.headline and groups:
-        table = _headline(groups, prepared, results)
+        table = headline(groups, prepared, results)
         write_markdown(Path(args.headline), heading, table, (HEADLINE_START, HEADLINE_END))
 
 
@@ -418,17 +280,30 @@ def main() -> None:
             print(render_mapped(results["mapped"]), flush=True)
         for group in groups:
             info = prepared[group.kind]
+            if group.fresh:
+                built = build_times(
+                    ROOT / "src",
+                    group.kind,
+                    models[group.kind],
+                    info["bytes"],
+                    info["files"],
+                    args.runs,
+                )
+                results.update({f"{group.kind}:{name}": row for name, row in built.items()})
+                print(render([group], prepared, results, imports=False), flush=True)
+                continue
             cfg = Config(group.kind, models[group.kind], info["files"], str(directory / "out"))
+            runs = max(FASTEST_OF, args.runs) if group.fastest else args.runs
             for name in group.cases:
                 key = f"{group.kind}:{name}"
                 if key not in results:
                     started = time.perf_counter()
-                    row = _forked(run_case, name, cfg, args.runs)
+                    row = _forked(run_case, name, cfg, runs)
                     if "times" in row:
                         row["median"] = statistics.median(row["times"])
                     row["wall"] = time.perf_counter() - started
                     results[key] = row
-            print(_render([group], prepared, results, imports=False), flush=True)
+            print(render([group], prepared, results, imports=False), flush=True)
         if args.json:
             document = {
                 "models": models,

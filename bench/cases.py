@@ -306,6 +306,31 @@ def raw_sequential_read(cfg: Config) -> tuple[Operation, Operation]:
     return run, _noop
 
 
+def raw_parallel_read(cfg: Config) -> tuple[Operation, Operation]:
+    """Two threads, each reading its half of the file front to back in 8 MiB requests.
+
+    Beside the one-thread row, because the disk here often serves two streams faster than
+    one (a 512 MiB file, cold, medians of 3: 0.48 s against 0.91 s), though not for every
+    file: the sequential row alone would flatter any reader that keeps two requests in flight.
+    """
+    path = cfg.files["safetensors"]
+    size = os.path.getsize(path)
+
+    def work(start: int, end: int) -> None:
+        buffer = memoryview(bytearray(CHUNK))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while start < end:
+                got = os.preadv(fd, [buffer[: min(CHUNK, end - start)]], start)
+                if got <= 0:
+                    break
+                start += got
+        finally:
+            os.close(fd)
+
+    return lambda: _parallel(2, work, size), _noop
+
+
 CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "raw memcpy, 1 thread": lambda c: raw_memcpy(c, 1),
     "raw memcpy, 2 threads": lambda c: raw_memcpy(c, 2),
@@ -331,6 +356,7 @@ CASES: dict[str, Callable[[Config], tuple[Operation, Operation]]] = {
     "statevault save (fsync=False)": lambda c: statevault_save(c, False),
     "statevault save (fsync=True)": lambda c: statevault_save(c, True),
     "raw sequential read, cold": cold(raw_sequential_read, "safetensors"),
+    "raw read, 2 threads (file halves), cold": cold(raw_parallel_read, "safetensors"),
     "torch.load(mmap) + load_state_dict, cold": cold(lambda c: torch_load_into(c, True), "torch"),
     "safetensors load_model, cold": cold(safetensors_load_model, "safetensors"),
     "statevault load_into, cold": cold(lambda c: statevault_load_into(c, True), "statevault"),

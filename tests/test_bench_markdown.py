@@ -1,10 +1,11 @@
-"""bench --markdown replaces only its generated section, so the docs' tables come from a run."""
+"""bench --markdown replaces only its generated section, so the docs' tables come from a run;
+the rows it renders judge each group by its own figure (median, or fastest of N, said so)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.__main__ import END, START, write_markdown
+from bench.tables import END, START, Group, headline, render, write_markdown
 
 
 def test_generated_section_is_replaced_and_the_prose_kept(tmp_path: Path) -> None:
@@ -21,6 +22,64 @@ def test_generated_section_is_replaced_and_the_prose_kept(tmp_path: Path) -> Non
     assert "Run one." not in second and "| a |" not in second
     assert "Run two." in second and "| b |" in second
     assert second.count(START) == 1 and second.endswith("\nProse after.\n")
+
+
+MIB = 1 << 20
+PREPARED = {"k": {"bytes": 100 * MIB, "tensors": 3}}
+
+
+def _row(*times: float) -> dict[str, object]:
+    ordered = sorted(times)
+    return {"times": list(times), "median": ordered[len(ordered) // 2], "anon": MIB, "file": 0}
+
+
+def _line(text: str, case: str) -> list[str]:
+    [line] = [line for line in text.splitlines() if line.startswith(f"| {case} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_saves_without_fsync_are_judged_by_their_fastest_run_and_say_so() -> None:
+    group = Group(
+        "Save (no fsync)",
+        "k",
+        ("raw os.write", "safetensors save_file", "statevault save (fsync=False)"),
+        "raw os.write",
+        fastest=True,
+    )
+    results = {
+        "k:raw os.write": _row(0.5, 0.05, 0.6, 0.7, 0.8),
+        "k:safetensors save_file": _row(0.4, 0.5, 0.08, 0.9, 0.9),  # median 0.5
+        "k:statevault save (fsync=False)": _row(0.1, 0.2, 0.3, 0.3, 0.3),  # median 0.3
+    }
+    text = render([group], PREPARED, results)
+    assert "| case | fastest of 5 s |" in text
+    assert "Fastest of 5 runs, not the median" in text
+    ours = _line(text, "statevault save (fsync=False)")
+    assert ours[1] == "0.100" and ours[5] == "0.80x" and ours[6] == "0.50x"  # 0.08/0.1, 0.05/0.1
+    assert "| Save (no fsync) (100 MiB) | statevault save (fsync=False) | 0.100 | safetensors " \
+        "save_file | 0.080 | 0.80x |" in headline([group], PREPARED, results)  # fmt: skip
+
+
+def test_fresh_process_build_rows_compare_with_the_best_peer_and_the_fill_floor() -> None:
+    cases = (
+        "raw allocate + fill the same bytes",
+        "Model() + torch.load(mmap) + load_state_dict",
+        "Model() + safetensors load_model",
+        "statevault build_model",
+    )
+    group = Group("Build, fresh process", "k", cases, cases[0], fresh=True)
+    results = {
+        f"k:{cases[0]}": _row(0.2, 0.3, 0.25),
+        f"k:{cases[1]}": _row(1.2, 1.0, 1.1),
+        f"k:{cases[2]}": _row(0.9, 0.8, 0.7),
+        f"k:{cases[3]}": _row(0.5, 0.4, 0.3),
+    }
+    text = render([group], PREPARED, results)
+    assert "| case | median s |" in text and "A new interpreter per run" in text
+    ours = _line(text, "statevault build_model")
+    assert ours[1] == "0.400" and ours[5] == "2.00x" and ours[6] == "0.62x"  # 0.8/0.4, 0.25/0.4
+    floor = _line(text, cases[0])
+    assert floor[5] == "" and floor[6] == ""  # the floor is no peer and has no ratio itself
 
 
 def test_an_mmap_only_run_replaces_only_its_own_section(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ by any thread, and each piece is checked on its own (thresholds shrunk to bytes)
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import torch
 
 import statevault
 from statevault.engine import reader as reader_module
-from statevault.engine import tuning
+from statevault.engine import scan, tuning
 from statevault.errors import ChecksumMismatchError, TruncatedFileError
-from statevault.fileformat import metadata
+from statevault.fileformat import checksums, metadata
 
 BLOCK = 1024
 
@@ -51,9 +52,13 @@ def test_pieces_of_one_tensor_are_read_by_several_threads(
     path = _saved(tmp_path)
     seen: list[tuple[str, int, int]] = []
     original = reader_module.read_blocks
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    together = threading.Barrier(2, timeout=10)  # the first two pieces are read at once
 
     def spy(*args: object, **kwargs: object) -> None:
         seen.append((threading.current_thread().name, args[5], len(args[4])))  # type: ignore[arg-type]
+        if len(seen) <= 2:
+            together.wait()
         original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(reader_module, "read_blocks", spy)
@@ -65,7 +70,12 @@ def test_pieces_of_one_tensor_are_read_by_several_threads(
     pieces = sorted((at, size) for _, at, size in seen)
     # big: 0, 1024, 2048 (1024 each) and 3072 (928 bytes); exact: 0 and 1024
     assert pieces == [(0, 1024), (0, 1024), (1024, 1024), (1024, 1024), (2048, 1024), (3072, 928)]
-    assert all(name.startswith("statevault-read") for name, _, _ in seen)
+    # the calling thread reads too, beside the engine's kept helpers
+    threads = {name for name, _, _ in seen}
+    assert len(threads) == 2
+    assert threads - {threading.current_thread().name} <= {
+        name for name in threads if name.startswith("statevault-read")
+    }
 
 
 def _damage(path: Path, name: str, at: int) -> None:
@@ -112,3 +122,45 @@ def test_unverified_reads_split_large_tensors_too(tmp_path: Path) -> None:
     loaded = statevault.load(path, verify=False)
     assert not torch.equal(loaded["big"], _state()["big"])  # the damaged bytes, as asked
     assert torch.equal(loaded["big"][3:], _state()["big"][3:])
+
+
+def test_verify_checks_the_pieces_of_one_tensor_on_several_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _saved(tmp_path)
+    seen: list[tuple[str, int, int, int]] = []
+    original = scan._Hasher.piece
+    together = threading.Barrier(2, timeout=10)  # the first two pieces are read at once
+
+    def spy(self: scan._Hasher, row: int, at: int, size: int, stop: threading.Event) -> object:
+        seen.append((threading.current_thread().name, row, at, size))
+        if len(seen) <= 2:
+            together.wait()
+        return original(self, row, at, size, stop)
+
+    monkeypatch.setattr(scan._Hasher, "piece", spy)
+    report = statevault.verify(path, threads=2)
+    assert report.ok and report.tensors_checked == 3
+    pieces = sorted((row, at, size) for _, row, at, size in seen)
+    # big (row 0): three whole blocks and a short one; exact (row 1): two blocks
+    assert pieces == [(0, 0, 1024), (0, 1024, 1024), (0, 2048, 1024), (0, 3072, 928),
+                      (1, 0, 1024), (1, 1024, 1024)]  # fmt: skip
+    assert len({name for name, _, _, _ in seen}) == 2
+
+
+def test_verify_reports_the_whole_digest_found_when_pieces_on_several_threads_are_damaged(
+    tmp_path: Path,
+) -> None:
+    path = _saved(tmp_path)
+    _damage(path, "big", 5)  # block 0
+    _damage(path, "big", 3999)  # block 3, the short last one
+    with statevault.Checkpoint(path) as checkpoint:
+        recorded = checkpoint.vault.checksums["big"]
+        damaged = bytes(checkpoint.read(["big"], verify=False)["big"].view(torch.uint8).numpy())
+    report = statevault.verify(path, threads=2)
+    [bad] = report.bad
+    assert bad.name == "big" and bad.expected == recorded
+    assert bad.found == checksums.digest(damaged, BLOCK)
+    chars = checksums.DIGEST_CHARS  # blocks 1 and 2 are intact: their digests are unchanged
+    assert bad.found[chars : 3 * chars] == recorded[chars : 3 * chars]
+    assert bad.found[:chars] != recorded[:chars] and bad.found[3 * chars :] != recorded[3 * chars :]

@@ -1,10 +1,10 @@
 """Reading one checkpoint file: its validated header, and parallel, verified tensor reads.
 
 Reads go straight into the destination tensor's memory with ``preadv`` (no intermediate
-buffer, the GIL released), spread over a thread pool, each tensor hashed as its chunks
-arrive while they are still in cache. Small tensors that lie back to back in the file are
-read by one scatter ``preadv`` per run, so a state of 20,000 small tensors costs ~100
-syscalls. pread was chosen over mmap by measurement: it fills the destination in one
+buffer, the GIL released), spread over the engine's long-lived ``workers``, each piece
+hashed as it arrives while it is still in cache. Small tensors that lie back to back in
+the file are read by one scatter ``preadv`` per run, so a state of 20,000 small tensors
+costs ~100 syscalls. pread was chosen over mmap by measurement: it fills the destination in one
 kernel copy, leaves no file-backed mappings behind, and lets a truncated file raise an
 error instead of a SIGBUS (a memcpy from a mapping gained nothing in A/B runs here).
 CUDA destinations go through ``staging``. A remote object (``storage.StoredObject.remote``,
@@ -13,21 +13,20 @@ ranged read (a second only for a longer header), then only the wanted tensors, e
 one request for a whole tensor, block or run, on more threads, every block verified. May import: ``fileformat`` (container, table;
 never its metadata codec, which the caller brings as ``digest_header``),
 ``statevault.errors``, the engine's ``memory``, ``staging``, ``storage``, ``tuning``,
-``verified``. Imported by ``readers`` and the engine's scans.
+``verified``, ``workers``. Imported by ``readers`` and the engine's scans.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from statevault.engine import staging, tuning
+from statevault.engine import staging, tuning, workers
 from statevault.engine.memory import ByteBuffer, remaining_after, tensor_memory
 from statevault.engine.storage import LOCAL_STORAGE, LocalFile, Storage, StoredObject
 from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_blocks
@@ -214,9 +213,7 @@ class FileReader:
             for _, task in tasks:
                 task()
             return
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-read") as pool:
-            for future in [pool.submit(task) for _, task in tasks]:
-                future.result()
+        workers.run([task for _, task in tasks], threads)
 
     def _read_rows(
         self,

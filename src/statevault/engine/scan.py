@@ -2,13 +2,14 @@
 
 ``load`` stops at the first damaged tensor; ``verify`` must read everything and name every
 damaged tensor. It uses the load engine's plan (``reader.plan_reads``: a large tensor per task,
-runs of small tensors back to back in the file read by one ``preadv``, at most
-``VERIFY_CHUNK_BYTES`` per read so each piece is hashed while still in L2), but reads into a
-small scratch buffer per task instead of destination tensors, so memory stays flat for any
-file size. A mismatch is recorded as ``(row, digest found)``; rows are file order, so the
-result is sorted once at the end: linear in the number of tensors, damaged or not. Reading
-and checking go through ``verified``, as loads do. May import: the engine's ``reader``,
-``verified``, ``tuning``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
+cut into block-sized pieces where format 3 has a digest per block; runs of small tensors
+back to back in the file read by one ``preadv``; at most ``VERIFY_CHUNK_BYTES`` per read so
+each piece is hashed while still in L2), but reads into a small scratch buffer per task
+instead of destination tensors, so memory stays flat for any file size. A mismatch is
+recorded as ``(row, digest found)``; rows are file order, so the result is sorted once at
+the end: linear in the number of tensors, damaged or not. Reading and checking go through
+``verified``, as loads do. May import: the engine's ``reader``, ``verified``, ``tuning``,
+``workers``, ``progress``; ``fileformat.checksums``. Imported by ``tools``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-from statevault.engine import tuning
+from statevault.engine import tuning, workers
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader, plan_reads
 from statevault.engine.verified import TensorBytes, check_bytes, ended_early, read_exact
@@ -44,20 +44,16 @@ def run_parallel(tasks: Sequence[Callable[[threading.Event], T]], threads: int) 
     stop = threading.Event()
     if threads <= 1 or len(tasks) <= 1:
         return [task(stop) for task in tasks]
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="statevault-scan")
-    try:
-        futures: list[Future[T]] = [pool.submit(task, stop) for task in tasks]
-        return [future.result() for future in futures]
-    finally:
-        stop.set()  # no-op after success; otherwise running tasks stop at their next chunk
-        pool.shutdown(wait=True, cancel_futures=True)
+    return workers.run([partial(task, stop) for task in tasks], threads, stop=stop)
 
 
 Mismatch = tuple[int, str]  # (row in the header table, hex digest found)
+# (row, byte offset in the tensor, digests found from there): what one read task found wrong
+Finding = tuple[int, int, str]
 
 
 class _Hasher:
-    """The read tasks of one file; each returns the mismatches it found."""
+    """The read tasks of one file; each returns the findings it made."""
 
     def __init__(
         self, reader: FileReader, digests: Mapping[str, str], progress: Progress | None
@@ -67,33 +63,34 @@ class _Hasher:
         self.digests = digests
         self.progress = progress
 
-    def large(self, row: int, stop: threading.Event) -> list[Mismatch]:
-        """One tensor of ``SMALL_READ_BYTES`` or more, hashed chunk by chunk."""
+    def piece(self, row: int, at: int, size: int, stop: threading.Event) -> list[Finding]:
+        """Bytes ``at``..``at + size`` of a large tensor, hashed chunk by chunk.
+
+        Where the digests cover blocks (format 3), ``at`` is a block boundary and the piece
+        is checked against its own blocks' digests, whichever thread takes it; otherwise the
+        piece is the whole tensor.
+        """
         name = self.table.names[row]
-        nbytes = self.table.ends[row] - self.table.starts[row]
-        base = self.reader.header.data_offset + self.table.starts[row]
-        tensor = TensorBytes(
-            self.reader.file,
-            base,
-            name,
-            nbytes,
-            self.digests[name],
-            block_bytes=self.reader.block_bytes,
-        )
-        view = memoryview(
-            bytearray(min(self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES), nbytes))
-        )
-        for done in range(0, nbytes, len(view)):
+        base = self.reader.header.data_offset + self.table.starts[row] + at
+        block = self.reader.block_bytes
+        hasher = checksums.new_hasher(block)
+        request = self.reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
+        view = memoryview(bytearray(min(request, size)))
+        for done in range(0, size, len(view)):
             if stop.is_set():
                 return []
-            piece = view[: min(len(view), nbytes - done)]
-            tensor.read(piece, done)
+            chunk = view[: min(len(view), size - done)]
+            read_exact(
+                self.reader.file.readv, chunk, base + done, _short(self.reader, row, at + done)
+            )
+            hasher.update(chunk)
             if self.progress is not None:
-                self.progress.advance(len(piece))
-        found = tensor.mismatch()
-        return [] if found is None else [(row, found)]
+                self.progress.advance(len(chunk))
+        found: str = hasher.hexdigest()
+        skip = (at // block if block else 0) * checksums.DIGEST_CHARS
+        return [] if found == self.digests[name][skip : skip + len(found)] else [(row, at, found)]
 
-    def run(self, first: int, end: int, stop: threading.Event) -> list[Mismatch]:
+    def run(self, first: int, end: int, stop: threading.Event) -> list[Finding]:
         """Small tensors back to back in the file: one read, then one digest each."""
         if stop.is_set():
             return []
@@ -108,7 +105,7 @@ class _Hasher:
         for row in range(first, end):
             found = digest(view[starts[row] - origin : ends[row] - origin], block)
             if found != digests[names[row]]:
-                bad.append((row, found))
+                bad.append((row, 0, found))
         if self.progress is not None:
             self.progress.advance(len(view))
         return bad
@@ -130,30 +127,49 @@ def hash_rows(
 ) -> tuple[list[Mismatch], int, int]:
     """(mismatches in file order, tensors hashed, bytes hashed) for every tensor in ``digests``.
 
-    Tensors without a recorded digest are skipped. Reads go in parallel like ``load``'s;
-    a file that ends early raises :class:`TruncatedFileError`.
+    Tensors without a recorded digest are skipped. Reads go in parallel like ``load``'s: a
+    large tensor whose digests cover blocks (format 3) is cut into block-aligned pieces that
+    any thread reads and checks, so the disk sees several requests at once, cold, even for
+    a file of one tensor. A file that ends early raises :class:`TruncatedFileError`.
     """
     table = reader.header.entries
     wanted = [name if name in digests else None for name in table.names]
     hasher = _Hasher(reader, digests, progress)
-    sized: list[tuple[int, Callable[[threading.Event], list[Mismatch]]]] = []
+    sized: list[tuple[int, Callable[[threading.Event], list[Finding]]]] = []
     count = 0
+    step = reader.block_bytes
+    if step is not None and reader.file.remote:  # whole blocks, fewer and larger requests
+        step *= max(1, -(-tuning.REMOTE_PIECE_BYTES // step))
     limit = reader.request_bytes(tuning.VERIFY_CHUNK_BYTES)
     for first, end, nbytes in plan_reads(table.starts, table.ends, wanted, limit=limit):
         count += end - first
-        if end - first == 1 and nbytes >= tuning.SMALL_READ_BYTES:
-            sized.append((nbytes, partial(hasher.large, first)))
-        else:
+        if end - first > 1 or nbytes < tuning.SMALL_READ_BYTES:
             sized.append((nbytes, partial(hasher.run, first, end)))
+            continue
+        for at in range(0, nbytes, step or nbytes):
+            size = min(step or nbytes, nbytes - at)
+            sized.append((size, partial(hasher.piece, first, at, size)))
     sized.sort(key=lambda task: -task[0])  # big ones first keeps every thread busy to the end
     total = sum(size for size, _ in sized)
     if reader.file.remote:  # each read is a round trip: overlap them whatever the size
-        workers = threads or tuning.REMOTE_THREADS
+        used = threads or tuning.REMOTE_THREADS
     else:
-        workers = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
-    found = [bad for result in run_parallel([t for _, t in sized], workers) for bad in result]
-    found.sort()
-    return found, count, total
+        used = 1 if total < tuning.PARALLEL_MIN_BYTES else (threads or default_threads())
+    findings = [bad for result in run_parallel([t for _, t in sized], used) for bad in result]
+    return _mismatches(findings, table.names, digests, reader.block_bytes), count, total
+
+
+def _mismatches(
+    findings: list[Finding], names: Sequence[str], digests: Mapping[str, str], block: int | None
+) -> list[Mismatch]:
+    """One mismatch per damaged tensor, in file order: its recorded digests with what its
+    damaged pieces were found to hash to put in their place (the whole digest, unsplit)."""
+    found: dict[int, str] = {}
+    for row, at, digest in sorted(findings):
+        recorded = found.get(row, digests[names[row]])
+        skip = (at // block if block else 0) * checksums.DIGEST_CHARS
+        found[row] = recorded[:skip] + digest + recorded[skip + len(digest) :]
+    return sorted(found.items())
 
 
 class ChunkReader:
