@@ -289,13 +289,13 @@ def main() -> None:
                     info["files"],
                     args.runs,
                 )
-                results.update({f"{group.kind}:{name}": row for name, row in built.items()})
+                results.update({group.key(name): row for name, row in built.items()})
                 print(render([group], prepared, results, imports=False), flush=True)
                 continue
             cfg = Config(group.kind, models[group.kind], info["files"], str(directory / "out"))
             runs = max(FASTEST_OF, args.runs) if group.fastest else args.runs
             for name in group.cases:
-                key = f"{group.kind}:{name}"
+                key = group.key(name)
                 if key not in results:
                     started = time.perf_counter()
                     row = _forked(run_case, name, cfg, runs)

@@ -73,11 +73,10 @@ def render_imports(section: dict[str, Any]) -> str:
 
 
 # Each build statement runs with these names bound: torch, statevault, build (bench.models),
-# load_model (safetensors.torch), advise_huge_pages, KIND, CONFIG, NBYTES, FILES.
+# load_model (safetensors.torch), KIND, CONFIG, NBYTES, FILES.
 BUILDS = {
     "raw allocate + fill the same bytes": (
-        "buffer = torch.empty(NBYTES, dtype=torch.uint8); advise_huge_pages(buffer); "
-        "buffer.fill_(1)"
+        "buffer = torch.empty(NBYTES, dtype=torch.uint8); buffer.fill_(1)"
     ),
     "Model() + torch.load(mmap) + load_state_dict": (
         "model = build(KIND, CONFIG); model.load_state_dict("
@@ -103,7 +102,6 @@ import statevault
 from safetensors.torch import load_model
 from bench.measure import peak_during
 from bench.models import build
-from statevault.engine.memory import advise_huge_pages
 KIND, CONFIG, NBYTES, FILES = {kind!r}, {config!r}, {nbytes!r}, {files!r}
 statement = {statement!r}
 if {memory!r}:

@@ -26,6 +26,11 @@ class Group:
     fastest: bool = False  # the fastest of at least FASTEST_OF runs, not the median
     fresh: bool = False  # rows from bench.fresh.build_times: a new interpreter per run
 
+    def key(self, case: str) -> str:
+        """Where a case's row is kept in a run's results; fresh-process rows apart, since
+        the same case name also has an in-process row."""
+        return f"{self.kind}:fresh:{case}" if self.fresh else f"{self.kind}:{case}"
+
     def figure(self, row: dict[str, Any]) -> float:
         """The number a row of this group is judged by."""
         return float(min(row["times"]) if self.fastest else row["median"])
@@ -105,7 +110,7 @@ def render(
     parts = [render_imports(results["imports"])] if imports and "imports" in results else []
     for group in groups:
         info = prepared[group.kind]
-        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
+        rows = {name: results[group.key(name)] for name in group.cases}
         sizes = f"{info['bytes'] / MIB:.0f} MiB in {info['tensors']} tensors"
         parts.append(
             "\n".join(_table(group, rows, info["bytes"])).replace("\n\n", f"\n\n{sizes}\n\n", 1)
@@ -144,7 +149,7 @@ def headline(groups: list[Group], prepared: dict[str, Any], results: dict[str, A
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]
     for group in groups:
-        rows = {name: results[f"{group.kind}:{name}"] for name in group.cases}
+        rows = {name: results[group.key(name)] for name in group.cases}
         best = _best_peer(group, rows)
         for name, figure in _figures(group, rows).items():
             if not name.startswith("statevault") or best is None:

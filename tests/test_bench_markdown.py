@@ -69,10 +69,10 @@ def test_fresh_process_build_rows_compare_with_the_best_peer_and_the_fill_floor(
     )
     group = Group("Build, fresh process", "k", cases, cases[0], fresh=True)
     results = {
-        f"k:{cases[0]}": _row(0.2, 0.3, 0.25),
-        f"k:{cases[1]}": _row(1.2, 1.0, 1.1),
-        f"k:{cases[2]}": _row(0.9, 0.8, 0.7),
-        f"k:{cases[3]}": _row(0.5, 0.4, 0.3),
+        f"k:fresh:{cases[0]}": _row(0.2, 0.3, 0.25),
+        f"k:fresh:{cases[1]}": _row(1.2, 1.0, 1.1),
+        f"k:fresh:{cases[2]}": _row(0.9, 0.8, 0.7),
+        f"k:fresh:{cases[3]}": _row(0.5, 0.4, 0.3),
     }
     text = render([group], PREPARED, results)
     assert "| case | median s |" in text and "A new interpreter per run" in text
@@ -80,6 +80,25 @@ def test_fresh_process_build_rows_compare_with_the_best_peer_and_the_fill_floor(
     assert ours[1] == "0.400" and ours[5] == "2.00x" and ours[6] == "0.62x"  # 0.8/0.4, 0.25/0.4
     floor = _line(text, cases[0])
     assert floor[5] == "" and floor[6] == ""  # the floor is no peer and has no ratio itself
+
+
+def test_an_in_process_and_a_fresh_process_row_of_one_case_are_kept_apart() -> None:
+    # the same case name in both groups: the fresh-process row once overwrote the other
+    case = "statevault build_model"
+    peer = "Model() + safetensors load_model"
+    in_process = Group("Build", "k", (peer, case), None)
+    fresh = Group("Build, fresh process", "k", (peer, case), None, fresh=True)
+    results = {
+        in_process.key(peer): _row(4.0, 4.0, 4.0),
+        in_process.key(case): _row(0.5, 0.5, 0.5),
+        fresh.key(peer): _row(5.0, 5.0, 5.0),
+        fresh.key(case): _row(1.0, 1.0, 1.0),
+    }
+    assert in_process.key(case) != fresh.key(case)
+    lines = headline([in_process, fresh], PREPARED, results).splitlines()
+    assert any("| Build (100 MiB) | statevault build_model | 0.500 |" in line for line in lines)
+    assert any("| Build, fresh process (100 MiB) | statevault build_model | 1.000 |" in line
+               for line in lines)  # fmt: skip
 
 
 def test_an_mmap_only_run_replaces_only_its_own_section(tmp_path: Path) -> None:
