@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from statevault.engine.fsspec_storage import StorageOptions
-from statevault.engine.memory import advise_huge_pages
 from statevault.errors import StateVaultError, UnsupportedObjectError
 from statevault.fileformat.dtypes import DtypeLike
 from statevault.loading.fixes import Call, EntryPoint
@@ -88,7 +87,6 @@ def _allocate(slots: Sequence[_Slot], device: torch.device) -> dict[str, torch.T
     for name, owner, attr, meta, is_param in slots:  # slots hold the meta tensors: ids unique
         if id(meta) not in fresh:
             data = torch.empty(meta.shape, dtype=meta.dtype, device=device)
-            advise_huge_pages(data)  # fresh memory about to be filled: 512x fewer page faults
             if isinstance(meta, nn.Parameter):
                 data = type(meta)(data, requires_grad=meta.requires_grad)
             fresh[id(meta)] = data

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from statevault.engine.memory import HUGE_PAGE_MIN_BYTES, advise_huge_pages
 from statevault.engine.progress import Progress
 from statevault.engine.reader import FileReader
 from statevault.engine.storage import LOCAL_STORAGE, Storage, StoredObject
@@ -255,12 +254,9 @@ class SafetensorsCheckpoint(Checkpoint):
         shape, dtype = self.signature(name)
         row = self._table.row(name)
         nbytes = self._table.ends[row] - self._table.starts[row]
-        if nbytes < HUGE_PAGE_MIN_BYTES and name not in self._encoded:
-            # one tensor, not a byte tensor plus two views of it: for a million small
-            # tensors that is ~1 GB less and a third of the calls (no huge pages to ask for)
+        if name not in self._encoded:
             return torch.empty(shape, dtype=dtype, device=device)
         raw = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        advise_huge_pages(raw)  # about to be filled: fewer page faults
         return raw.view(dtype).reshape(shape)
 
     def read(
