@@ -24,8 +24,8 @@ ReadV = Callable[[list[ByteBuffer], int], int]  # (buffers, offset) -> bytes rea
 def ended_early(source: object, name: str, done: int, nbytes: int) -> TruncatedFileError:
     """The error for tensor ``name`` of ``source`` when only ``done`` of its bytes are there."""
     return TruncatedFileError(
-        f"{source}: tensor {name!r} ends early: read {done} of {nbytes} "
-        "bytes (the file shrank while being read or is truncated)"
+        f"{source}: tensor {name!r} ends early: the file ends before its byte {done} of "
+        f"{nbytes} (the file shrank while being read or is truncated)"
     )
 
 
