@@ -13,6 +13,7 @@ the rank files are the objects under it (``readers.remote_objects``). May be imp
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -45,7 +46,36 @@ def is_dcp_directory(path: Path) -> bool:
     return (path / INDEX_NAME).is_file()
 
 
-class DcpCheckpoint(Checkpoint):
+class AssembledCheckpoint(Checkpoint):
+    """A checkpoint whose tensors are stored as chunks (a distributed checkpoint): each is
+    read by assembling its chunks into one tensor, the one thing its kinds do differently."""
+
+    _tensors: dict[str, TensorInfo]
+
+    @abstractmethod
+    def _assemble(self, key: str, verify: bool) -> torch.Tensor:
+        """The whole tensor ``key``, its chunks read (and checked if ``verify``) into place."""
+
+    def read(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        verify: bool = True,
+        progress: Progress | None = None,
+    ) -> dict[str, torch.Tensor]:
+        wanted = list(self._tensors) if names is None else list(names)
+        result = {}
+        for key in wanted:
+            result[key] = self._assemble(key, verify)
+            if progress is not None:
+                progress.advance(self._tensors[key].nbytes)
+        return result
+
+    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
+        return tensor_chunks(self._assemble(name, verify), elements)
+
+
+class DcpCheckpoint(AssembledCheckpoint):
     """The full tensors of a statevault DCP checkpoint directory, by state-dict key."""
 
     _items: dict[str, TensorItem]
@@ -125,24 +155,6 @@ class DcpCheckpoint(Checkpoint):
             rank_file.read_into([(stored, part)], verify=verify)
             place_chunk(whole, chunk.offsets, part)
         return whole
-
-    def read(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        wanted = list(self._items) if names is None else list(names)
-        result = {}
-        for key in wanted:
-            result[key] = self._assemble(key, verify)
-            if progress is not None:
-                progress.advance(self._tensors[key].nbytes)
-        return result
-
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        return tensor_chunks(self._assemble(name, verify), elements)
 
     def close(self) -> None:
         for rank_file in self._files.values():

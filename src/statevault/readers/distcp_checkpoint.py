@@ -21,7 +21,7 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +40,8 @@ from statevault.fileformat.distcp_metadata import (
     decode,
 )
 from statevault.fileformat.dtypes import spec_for
-from statevault.readers.base import Checkpoint, TensorInfo, tensor_chunks
-from statevault.readers.dcp_checkpoint import place_chunk
+from statevault.readers.base import Checkpoint, TensorInfo
+from statevault.readers.dcp_checkpoint import AssembledCheckpoint, place_chunk
 from statevault.readers.listing import CheckpointKind
 from statevault.readers.weights_only import WeightsOnlyRefusal
 
@@ -63,7 +63,7 @@ class PieceCheck:
     bad: tuple[tuple[str, str, str], ...] = ()  # (entry, expected CRC, found)
 
 
-class DistcpCheckpoint(Checkpoint):
+class DistcpCheckpoint(AssembledCheckpoint):
     """The full tensors of a ``FileSystemWriter`` directory, by state-dict key."""
 
     _items: dict[str, DistcpTensor]
@@ -207,24 +207,6 @@ class DistcpCheckpoint(Checkpoint):
     def objects(self) -> Mapping[str, DistcpBytes]:
         """The non-tensor values: stored, never unpickled."""
         return self._objects
-
-    def read(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        verify: bool = True,
-        progress: Progress | None = None,
-    ) -> dict[str, torch.Tensor]:
-        wanted = list(self._items) if names is None else list(names)
-        result = {}
-        for key in wanted:
-            result[key] = self._assemble(key, verify)
-            if progress is not None:
-                progress.advance(self._tensors[key].nbytes)
-        return result
-
-    def chunks(self, name: str, *, elements: int, verify: bool = True) -> Iterator[torch.Tensor]:
-        return tensor_chunks(self._assemble(name, verify), elements)
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}
