@@ -130,6 +130,31 @@ def _superseded(directory: Path, name: str, keep: set[str]) -> list[str]:
     return found
 
 
+def encode_shard_index(
+    names: Sequence[str],
+    parts: Sequence[Stored],
+    stored: Stored,
+    digests: Sequence[str],
+    aliases: Mapping[str, str],
+    tree: Skeleton | None,
+    user: Mapping[str, str],
+) -> bytes:
+    """The index of a sharded save: which shard holds each tensor, and each shard's digest."""
+    weight_map = {
+        stored_name: final
+        for final, part in zip(names, parts, strict=True)
+        for stored_name, _, _ in part
+    }
+    return _shards.encode_index(
+        weight_map,
+        total_size=sum(tensor.nbytes for _, tensor, _ in stored),
+        header_digests=dict(zip(names, digests, strict=True)),
+        aliases=aliases,
+        tree=canonical_json(tree),
+        user=user,
+    )
+
+
 def save_sharded(
     stored: Stored,
     aliases: Mapping[str, str],
@@ -233,19 +258,8 @@ def _write_shards(
             for final, plan in zip(names, plans, strict=True)
         ]
         results = [future.result() for future in futures]
-    weight_map = {
-        stored_name: final
-        for final, part in zip(names, parts, strict=True)
-        for stored_name, _, _ in part
-    }
-    index = _shards.encode_index(
-        weight_map,
-        total_size=sum(tensor.nbytes for _, tensor, _ in stored),
-        header_digests={final: digest for final, (_, digest) in zip(names, results, strict=True)},
-        aliases=aliases,
-        tree=canonical_json(tree),
-        user=user,
-    )
+    digests = [digest for _, digest in results]
+    index = encode_shard_index(names, parts, stored, digests, aliases, tree, user)
     index_final = _shards.index_name(name)
     index_temp = directory / temps.temp_name(index_final)
     _write_bytes(index_temp, index, fsync=fsync, written=written)

@@ -27,10 +27,17 @@ from statevault.engine.storage import Storage
 from statevault.engine.writer import write_atomically, write_contents
 from statevault.fileformat import metadata as _vault
 from statevault.fileformat import shards as _shards
-from statevault.fileformat.checksums import DIGEST_CHARS, canonical_json
+from statevault.fileformat.checksums import DIGEST_CHARS
 from statevault.fileformat.container import PREFIX_BYTES
 from statevault.fileformat.tree import Skeleton
-from statevault.saving.sharded import FilePlan, Stored, _file_plan, _members, _storage_key
+from statevault.saving.sharded import (
+    FilePlan,
+    Stored,
+    _file_plan,
+    _members,
+    _storage_key,
+    encode_shard_index,
+)
 
 
 def _upload(
@@ -135,19 +142,7 @@ def _upload_shards(
             for final, plan in zip(names, plans, strict=True)
         ]
         digests = [future.result() for future in futures]
-    weight_map = {
-        stored_name: final
-        for final, part in zip(names, parts, strict=True)
-        for stored_name, _, _ in part
-    }
-    index = _shards.encode_index(
-        weight_map,
-        total_size=sum(tensor.nbytes for _, tensor, _ in stored),
-        header_digests=dict(zip(names, digests, strict=True)),
-        aliases=aliases,
-        tree=canonical_json(tree),
-        user=user,
-    )
+    index = encode_shard_index(names, parts, stored, digests, aliases, tree, user)
     index_name = _shards.index_name(name)
     pending = storage.begin(f"{prefix}/{index_name}")
     try:
